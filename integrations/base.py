@@ -96,15 +96,22 @@ class ActionContext:
     """What an action needs besides its params: identity, vendor URLs and the shared limiter.
 
     ``idempotency_key`` is stable across retries of the same (event, rule, action); integrations
-    use it to detect an effect that already happened. ``acquire`` asks the shared, cross-worker
-    rate limiter for a token and returns the seconds to wait (0 when granted).
+    use it to detect an effect that already happened. ``attempt`` is 1 on the first try.
+    ``connection_id`` is stable per account connection (use it in rate-limit bucket keys).
+    ``acquire(key, capacity, per_second, cost)`` asks the shared, cross-worker limiter for tokens and
+    returns the seconds to wait (0 = granted); ``penalise(key, seconds)`` shuts a bucket after a 429.
+    ``event`` is the triggering event's JSON (``Event.to_json()``).
     """
 
     account_id: str
     idempotency_key: str
+    connection_id: str = ""
+    attempt: int = 1
     timezone: str = "UTC"
+    region: str = "US"
     api_urls: dict[str, str] = field(default_factory=dict)
-    acquire: Callable[[str, float, float, float], float] = lambda key, capacity, per_second, cost=1: 0.0
+    acquire: Callable[..., float] = lambda key, capacity, per_second, cost=1.0: 0.0
+    penalise: Callable[[str, float], None] = lambda key, seconds: None
     redis: Any = None
     event: dict[str, Any] = field(default_factory=dict)
 
