@@ -1,0 +1,184 @@
+"""Accounts, their hook tokens, connections and rules files: the operator-facing domain functions."""
+
+from __future__ import annotations
+
+import hmac
+import re
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import sqlalchemy as sa
+import yaml
+from sqlalchemy.orm import Session
+
+from service import rules as rules_mod
+from service.secrets import SecretBox
+from service.store import Account, Connection, RuleSet, hash_token
+
+ACCOUNT_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+class AccountError(ValueError):
+    """An operator request about accounts that cannot be carried out; the message says why."""
+
+
+@dataclass(frozen=True)
+class NewAccount:
+    """An account just created, with the only copy of its hook token."""
+
+    account: Account
+    token: str
+
+
+def validate_account_id(account_id: str) -> str:
+    """Kazoo account ids are 32 lower-case hex characters."""
+    if not ACCOUNT_ID.match(account_id or ""):
+        raise AccountError(f"invalid account id {account_id!r}: expected 32 hex characters (Kazoo's account id)")
+    return account_id
+
+
+def validate_timezone(name: str) -> str:
+    """An IANA time zone name such as America/New_York."""
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise AccountError(f"unknown time zone {name!r}: use an IANA name such as America/New_York") from None
+    return name
+
+
+def add_account(session: Session, account_id: str, *, name: str, timezone: str = "UTC") -> NewAccount:
+    """Create an account with a fresh 192-bit hook token; the token is returned once and stored hashed."""
+    validate_account_id(account_id)
+    validate_timezone(timezone)
+    if not name.strip():
+        raise AccountError("account name must not be empty")
+    if session.get(Account, account_id) is not None:
+        raise AccountError(f"account {account_id} exists already (use `pbxrelay accounts rotate-token` for a new URL)")
+    token = secrets.token_urlsafe(24)
+    account = Account(id=account_id, name=name.strip(), timezone=timezone, hook_token_hash=hash_token(token))
+    session.add(account)
+    session.flush()
+    return NewAccount(account=account, token=token)
+
+
+def rotate_token(session: Session, account_id: str) -> str:
+    """Issue a new hook token for an account (the old URL stops working)."""
+    account = get_account(session, account_id)
+    token = secrets.token_urlsafe(24)
+    account.hook_token_hash = hash_token(token)
+    return token
+
+
+def get_account(session: Session, account_id: str) -> Account:
+    """The account, or AccountError naming the id."""
+    account = session.get(Account, account_id)
+    if account is None:
+        raise AccountError(f"no account {account_id} (add it with `pbxrelay accounts add`)")
+    return account
+
+
+def account_for_token(session: Session, token: str) -> Account | None:
+    """The account owning a hook token, found by hash and confirmed with a constant-time compare."""
+    if not token or len(token) > 200:
+        return None
+    digest = hash_token(token)
+    account = session.scalars(sa.select(Account).where(Account.hook_token_hash == digest)).first()
+    if account is None or not hmac.compare_digest(account.hook_token_hash, digest):
+        return None
+    return account
+
+
+def hook_url(public_url: str, token: str, kind: str = "virtualpbx") -> str:
+    """The URL VirtualPBX (or a CRM) posts to for this token."""
+    return f"{public_url}/hooks/{kind}/{token}"
+
+
+def apply_rules_file(session: Session, path: Path, *, registry: dict, box: SecretBox) -> RuleSet:
+    """Validate and store a rules file atomically: account settings, encrypted connections and rules."""
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise AccountError(f"{path}: cannot read: {exc}") from None
+    return apply_rules(session, text, filename=str(path), base_dir=path.parent, registry=registry, box=box)
+
+
+def apply_rules(session: Session, text: str, *, filename: str, base_dir: Path, registry: dict,
+                box: SecretBox) -> RuleSet:
+    """Apply rules text: everything is validated first; nothing is written unless all of it is valid."""
+    parsed = rules_mod.load_rules(text, filename=filename, registry=registry)
+    account = get_account(session, parsed.account.id)
+    stored = {c.name: c for c in session.scalars(sa.select(Connection).where(Connection.account_id == account.id))}
+
+    resolved: dict[str, tuple[str, dict]] = {}
+    errors: list[str] = []
+    for name, spec in parsed.connections.items():
+        previous = box.decrypt(stored[name].config_encrypted) if name in stored else {}
+        try:
+            config = rules_mod.validate_connection(
+                name, spec, registry, base_dir=base_dir, filename=filename,
+                resolve_stored=lambda field, _prev=previous, _name=name: _stored_value(_prev, field, filename, _name))
+        except rules_mod.RulesError as exc:
+            errors.append(str(exc))
+            continue
+        resolved[name] = (spec.integration, config)
+    if errors:
+        raise AccountError("\n".join(errors))
+
+    account.name = parsed.account.name or account.name
+    account.timezone = parsed.account.timezone
+    for name, connection in stored.items():
+        if name not in resolved:
+            session.delete(connection)
+    for name, (integration, config) in resolved.items():
+        row = stored.get(name) or Connection(account_id=account.id, name=name)
+        row.integration = integration
+        row.config_encrypted = box.encrypt(config)
+        row.paused_reason = None
+        session.add(row)
+
+    redacted = export_document(parsed, registry)
+    ruleset = session.get(RuleSet, account.id)
+    if ruleset is None:
+        ruleset = RuleSet(account_id=account.id, source=redacted, version=1)
+        session.add(ruleset)
+    else:
+        ruleset.source = redacted
+        ruleset.version += 1
+        ruleset.applied_at = sa.func.now()
+    session.flush()
+    return ruleset
+
+
+def _stored_value(previous: dict, field: str, filename: str, connection: str):
+    if field not in previous:
+        raise rules_mod.RulesError(filename, rule=None, field=f"connections.{connection}.{field}",
+                                   message="'stored:' given but no value is stored yet for this connection")
+    return previous[field]
+
+
+def export_document(parsed, registry: dict) -> str:
+    """The rules file as YAML with every secret replaced by ``stored:`` (safe to print and to re-apply)."""
+    doc = parsed.model_dump(mode="json", by_alias=True, exclude_none=True)
+    doc["connections"] = {name: rules_mod.redact_connection(spec, registry[spec.integration].Config)
+                          for name, spec in parsed.connections.items()}
+    return yaml.safe_dump(doc, sort_keys=False, allow_unicode=True)
+
+
+def export_rules(session: Session, account_id: str) -> str:
+    """The applied rules file of an account, secrets redacted."""
+    get_account(session, account_id)
+    ruleset = session.get(RuleSet, account_id)
+    if ruleset is None:
+        raise AccountError(f"account {account_id} has no rules yet (apply a file with `pbxrelay rules apply`)")
+    return ruleset.source
+
+
+def connection_config(session: Session, box: SecretBox, account_id: str, name: str) -> tuple[Connection, dict]:
+    """A connection row and its decrypted config; AccountError when it is gone."""
+    row = session.scalars(sa.select(Connection).where(Connection.account_id == account_id,
+                                                      Connection.name == name)).first()
+    if row is None:
+        raise AccountError(f"connection {name!r} no longer exists for account {account_id}")
+    return row, box.decrypt(row.config_encrypted)

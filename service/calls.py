@@ -1,0 +1,314 @@
+"""Calls, not legs: correlate Kazoo's per-leg hooks into the call-level events users write rules against.
+
+Kazoo sends one hook per leg (reference §4.6). A call is identified by its A-leg: the leg entering
+the switch, whose ``call_direction`` is ``inbound`` (relative to the switch). Every other leg names
+the A-leg in ``other_leg_call_id``. Each leg hook is stored in a per-call Redis hash (field
+``<hook>:<leg call id>``), so the state is a *set* of facts: duplicates change nothing and arrival
+order does not matter. Every call-level event is derived from the whole set by the pure function
+:func:`summarize_call`. Its key is fixed per call (``call.ended:<call id>``), and the events table's
+unique (account, key) constraint makes it happen at most once, even across Redis restarts.
+
+Semantics (the README repeats them):
+
+- ``call.started``: the first leg hook of a call (normally the A-leg's ``channel_create``).
+- ``call.answered``: the first ``channel_bridge`` of the call, or a ``channel_answer`` on a leg other
+  than the A-leg (a phone or the far end picked up). An A-leg answer alone is the PBX answering
+  (voicemail, IVR) and is not a person.
+- ``call.ended``: once, ``call_settle_seconds`` after the A-leg's ``channel_destroy`` (late legs and
+  the voicemail notification arrive inside that window), with direction from the user's view,
+  caller, callee, who answered, duration, talk time and outcome.
+- ``call.missed``: with ``call.ended``, for an inbound call that reached no person, including one
+  answered only by voicemail; or from Kazoo's ``missed_call`` notification when no leg of that call
+  was seen. Both share the key ``call.missed:<call id>``, so a call is missed at most once.
+- ``voicemail.new``: from the ``voicemail_new`` notification, once per ``voicemail_id``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import redis
+
+from service.events import Event, gregorian_to_datetime
+from service.kazoo import CHANNEL_HOOKS
+
+# The leg fields kept in the call window: enough to summarise, small enough to store per leg.
+_LEG_FIELDS = (
+    "call_id", "other_leg_call_id", "call_direction", "caller_id_name", "caller_id_number",
+    "callee_id_name", "callee_id_number", "request", "to", "from", "inception", "authorizing_type",
+    "authorizing_id", "owner_id", "local_resource_used", "is_internal_leg", "timestamp",
+    "hangup_cause", "hangup_code", "duration_seconds", "billing_seconds", "ringing_seconds",
+    "other_leg_destination_number",
+)
+
+
+def call_key_for_leg(data: dict[str, Any]) -> str | None:
+    """The call a leg belongs to: its own id for an A-leg, else the A-leg it names; None if unknown."""
+    if data.get("is_internal_leg") is True:
+        return None  # loopback legs duplicate real ones
+    call_id = data.get("call_id")
+    if not isinstance(call_id, str) or not call_id:
+        return None
+    if data.get("call_direction") == "inbound":
+        return call_id
+    other = data.get("other_leg_call_id")
+    return other if isinstance(other, str) and other else None
+
+
+def _user_part(uri: Any) -> str | None:
+    if isinstance(uri, str) and uri:
+        return uri.split("@", 1)[0] or None
+    return None
+
+
+def _party(name: Any, number: Any) -> dict[str, Any]:
+    return {"name": name or None, "number": number or None}
+
+
+def _ts(value: Any) -> datetime | None:
+    try:
+        return gregorian_to_datetime(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+def summarize_call(call_key: str, facts: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Derive the call-level view from every leg fact seen so far (order-free, duplicate-free)."""
+    legs: dict[str, dict[str, dict[str, Any]]] = {}
+    voicemails = []
+    for field, fact in facts.items():
+        kind, _, ident = field.partition(":")
+        if kind == "voicemail":
+            voicemails.append(fact)
+        elif kind in CHANNEL_HOOKS:
+            legs.setdefault(ident, {})[kind] = fact
+
+    def leg_info(leg_id: str) -> dict[str, Any]:
+        merged: dict[str, Any] = {}
+        for hook in CHANNEL_HOOKS:  # later hooks carry the fullest view of the leg
+            merged.update({k: v for k, v in legs[leg_id].get(hook, {}).items() if v not in (None, "")})
+        return merged
+
+    a_leg = leg_info(call_key) if call_key in legs else {}
+    b_ids = [leg_id for leg_id in legs if leg_id != call_key]
+    b_legs = {leg_id: leg_info(leg_id) for leg_id in b_ids}
+
+    answered_id = next((i for i in b_ids if "channel_bridge" in legs[i] or "channel_answer" in legs[i]), None)
+    if answered_id is None and call_key in legs and "channel_bridge" in legs[call_key]:
+        answered_id = a_leg.get("other_leg_call_id") if a_leg.get("other_leg_call_id") in b_legs else ""
+    answered = b_legs.get(answered_id) if answered_id else None
+    bridged = answered_id is not None
+
+    if a_leg.get("inception"):
+        direction = "inbound"
+    elif any(b.get("local_resource_used") is True or b.get("authorizing_type") == "resource"
+             for b in b_legs.values()):
+        direction = "outbound"
+    elif a_leg or b_legs:
+        direction = "internal" if a_leg.get("authorizing_type") in ("device", "user", "mobile") else "inbound"
+    else:
+        direction = "inbound"
+
+    any_leg = a_leg or next(iter(b_legs.values()), {})
+    caller = _party(any_leg.get("caller_id_name"), any_leg.get("caller_id_number"))
+    if direction == "inbound":
+        dialled = _user_part(a_leg.get("request")) or _user_part(a_leg.get("to"))
+        callee = _party((answered or {}).get("callee_id_name") or a_leg.get("callee_id_name"),
+                        dialled or a_leg.get("callee_id_number"))
+    else:
+        target = answered or next(iter(b_legs.values()), {})
+        callee = _party(target.get("callee_id_name"),
+                        target.get("callee_id_number") or _user_part(a_leg.get("request")))
+
+    answered_by = None
+    if answered:
+        answered_by = {"name": answered.get("callee_id_name") or None,
+                       "number": answered.get("callee_id_number") or None,
+                       "user_id": answered.get("owner_id") or None}
+    elif bridged:
+        answered_by = {"name": None, "number": a_leg.get("other_leg_destination_number"), "user_id": None}
+
+    created = [t for t in (_ts(leg.get("channel_create", {}).get("timestamp")) for leg in legs.values()) if t]
+    a_destroy = legs.get(call_key, {}).get("channel_destroy", {})
+    started_at = min(created) if created else _ts(a_leg.get("timestamp"))
+    ended_at = _ts(a_destroy.get("timestamp"))
+    duration = a_destroy.get("duration_seconds")
+    if not isinstance(duration, int):
+        duration = int((ended_at - started_at).total_seconds()) if started_at and ended_at else 0
+    talk_time = 0
+    if answered:
+        talk_time = answered.get("billing_seconds") if isinstance(answered.get("billing_seconds"), int) else 0
+    elif bridged and isinstance(a_destroy.get("billing_seconds"), int):
+        talk_time = a_destroy["billing_seconds"]
+
+    voicemail_left = bool(voicemails)
+    if bridged:
+        outcome = "answered"
+    elif voicemail_left:
+        outcome = "voicemail"
+    elif a_destroy.get("hangup_cause") == "USER_BUSY":
+        outcome = "busy"
+    else:
+        outcome = "missed" if direction == "inbound" else "no_answer"
+
+    return {
+        "call_id": call_key,
+        "direction": direction,
+        "caller": caller,
+        "callee": callee,
+        "answered_by": answered_by,
+        "started_at": started_at.isoformat() if started_at else None,
+        "ended_at": ended_at.isoformat() if ended_at else None,
+        "duration": duration,
+        "talk_time": talk_time,
+        "ringing": a_destroy.get("ringing_seconds") if isinstance(a_destroy.get("ringing_seconds"), int) else None,
+        "outcome": outcome,
+        "voicemail_left": voicemail_left,
+        "voicemail_id": voicemails[0].get("voicemail_id") if voicemails else None,
+        "hangup_cause": a_destroy.get("hangup_cause"),
+        "legs": len(legs),
+        "owner_id": a_leg.get("owner_id") or (answered or {}).get("owner_id"),
+    }
+
+
+def voicemail_data(data: dict[str, Any]) -> dict[str, Any]:
+    """The ``voicemail.new`` view of a ``voicemail_new`` notification."""
+    length_ms = data.get("voicemail_length")
+    left_at = _ts(data.get("voicemail_timestamp")) or _ts(data.get("timestamp"))
+    return {
+        "call_id": data.get("call_id"),
+        "caller": _party(data.get("caller_id_name"), data.get("caller_id_number") or data.get("from_user")),
+        "callee": _party(None, data.get("to_user")),
+        "mailbox": data.get("to_user"),
+        "vmbox_id": data.get("voicemail_box"),
+        "voicemail_id": data.get("voicemail_id"),
+        "length_seconds": round(length_ms / 1000) if isinstance(length_ms, int) else None,
+        "transcript": data.get("voicemail_transcription") or None,
+        "left_at": left_at.isoformat() if left_at else None,
+    }
+
+
+def missed_from_notification(data: dict[str, Any]) -> dict[str, Any]:
+    """The ``call.missed`` view of Kazoo's ``missed_call`` notification (used when no leg was seen)."""
+    notify = data.get("notify") if isinstance(data.get("notify"), dict) else {}
+    ended = _ts(data.get("timestamp"))
+    duration = notify.get("duration_seconds")
+    return {
+        "call_id": data.get("call_id"),
+        "direction": "inbound",
+        "caller": _party(data.get("caller_id_name"), data.get("caller_id_number") or data.get("from_user")),
+        "callee": _party(None, data.get("to_user")),
+        "answered_by": None,
+        "started_at": None,
+        "ended_at": ended.isoformat() if ended else None,
+        "duration": duration if isinstance(duration, int) else 0,
+        "talk_time": 0,
+        "ringing": notify.get("ringing_seconds") if isinstance(notify.get("ringing_seconds"), int) else None,
+        "outcome": "voicemail" if data.get("message_left") is True else "missed",
+        "voicemail_left": data.get("message_left") is True,
+        "voicemail_id": None,
+        "hangup_cause": notify.get("hangup_cause"),
+        "legs": 0,
+        "owner_id": None,
+    }
+
+
+@dataclass(frozen=True)
+class Correlation:
+    """What one raw hook produced: call-level events to run now, and a call to finalise later."""
+
+    events: list[Event]
+    finalize_call: str | None = None
+
+
+class CallCorrelator:
+    """The per-call window in Redis: stores leg facts and proposes call events (the store de-duplicates)."""
+
+    def __init__(self, client: redis.Redis, *, namespace: str, window_seconds: int) -> None:
+        self._redis = client
+        self._ns = namespace
+        self._ttl = window_seconds
+
+    def _state_key(self, account_id: str, call_key: str) -> str:
+        return f"{self._ns}:call:{account_id}:{call_key}"
+
+    def _facts(self, account_id: str, call_key: str) -> dict[str, dict[str, Any]]:
+        raw = self._redis.hgetall(self._state_key(account_id, call_key))
+        return {field: json.loads(value) for field, value in raw.items()}
+
+    def _remember(self, account_id: str, call_key: str, field: str, fact: dict[str, Any]) -> None:
+        key = self._state_key(account_id, call_key)
+        pipe = self._redis.pipeline()
+        pipe.hsetnx(key, field, json.dumps(fact, sort_keys=True, default=str))
+        pipe.expire(key, self._ttl)
+        pipe.execute()
+
+    def _event(self, raw: Event, kind: str, call_key: str, data: dict[str, Any]) -> Event:
+        return Event(type=kind, account_id=raw.account_id, key=f"{kind}:{call_key}",
+                     occurred_at=raw.occurred_at, data=data)
+
+    def observe(self, raw: Event) -> Correlation:
+        """Feed one raw ``virtualpbx.*`` event; return the call-level events it completes."""
+        data = raw.data
+        hook = data.get("hook")
+        if hook in CHANNEL_HOOKS:
+            return self._observe_leg(raw, hook)
+        if hook == "notifications" and data.get("subtype") == "voicemail_new":
+            return self._observe_voicemail(raw)
+        if hook == "notifications" and data.get("subtype") == "missed_call":
+            return self._observe_missed_notification(raw)
+        return Correlation(events=[])
+
+    def _observe_leg(self, raw: Event, hook: str) -> Correlation:
+        data = raw.data
+        call_key = call_key_for_leg(data)
+        if call_key is None:
+            return Correlation(events=[])
+        fact = {k: data[k] for k in _LEG_FIELDS if k in data}
+        self._remember(raw.account_id, call_key, f"{hook}:{data['call_id']}", fact)
+        is_a_leg = data["call_id"] == call_key
+        events: list[Event] = []
+        person_answered = hook == "channel_bridge" or (hook == "channel_answer" and not is_a_leg)
+        if hook == "channel_create" or person_answered:
+            summary = summarize_call(call_key, self._facts(raw.account_id, call_key))
+            kind = "call.answered" if person_answered else "call.started"
+            events.append(self._event(raw, kind, call_key, summary))
+        finalize = call_key if hook == "channel_destroy" and is_a_leg else None
+        return Correlation(events=events, finalize_call=finalize)
+
+    def _observe_voicemail(self, raw: Event) -> Correlation:
+        data = raw.data
+        vm = voicemail_data(data)
+        call_key = data.get("call_id")
+        if isinstance(call_key, str) and call_key:
+            self._remember(raw.account_id, call_key, f"voicemail:{vm['voicemail_id']}", vm)
+        ident = vm["voicemail_id"] or raw.key
+        return Correlation(events=[Event(type="voicemail.new", account_id=raw.account_id,
+                                         key=f"voicemail.new:{ident}", occurred_at=raw.occurred_at,
+                                         data=vm)])
+
+    def _observe_missed_notification(self, raw: Event) -> Correlation:
+        call_key = raw.data.get("call_id")
+        if not isinstance(call_key, str) or not call_key:
+            return Correlation(events=[])
+        if self._redis.exists(self._state_key(raw.account_id, call_key)):
+            return Correlation(events=[])  # legs were seen: finalize() decides, with fuller data
+        return Correlation(events=[self._event(raw, "call.missed", call_key, missed_from_notification(raw.data))])
+
+    def finalize(self, account_id: str, call_key: str) -> list[Event]:
+        """Propose ``call.ended`` (and ``call.missed`` when it applies) from every fact seen."""
+        facts = self._facts(account_id, call_key)
+        if not facts:
+            return []
+        summary = summarize_call(call_key, facts)
+        ended_at = summary["ended_at"] or summary["started_at"]
+        occurred = datetime.fromisoformat(ended_at) if ended_at else datetime.now().astimezone()
+        events = [Event(type="call.ended", account_id=account_id, key=f"call.ended:{call_key}",
+                        occurred_at=occurred, data=summary)]
+        if summary["direction"] == "inbound" and summary["outcome"] != "answered":
+            events.append(Event(type="call.missed", account_id=account_id, key=f"call.missed:{call_key}",
+                                occurred_at=occurred, data=summary))
+        return events

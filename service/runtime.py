@@ -1,0 +1,61 @@
+"""The process-wide collaborators a worker or the web app needs, built once from Settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import redis
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.calls import CallCorrelator
+from service.config import Settings
+from service.ratelimit import RateLimiter
+from service.redisconn import make_redis
+from service.secrets import SecretBox, secret_box
+from service.store import session_factory
+
+
+@dataclass
+class Runtime:
+    """Settings plus lazily built database sessions, Redis, encryption, limiter and correlator."""
+
+    settings: Settings
+
+    @cached_property
+    def sessions(self) -> sessionmaker[Session]:
+        """Session factory for the configured database."""
+        return session_factory(self.settings.effective_database_url)
+
+    @cached_property
+    def redis(self) -> redis.Redis:
+        """Redis client for correlation windows, limits and caches."""
+        return make_redis(self.settings.effective_redis_url)
+
+    @cached_property
+    def box(self) -> SecretBox:
+        """Encryption of connection credentials."""
+        return secret_box(self.settings)
+
+    @cached_property
+    def limiter(self) -> RateLimiter:
+        """Token buckets shared by all workers."""
+        return RateLimiter(self.redis, namespace=self.settings.namespace)
+
+    @cached_property
+    def correlator(self) -> CallCorrelator:
+        """Legs-to-calls correlation window."""
+        return CallCorrelator(self.redis, namespace=self.settings.namespace,
+                              window_seconds=self.settings.call_window_seconds)
+
+    @cached_property
+    def registry(self) -> dict:
+        """The integration registry."""
+        from integrations import REGISTRY
+
+        return REGISTRY
+
+    def api_urls(self) -> dict[str, str]:
+        """Vendor base URLs by integration key, from the settings."""
+        return {key: self.settings.api_url(cls.api_url_setting)
+                for key, cls in self.registry.items() if cls.api_url_setting}

@@ -1,0 +1,65 @@
+"""Connection credentials encrypted at rest with MultiFernet: the first key encrypts, all keys decrypt."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+
+from service.config import Settings
+
+
+class SecretsError(Exception):
+    """Keys are missing or malformed, or a stored value cannot be decrypted with any key."""
+
+
+class SecretBox:
+    """Encrypts and decrypts JSON documents; rotation re-encrypts with the newest key."""
+
+    def __init__(self, keys: list[str]) -> None:
+        if not keys:
+            raise SecretsError("no encryption keys configured (PBXRELAY_SECRET_KEYS)")
+        try:
+            self._fernet = MultiFernet([Fernet(k.strip().encode()) for k in keys])
+        except (ValueError, TypeError):
+            raise SecretsError("PBXRELAY_SECRET_KEYS must be comma-separated Fernet keys "
+                               "(generate one with `pbxrelay secrets generate-key`)") from None
+
+    def encrypt(self, doc: dict[str, Any]) -> str:
+        """Encrypt a JSON-serialisable document to an opaque token."""
+        return self._fernet.encrypt(json.dumps(doc, sort_keys=True).encode()).decode()
+
+    def decrypt(self, token: str) -> dict[str, Any]:
+        """Decrypt a token made by :meth:`encrypt` with any configured key."""
+        try:
+            return json.loads(self._fernet.decrypt(token.encode()))
+        except InvalidToken:
+            raise SecretsError("a stored credential cannot be decrypted with the configured keys") from None
+
+    def rotate(self, token: str) -> str:
+        """Re-encrypt ``token`` with the first (newest) key."""
+        try:
+            return self._fernet.rotate(token.encode()).decode()
+        except InvalidToken:
+            raise SecretsError("a stored credential cannot be decrypted with the configured keys") from None
+
+
+def load_keys(settings: Settings) -> list[str]:
+    """The configured keys, or a key generated once into var_dir/secret.key (mode 0600) for local use."""
+    if settings.secret_keys is not None:
+        return [k for k in settings.secret_keys.get_secret_value().split(",") if k.strip()]
+    path = Path(settings.var_dir) / "secret.key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(Fernet.generate_key().decode())
+    return [path.read_text().strip()]
+
+
+def secret_box(settings: Settings) -> SecretBox:
+    """The SecretBox for the configured keys."""
+    return SecretBox(load_keys(settings))

@@ -1,0 +1,64 @@
+"""The Celery app (named ``pbxrelay``): Redis broker, late acks, prefetch 1, no result backend.
+
+Worker entry point: ``celery -A workers.celery_app worker`` (``pbxrelay worker`` runs the same).
+Results are never stored: task return values and exceptions could carry event data, and secrets
+must never land in a result backend.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+from celery.signals import worker_process_init
+from kombu import Queue
+
+from service.config import Settings, get_settings
+from service.redisconn import kombu_url
+
+
+def queue_names(settings: Settings) -> dict[str, str]:
+    """The queue of each kind of work, under the settings' namespace."""
+    ns = settings.namespace
+    return {"ingest": f"{ns}.ingest", "actions": f"{ns}.actions"}
+
+
+def make_celery(settings: Settings) -> Celery:
+    """Build the Celery app for ``settings``."""
+    queues = queue_names(settings)
+    app = Celery("pbxrelay", broker=kombu_url(settings.effective_redis_url), include=["workers.tasks"])
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        result_backend=None,
+        task_acks_late=True,
+        worker_prefetch_multiplier=1,
+        # A pool child killed mid-task (OOM, kill -9) gets its task re-sent like retry() (Celery 5.7).
+        task_retry_on_worker_lost=True,
+        task_reject_on_worker_lost=False,
+        # Must exceed the longest countdown plus runtime, or Redis re-delivers early (duplicates).
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout_seconds,
+                                  "socket_timeout": 5, "socket_connect_timeout": 5},
+        broker_connection_retry_on_startup=True,
+        task_queues=[Queue(queues["ingest"]), Queue(queues["actions"])],
+        task_default_queue=queues["actions"],
+        task_routes={"pbxrelay.ingest": {"queue": queues["ingest"]},
+                     "pbxrelay.finalize_call": {"queue": queues["ingest"]},
+                     "pbxrelay.requeue_stale": {"queue": queues["ingest"]}},
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        beat_schedule={
+            "requeue-stale-deliveries": {"task": "pbxrelay.requeue_stale", "schedule": 60.0},
+        },
+    )
+    return app
+
+
+app = make_celery(get_settings())
+
+
+@worker_process_init.connect
+def _reset_connections_after_fork(**_kwargs):
+    """Pool children must not share the parent's DB and Redis sockets."""
+    from workers import tasks
+
+    tasks.reset_runtime()

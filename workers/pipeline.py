@@ -1,0 +1,326 @@
+"""The pipeline as plain functions: normalise -> correlate -> match rules -> deliveries -> execute.
+
+Tasks in ``workers.tasks`` only call these and decide how to retry. Everything here runs (and is
+tested) without Celery: it needs a :class:`service.runtime.Runtime`.
+
+Exactly-once bookkeeping lives in SQL:
+- ``events`` has one row per (account, event key): a second delivery of the same hook, or a second
+  proposal of the same call-level event, hits the unique constraint and is not planned again;
+- ``deliveries`` has one row per (account, event key, rule, action index), claimed with a lease
+  before each attempt, so two copies of an action task never run the same action at once.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import random
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from integrations.base import ActionContext, IntegrationError, PermanentError, RetryableError, scrub
+from service import accounts
+from service import rules as rules_mod
+from service.events import Event
+from service.kazoo import MalformedPayload, parse_delivery, to_hook_event
+from service.runtime import Runtime
+from service.store import Account, Delivery, QuarantinedDelivery, RuleSet, StoredEvent, utcnow
+
+log = logging.getLogger(__name__)
+unsupported_log = logging.getLogger("pbxrelay.unsupported")
+anomalous_log = logging.getLogger("pbxrelay.anomalous")
+
+# How long one attempt may hold a delivery before another copy of the task may take over.
+CLAIM_LEASE = timedelta(minutes=5)
+
+
+@dataclass
+class IngestOutcome:
+    """What ingesting one delivery did: its status, the deliveries to enqueue, a call to finalise."""
+
+    status: str  # accepted | duplicate | quarantined
+    event_key: str | None = None
+    reason: str | None = None
+    deliveries: list[int] = field(default_factory=list)
+    finalize_call: str | None = None
+
+
+def envelope_body(envelope: dict[str, Any]) -> bytes:
+    """The raw body bytes of a receiver envelope."""
+    body = envelope.get("body") or ""
+    return base64.b64decode(body) if envelope.get("body_b64") else body.encode("utf-8")
+
+
+def _quarantine(session: Session, envelope: dict[str, Any], reason: str) -> None:
+    body = envelope_body(envelope)
+    session.add(QuarantinedDelivery(
+        account_id=envelope["account_id"], reason=reason[:2000], source=envelope.get("source", "virtualpbx"),
+        method=envelope.get("method", "POST"), content_type=(envelope.get("content_type") or "")[:200],
+        query_string=envelope.get("query_string") or "", body=body.decode("utf-8", "backslashreplace"),
+        received_at=datetime.fromisoformat(envelope["received_at"])))
+
+
+def _store_event(session: Session, event: Event) -> bool:
+    """Insert the event's row; False when an event with that key was stored before."""
+    try:
+        with session.begin_nested():
+            session.add(StoredEvent(account_id=event.account_id, key=event.key[:300], type=event.type,
+                                    occurred_at=event.occurred_at, data=event.data))
+        return True
+    except IntegrityError:
+        return False
+
+
+def parse_envelope(envelope: dict[str, Any]) -> Event:
+    """Turn a receiver envelope into the raw ``virtualpbx.*`` event (MalformedPayload if unreadable)."""
+    payload = parse_delivery(method=envelope.get("method", "POST"), content_type=envelope.get("content_type", ""),
+                             body=envelope_body(envelope), query_string=envelope.get("query_string", ""))
+    return to_hook_event(payload, account_id=envelope["account_id"],
+                         received_at=datetime.fromisoformat(envelope["received_at"]))
+
+
+def ingest(rt: Runtime, envelope: dict[str, Any],
+           schedule_finalize: Callable[[str, str], None] = lambda account_id, call_key: None) -> IngestOutcome:
+    """Process one authenticated delivery: store or quarantine it, correlate, and plan deliveries.
+
+    ``schedule_finalize`` is called before the transaction commits, so a crash after the commit
+    cannot lose the call's ``call.ended`` (finalising twice is harmless: event keys are unique).
+    """
+    with rt.sessions.begin() as session:
+        account = session.get(Account, envelope["account_id"])
+        if account is None:
+            return IngestOutcome(status="quarantined", reason="account no longer exists")
+        hook_account = (envelope.get("headers") or {}).get("x-account-id")
+        try:
+            raw = parse_envelope(envelope)
+        except MalformedPayload as exc:
+            anomalous_log.warning("quarantined a malformed delivery for %s: %s", account.id, exc)
+            _quarantine(session, envelope, f"malformed: {exc}")
+            return IngestOutcome(status="quarantined", reason=f"malformed: {exc}")
+        if hook_account and hook_account != account.id:
+            reason = f"X-Account-ID {hook_account[:64]!r} does not match the hook URL's account"
+            _quarantine(session, envelope, reason)
+            return IngestOutcome(status="quarantined", reason=reason)
+        if raw.type == "virtualpbx.unknown":
+            unsupported_log.info("quarantined an unknown hook type for %s", account.id)
+            _quarantine(session, envelope, "unknown hook type (no hook_event, event_name or object fields)")
+            return IngestOutcome(status="quarantined", event_key=raw.key, reason="unknown hook type")
+        if not _store_event(session, raw):
+            _quarantine(session, envelope, f"duplicate of event {raw.key}")
+            return IngestOutcome(status="duplicate", event_key=raw.key, reason="duplicate")
+
+        correlation = rt.correlator.observe(raw)
+        if correlation.finalize_call:
+            schedule_finalize(account.id, correlation.finalize_call)
+        outcome = IngestOutcome(status="accepted", event_key=raw.key, finalize_call=correlation.finalize_call)
+        ruleset = _ruleset(session, rt, account.id)
+        for event in [raw, *correlation.events]:
+            if event is raw or _store_event(session, event):
+                outcome.deliveries.extend(_plan(session, ruleset, account, event))
+    return outcome
+
+
+def finalize_call(rt: Runtime, account_id: str, call_key: str) -> list[int]:
+    """Propose the ended/missed events of a call whose A-leg hung up; plan their deliveries."""
+    with rt.sessions.begin() as session:
+        account = session.get(Account, account_id)
+        if account is None:
+            return []
+        ruleset = _ruleset(session, rt, account_id)
+        planned: list[int] = []
+        for event in rt.correlator.finalize(account_id, call_key):
+            if _store_event(session, event):
+                planned.extend(_plan(session, ruleset, account, event))
+        return planned
+
+
+_RULES_CACHE: dict[str, tuple[int, Any]] = {}
+
+
+def _ruleset(session: Session, rt: Runtime, account_id: str):
+    """The parsed rules of an account, cached per process until its version changes."""
+    row = session.get(RuleSet, account_id)
+    if row is None:
+        return None
+    cached = _RULES_CACHE.get(account_id)
+    if cached and cached[0] == row.version:
+        return cached[1]
+    parsed = rules_mod.load_rules(row.source, filename=f"<rules of {account_id}>", registry=rt.registry)
+    _RULES_CACHE[account_id] = (row.version, parsed)
+    return parsed
+
+
+def _plan(session: Session, ruleset, account: Account, event: Event) -> list[int]:
+    """Create a delivery row for each matching rule action; return the ids that need a task."""
+    if ruleset is None:
+        return []
+    ids = []
+    for planned in rules_mod.plan(ruleset, event):
+        delivery = Delivery(account_id=account.id, event_key=event.key[:300], event_type=event.type,
+                            rule_name=planned.rule_name, action_index=planned.index,
+                            connection=planned.connection, integration=planned.integration,
+                            action=planned.action, status="pending", params={})
+        try:
+            delivery.params = rules_mod.render_action(planned, event, ruleset.account)
+        except PermanentError as exc:
+            delivery.status = "failed"
+            delivery.last_error = scrub(str(exc))[:2000]
+        try:
+            with session.begin_nested():
+                session.add(delivery)
+        except IntegrityError:
+            continue  # planned before (a re-delivered task): the existing row is authoritative
+        if delivery.status == "pending":
+            ids.append(delivery.id)
+    return ids
+
+
+def dry_run(rt: Runtime, account_id: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """Show what a payload would do, with no side effect: parsed event, call events, rules, rendered actions."""
+    from service.calls import call_key_for_leg, missed_from_notification, summarize_call, voicemail_data
+
+    with rt.sessions() as session:
+        account = accounts.get_account(session, account_id)
+        ruleset = _ruleset(session, rt, account_id)
+    raw = to_hook_event(payload, account_id=account_id)
+    derived: list[Event] = []
+    hook = raw.data.get("hook")
+    call_key = call_key_for_leg(raw.data) if hook and hook.startswith("channel_") else None
+    if call_key:
+        summary = summarize_call(call_key, {f"{hook}:{raw.data['call_id']}": raw.data})
+        kinds = {"channel_create": ["call.started"], "channel_bridge": ["call.answered"],
+                 "channel_destroy": ["call.ended"] + (["call.missed"] if summary["direction"] == "inbound"
+                                                      and summary["outcome"] != "answered" else [])}
+        for kind in kinds.get(hook, []):
+            derived.append(Event(type=kind, account_id=account_id, key=f"{kind}:{call_key}",
+                                 occurred_at=raw.occurred_at, data=summary))
+    else:
+        if raw.data.get("subtype") == "voicemail_new":
+            derived.append(Event(type="voicemail.new", account_id=account_id, key="voicemail.new:dry-run",
+                                 occurred_at=raw.occurred_at, data=voicemail_data(raw.data)))
+        elif raw.data.get("subtype") == "missed_call":
+            derived.append(Event(type="call.missed", account_id=account_id, key="call.missed:dry-run",
+                                 occurred_at=raw.occurred_at, data=missed_from_notification(raw.data)))
+    actions = []
+    for event in [raw, *derived]:
+        for planned in (rules_mod.plan(ruleset, event) if ruleset else []):
+            entry = {"event": event.type, "rule": planned.rule_name, "use": planned.connection,
+                     "integration": planned.integration, "action": planned.action}
+            try:
+                entry["with"] = rules_mod.render_action(planned, event, ruleset.account)
+            except PermanentError as exc:
+                entry["error"] = str(exc)
+            actions.append(entry)
+    return {"account": {"id": account.id, "name": account.name},
+            "event": raw.to_json(), "call_events": [e.to_json() for e in derived], "actions": actions}
+
+
+def _claim(session: Session, delivery_id: int) -> Delivery | None:
+    now = utcnow()
+    result = session.execute(
+        sa.update(Delivery)
+        .where(Delivery.id == delivery_id,
+               sa.or_(Delivery.status.in_(("pending", "retrying")),
+                      sa.and_(Delivery.status == "running", Delivery.claimed_until < now)))
+        .values(status="running", attempts=Delivery.attempts + 1, claimed_until=now + CLAIM_LEASE,
+                updated_at=now))
+    return session.get(Delivery, delivery_id) if result.rowcount == 1 else None
+
+
+def retry_delay(rt: Runtime, attempt: int, retry_after: float | None) -> float:
+    """Seconds before the next attempt: the vendor's Retry-After if given, else capped backoff with full jitter."""
+    cap = rt.settings.retry_max_countdown_seconds
+    if retry_after is not None and retry_after > 0:
+        return min(cap, retry_after + random.uniform(0, 1))
+    return random.uniform(0, min(cap, rt.settings.retry_base_seconds * 2 ** max(0, attempt - 1)))
+
+
+def execute_delivery(rt: Runtime, delivery_id: int) -> str:
+    """Run one planned action once; record the attempt; raise RetryableError/PermanentError on failure."""
+    with rt.sessions.begin() as session:
+        delivery = _claim(session, delivery_id)
+        if delivery is None:
+            current = session.get(Delivery, delivery_id)
+            if current is None:
+                raise PermanentError(f"delivery {delivery_id} does not exist")
+            if current.status == "running":
+                left = (current.claimed_until - utcnow()).total_seconds() if current.claimed_until else 1
+                raise RetryableError(f"delivery {delivery_id} is being attempted elsewhere",
+                                     retry_after=max(1.0, left), code="claimed")
+            return current.status  # succeeded, failed, dead: nothing to do
+        account = session.get(Account, delivery.account_id)
+        stored = session.scalars(sa.select(StoredEvent).where(StoredEvent.account_id == delivery.account_id,
+                                                              StoredEvent.key == delivery.event_key)).first()
+        snapshot = (delivery.id, delivery.account_id, delivery.integration, delivery.action, delivery.connection,
+                    dict(delivery.params or {}), delivery.attempts, delivery.created_at,
+                    account.timezone if account else "UTC", stored)
+    (_id, account_id, integration_key, action, connection_name, params, attempts, created_at, tz,
+     stored_event) = snapshot
+
+    secrets_seen: list[str] = []
+    try:
+        with rt.sessions() as session:
+            try:
+                _row, config = accounts.connection_config(session, rt.box, account_id, connection_name)
+            except accounts.AccountError as exc:
+                raise PermanentError(str(exc)) from None
+        cls = rt.registry.get(integration_key)
+        if cls is None:
+            raise PermanentError(f"integration {integration_key!r} is not installed")
+        try:
+            integration = cls(cls.Config.model_validate(config))
+        except Exception as exc:  # pydantic.ValidationError: stored config no longer valid
+            raise PermanentError(f"connection {connection_name!r} is misconfigured: {exc}") from None
+        secrets_seen = integration.secrets()
+        ctx = ActionContext(
+            account_id=account_id, idempotency_key=f"{account_id}:{delivery_id}",
+            connection_id=f"{account_id}:{connection_name}", attempt=attempts, timezone=tz,
+            api_urls=rt.api_urls(), acquire=rt.limiter.acquire, penalise=rt.limiter.penalise, redis=rt.redis,
+            event=(Event(type=stored_event.type, account_id=account_id, key=stored_event.key,
+                         occurred_at=stored_event.occurred_at, data=stored_event.data).to_json()
+                   if stored_event else {}))
+        result = integration.run(action, params, ctx)
+    except IntegrationError as exc:
+        _record_failure(rt, delivery_id, exc, created_at, secrets_seen)
+        raise
+    except Exception as exc:  # an unmapped failure: keep the action (retry), never swallow it
+        log.exception("delivery %s: unexpected %s", delivery_id, type(exc).__name__)
+        wrapped = RetryableError(scrub(f"unexpected {type(exc).__name__}: {exc}", secrets_seen)[:1000])
+        _record_failure(rt, delivery_id, wrapped, created_at, secrets_seen)
+        raise wrapped from None
+    with rt.sessions.begin() as session:
+        session.execute(sa.update(Delivery).where(Delivery.id == delivery_id).values(
+            status="succeeded", external_id=(result.external_id or "")[:300] or None,
+            last_error=("deduplicated: the effect was already there" if result.deduplicated else None),
+            claimed_until=None, updated_at=utcnow()))
+    return "succeeded"
+
+
+def _record_failure(rt: Runtime, delivery_id: int, exc: IntegrationError, created_at: datetime,
+                    secrets_seen: list[str]) -> None:
+    """Write the attempt's outcome: retrying, failed (permanent) or dead (past the retry horizon)."""
+    exc.message = scrub(exc.message, secrets_seen)
+    exc.args = (exc.message,)
+    if created_at.tzinfo is None:
+        created_at = created_at.replace(tzinfo=timezone.utc)
+    past_horizon = utcnow() - created_at > timedelta(seconds=rt.settings.retry_horizon_seconds)
+    status = "retrying" if exc.retryable and not past_horizon else ("dead" if exc.retryable else "failed")
+    with rt.sessions.begin() as session:
+        session.execute(sa.update(Delivery).where(Delivery.id == delivery_id).values(
+            status=status, last_error=f"{type(exc).__name__}: {exc.message}"[:2000], claimed_until=None,
+            updated_at=utcnow()))
+    if status == "dead":
+        raise PermanentError(f"gave up after the retry horizon: {exc.message}") from None
+
+
+def stale_pending(rt: Runtime, older_than: timedelta) -> list[int]:
+    """Deliveries planned but never attempted (their task was lost between commit and enqueue)."""
+    cutoff = utcnow() - older_than
+    with rt.sessions() as session:
+        return list(session.scalars(sa.select(Delivery.id).where(Delivery.status == "pending",
+                                                                 Delivery.created_at < cutoff).limit(1000)))

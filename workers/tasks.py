@@ -1,0 +1,86 @@
+"""Celery tasks: thin wrappers that call one pipeline function and decide how to retry."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+import redis
+from sqlalchemy.exc import OperationalError
+
+from integrations.base import PermanentError, RetryableError
+from service.config import get_settings
+from service.runtime import Runtime
+from workers import pipeline
+from workers.celery_app import app
+
+log = logging.getLogger(__name__)
+_runtime: Runtime | None = None
+
+# Infrastructure hiccups (Redis or the database briefly away) are retried, never dropped.
+INFRA_ERRORS = (redis.RedisError, OperationalError)
+
+
+def runtime() -> Runtime:
+    """This process's Runtime, built on first use."""
+    global _runtime
+    if _runtime is None:
+        _runtime = Runtime(get_settings())
+    return _runtime
+
+
+def reset_runtime() -> None:
+    """Forget connections inherited across fork."""
+    global _runtime
+    _runtime = None
+    from service.store import session_factory
+
+    session_factory.cache_clear()
+
+
+@app.task(name="pbxrelay.ingest", bind=True, max_retries=None, autoretry_for=INFRA_ERRORS,
+          retry_backoff=1, retry_backoff_max=60, retry_jitter=True)
+def ingest(self, envelope: dict) -> str:
+    """Ingest one received delivery and enqueue what it planned."""
+    rt = runtime()
+    outcome = pipeline.ingest(rt, envelope, schedule_finalize=lambda account_id, call_key: finalize_call.apply_async(
+        (account_id, call_key), countdown=rt.settings.call_settle_seconds))
+    for delivery_id in outcome.deliveries:
+        run_action.delay(delivery_id)
+    return outcome.status
+
+
+@app.task(name="pbxrelay.finalize_call", bind=True, max_retries=None, autoretry_for=INFRA_ERRORS,
+          retry_backoff=1, retry_backoff_max=60, retry_jitter=True)
+def finalize_call(self, account_id: str, call_key: str) -> int:
+    """Emit a finished call's call.ended / call.missed and enqueue their actions."""
+    planned = pipeline.finalize_call(runtime(), account_id, call_key)
+    for delivery_id in planned:
+        run_action.delay(delivery_id)
+    return len(planned)
+
+
+@app.task(name="pbxrelay.run_action", bind=True, max_retries=None)
+def run_action(self, delivery_id: int) -> str:
+    """Run one delivery; retry RetryableError after the computed delay; PermanentError is final."""
+    rt = runtime()
+    try:
+        return pipeline.execute_delivery(rt, delivery_id)
+    except RetryableError as exc:
+        delay = pipeline.retry_delay(rt, self.request.retries + 1, exc.retry_after)
+        raise self.retry(countdown=delay, exc=exc, max_retries=None)
+    except INFRA_ERRORS as exc:
+        raise self.retry(countdown=pipeline.retry_delay(rt, self.request.retries + 1, None),
+                         exc=RetryableError(f"infrastructure: {type(exc).__name__}"), max_retries=None)
+    except PermanentError as exc:
+        log.warning("delivery %s failed permanently: %s", delivery_id, exc)
+        raise
+
+
+@app.task(name="pbxrelay.requeue_stale")
+def requeue_stale() -> int:
+    """Re-enqueue deliveries planned but never attempted (their enqueue was lost)."""
+    ids = pipeline.stale_pending(runtime(), timedelta(minutes=2))
+    for delivery_id in ids:
+        run_action.delay(delivery_id)
+    return len(ids)
