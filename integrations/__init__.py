@@ -1,0 +1,13 @@
+"""The explicit integration registry: one line per integration, keyed by its folder name."""
+
+from __future__ import annotations
+
+from integrations.base import Integration
+from integrations.slack import SlackIntegration
+
+REGISTRY: dict[str, type[Integration]] = {
+    cls.key: cls
+    for cls in (
+        SlackIntegration,
+    )
+}

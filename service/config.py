@@ -40,9 +40,8 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=256 * 1024, ge=1024)
     # Seconds to wait after a call's A-leg ends for late legs before call.ended/call.missed are emitted.
     call_settle_seconds: float = Field(default=3.0, ge=0)
-    # How long per-call correlation state and event de-duplication keys live in Redis.
+    # How long per-call correlation state lives in Redis.
     call_window_seconds: int = Field(default=6 * 3600, ge=60)
-    dedupe_ttl_seconds: int = Field(default=3 * 24 * 3600, ge=60)
     # Retry policy of actions: exponential backoff with full jitter, capped; given up after the horizon.
     retry_base_seconds: float = Field(default=2.0, gt=0)
     retry_max_countdown_seconds: int = Field(default=900, ge=1)

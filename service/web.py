@@ -40,7 +40,9 @@ class Receiver:
         self.celery = make_celery(settings)
         self.celery.conf.broker_connection_timeout = 1
         self.celery.conf.broker_transport_options = {**self.celery.conf.broker_transport_options,
-                                                     "socket_timeout": 1, "socket_connect_timeout": 1}
+                                                     "socket_timeout": 1, "socket_connect_timeout": 1,
+                                                     # fail at once when Redis is away: the spool takes over
+                                                     "max_retries": 0, "connect_retries_timeout": 1}
         self.ingest_queue = queue_names(settings)["ingest"]
         self.spool = Spool(settings.var_dir / "spool", max_events=settings.spool_max_events)
         self._tokens: dict[str, tuple[str, float]] = {}

@@ -1,0 +1,101 @@
+"""Accounts, tokens and encrypted credentials on real SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+from cryptography.fernet import Fernet
+
+from service import accounts
+from service.secrets import SecretBox, SecretsError
+from service.store import Connection, migrate, session_factory
+
+ACCOUNT = "91eb05e5c68d7ca05e7618b6821d2d16"
+
+
+@pytest.fixture
+def sessions(database_url):
+    """A session factory on a freshly migrated database."""
+    migrate(database_url)
+    factory = session_factory(database_url)
+    yield factory
+    factory.kw["bind"].dispose()
+
+
+def test_migrations_create_every_table(database_url):
+    """Alembic upgrade head creates the whole schema, and running it again is a no-op."""
+    migrate(database_url)
+    migrate(database_url)
+    inspector = sa.inspect(sa.create_engine(database_url))
+    assert {"accounts", "connections", "rulesets", "events", "quarantine", "deliveries",
+            "alembic_version"} <= set(inspector.get_table_names())
+
+
+def test_add_account_and_find_it_by_token(sessions):
+    """The token is returned once, stored only as a hash, and finds its account."""
+    with sessions.begin() as session:
+        created = accounts.add_account(session, ACCOUNT, name="Acme Dental", timezone="America/New_York")
+    assert len(created.token) >= 32  # 24 random bytes, base64url: 192 bits
+    with sessions() as session:
+        assert accounts.account_for_token(session, created.token).id == ACCOUNT
+        assert accounts.account_for_token(session, created.token + "x") is None
+        assert accounts.account_for_token(session, "") is None
+        stored = session.execute(sa.text("SELECT hook_token_hash FROM accounts")).scalar_one()
+    assert created.token not in stored
+
+
+@pytest.mark.parametrize("account_id, name, tz, message", [
+    ("not-hex", "X", "UTC", "invalid account id"),
+    (ACCOUNT.upper(), "X", "UTC", "invalid account id"),
+    (ACCOUNT, "X", "Mars/Olympus", "unknown time zone"),
+    (ACCOUNT, "   ", "UTC", "name must not be empty"),
+], ids=["not-hex", "upper-case", "bad-timezone", "empty-name"])
+def test_add_account_rejects_bad_input(sessions, account_id, name, tz, message):
+    """Bad ids, names and zones get a clear AccountError."""
+    with sessions.begin() as session, pytest.raises(accounts.AccountError, match=message):
+        accounts.add_account(session, account_id, name=name, timezone=tz)
+
+
+def test_adding_an_account_twice_is_an_error(sessions):
+    """A second add of the same id is refused (the first token stays valid)."""
+    with sessions.begin() as session:
+        accounts.add_account(session, ACCOUNT, name="A")
+    with sessions.begin() as session, pytest.raises(accounts.AccountError, match="exists already"):
+        accounts.add_account(session, ACCOUNT, name="A")
+
+
+def test_rotate_token_invalidates_the_old_url(sessions):
+    """After rotation only the new token authenticates."""
+    with sessions.begin() as session:
+        old = accounts.add_account(session, ACCOUNT, name="A").token
+    with sessions.begin() as session:
+        new = accounts.rotate_token(session, ACCOUNT)
+    with sessions() as session:
+        assert accounts.account_for_token(session, old) is None
+        assert accounts.account_for_token(session, new).id == ACCOUNT
+
+
+def test_credentials_are_encrypted_at_rest_and_keys_rotate(sessions):
+    """The stored row holds no plaintext; an old key still decrypts; rotate re-encrypts with the new key."""
+    old_key, new_key = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    box = SecretBox([old_key])
+    with sessions.begin() as session:
+        accounts.add_account(session, ACCOUNT, name="A")
+        session.add(Connection(account_id=ACCOUNT, name="team-slack", integration="slack",
+                               config_encrypted=box.encrypt({"bot_token": "xoxb-plain-secret-value"})))
+    with sessions() as session:
+        raw = session.execute(sa.text("SELECT config_encrypted FROM connections")).scalar_one()
+    assert "xoxb-plain-secret-value" not in raw
+    rotated_box = SecretBox([new_key, old_key])
+    assert rotated_box.decrypt(raw) == {"bot_token": "xoxb-plain-secret-value"}
+    rotated = rotated_box.rotate(raw)
+    assert SecretBox([new_key]).decrypt(rotated)["bot_token"] == "xoxb-plain-secret-value"
+    with pytest.raises(SecretsError, match="cannot be decrypted"):
+        SecretBox([old_key]).decrypt(rotated)
+
+
+@pytest.mark.parametrize("keys", [[], ["not-a-fernet-key"], [""]], ids=["none", "garbage", "empty"])
+def test_bad_keys_are_a_clear_error(keys):
+    """Missing or malformed PBXRELAY_SECRET_KEYS are reported, not crashed on."""
+    with pytest.raises(SecretsError):
+        SecretBox(keys)

@@ -1,0 +1,126 @@
+"""The receiver: token auth, exactly-200 answers, size limit, queueing and spooling (real Redis and SQL)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from cryptography.fernet import Fernet
+
+from service import accounts
+from service.config import Settings
+from service.store import migrate, session_factory
+from service.web import create_app
+from tests.conftest import load_fixture
+from tests.harness import free_port
+
+ACCOUNT = "91eb05e5c68d7ca05e7618b6821d2d16"
+
+
+def make_settings(tmp_path: Path, redis_url: str, namespace: str, **overrides) -> Settings:
+    """Settings for one receiver under test."""
+    values = dict(var_dir=tmp_path / "var", redis_url=redis_url, namespace=namespace,
+                  database_url=f"sqlite:///{tmp_path / 'db.sqlite3'}", secret_keys=Fernet.generate_key().decode(),
+                  max_body_bytes=4096)
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture
+def receiver(tmp_path, redis_url, namespace, redis_client):
+    """A receiver app with one account; yields (client, token, settings)."""
+    settings = make_settings(tmp_path, redis_url, namespace)
+    migrate(settings.effective_database_url)
+    with session_factory(settings.effective_database_url).begin() as session:
+        token = accounts.add_account(session, ACCOUNT, name="Acme").token
+    app = create_app(settings, start_drainer=False)
+    return app.test_client(), token, settings
+
+
+def queued(redis_client, namespace) -> list[dict]:
+    """The envelopes waiting on the ingest queue (kombu's JSON message bodies)."""
+    messages = [json.loads(m) for m in redis_client.lrange(f"{namespace}.ingest", 0, -1)]
+    import base64
+
+    return [json.loads(base64.b64decode(m["body"]))[0][0] for m in messages]
+
+
+def test_json_form_and_get_are_queued_raw(receiver, redis_client, namespace):
+    """All three Kazoo delivery forms get exactly 200 and a queued envelope with the raw request."""
+    client, token, _ = receiver
+    body = json.dumps(load_fixture("kazoo/webhook_channel_create.json"))
+    assert client.post(f"/hooks/virtualpbx/{token}", data=body, content_type="application/json").status_code == 200
+    assert client.post(f"/hooks/virtualpbx/{token}", data="hook_event=channel_create&call_id=x",
+                       content_type="application/x-www-form-urlencoded").status_code == 200
+    assert client.get(f"/hooks/virtualpbx/{token}?hook_event=channel_answer&call_id=x",
+                      headers={"X-Hook-ID": "h1", "X-Account-ID": ACCOUNT}).status_code == 200
+    envelopes = sorted(queued(redis_client, namespace), key=lambda e: e["method"])
+    assert [e["method"] for e in envelopes] == ["GET", "POST", "POST"]
+    assert all(e["account_id"] == ACCOUNT for e in envelopes)
+    assert envelopes[0]["query_string"] == "hook_event=channel_answer&call_id=x"
+    assert envelopes[0]["headers"] == {"x-hook-id": "h1", "x-account-id": ACCOUNT}
+    assert body in [e["body"] for e in envelopes]
+
+
+@pytest.mark.parametrize("body, content_type", [
+    (b"{not json", "application/json"),
+    (b"\xff\xfe\x00binary", "application/octet-stream"),
+    (b"", "application/json"),
+    (b"[1,2,3]", "application/json"),
+], ids=["broken-json", "binary", "empty", "json-array"])
+def test_malformed_bodies_still_get_200_and_are_kept(receiver, redis_client, namespace, body, content_type):
+    """The receiver never judges the body: it keeps it (the worker quarantines it) and answers 200."""
+    client, token, _ = receiver
+    response = client.post(f"/hooks/virtualpbx/{token}", data=body, content_type=content_type)
+    assert response.status_code == 200
+    (envelope,) = queued(redis_client, namespace)
+    from workers.pipeline import envelope_body
+
+    assert envelope_body(envelope) == body
+
+
+@pytest.mark.parametrize("token", ["wrong", "x" * 300, "%00", "../../etc/passwd"], ids=["wrong", "long", "nul", "dots"])
+def test_unknown_token_is_404_and_nothing_is_stored(receiver, redis_client, namespace, token):
+    """A wrong token gets 404 and leaves no trace in the queue."""
+    client, _, _ = receiver
+    response = client.post(f"/hooks/virtualpbx/{token}", json={"hook_event": "channel_create"})
+    assert response.status_code == 404
+    assert queued(redis_client, namespace) == []
+
+
+def test_oversized_body_is_413(receiver, redis_client, namespace):
+    """A body over max_body_bytes gets 413 and is not queued."""
+    client, token, _ = receiver
+    response = client.post(f"/hooks/virtualpbx/{token}", data="a=" + "x" * 5000,
+                           content_type="application/x-www-form-urlencoded")
+    assert response.status_code == 413
+    assert queued(redis_client, namespace) == []
+
+
+def test_redis_down_spools_durably_and_fast(tmp_path, namespace):
+    """With Redis unreachable the event is fsync'd to the spool and still answered 200, within a second."""
+    settings = make_settings(tmp_path, f"redis://127.0.0.1:{free_port()}/0", namespace)
+    migrate(settings.effective_database_url)
+    with session_factory(settings.effective_database_url).begin() as session:
+        token = accounts.add_account(session, ACCOUNT, name="Acme").token
+    client = create_app(settings, start_drainer=False).test_client()
+    started = time.monotonic()
+    response = client.post(f"/hooks/virtualpbx/{token}", json={"hook_event": "channel_create", "call_id": "c1"})
+    elapsed = time.monotonic() - started
+    assert response.status_code == 200
+    assert elapsed < 1.5, f"spooling took {elapsed:.2f}s"
+    spooled = list((settings.var_dir / "spool").glob("*.json"))
+    assert len(spooled) == 1 and json.loads(spooled[0].read_text())["body"] == '{"call_id": "c1", "hook_event": "channel_create"}'
+    ready = client.get("/readyz")
+    assert ready.status_code == 503 and ready.json["spooling"] is True and ready.json["spooled_events"] == 1
+    assert "pbxrelay_spool_events 1.0" in client.get("/metrics").text
+
+
+def test_health_and_ready(receiver):
+    """/healthz is always up; /readyz checks Redis and the database."""
+    client, _, _ = receiver
+    assert client.get("/healthz").json == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json["redis"] == "ok" and ready.json["database"] == "ok"
