@@ -91,6 +91,30 @@ class ActionResult:
     deduplicated: bool = False
 
 
+@dataclass(frozen=True)
+class Media:
+    """A downloaded file (voicemail audio) to attach."""
+
+    content: bytes
+    content_type: str
+    filename: str
+
+
+class MediaTooLarge(PermanentError):
+    """The file exceeds the cap; ``url`` (when set) is a link to attach instead."""
+
+    def __init__(self, message: str, *, url: str | None = None, **kwargs) -> None:
+        super().__init__(message, **kwargs)
+        self.url = url
+
+    def __reduce__(self):
+        return (_rebuild_too_large, (self.message, self.url))
+
+
+def _rebuild_too_large(message, url):
+    return MediaTooLarge(message, url=url)
+
+
 @dataclass
 class ActionContext:
     """What an action needs besides its params: identity, vendor URLs and the shared limiter.
@@ -100,7 +124,10 @@ class ActionContext:
     ``connection_id`` is stable per account connection (use it in rate-limit bucket keys).
     ``acquire(key, capacity, per_second, cost)`` asks the shared, cross-worker limiter for tokens and
     returns the seconds to wait (0 = granted); ``penalise(key, seconds)`` shuts a bucket after a 429.
-    ``event`` is the triggering event's JSON (``Event.to_json()``).
+    ``event`` is the triggering event's JSON (``Event.to_json()``). ``redis`` with ``namespace`` is a
+    shared store for cross-worker state (prefix every key with ``namespace``). ``media(max_bytes)``
+    fetches the triggering voicemail's audio from VirtualPBX (None when the event has none or the
+    account has no VirtualPBX connection); it raises :class:`MediaTooLarge` past ``max_bytes``.
     """
 
     account_id: str
@@ -113,7 +140,9 @@ class ActionContext:
     acquire: Callable[..., float] = lambda key, capacity, per_second, cost=1.0: 0.0
     penalise: Callable[[str, float], None] = lambda key, seconds: None
     redis: Any = None
+    namespace: str = "pbxrelay"
     event: dict[str, Any] = field(default_factory=dict)
+    media: Callable[[int], "Media | None"] = lambda max_bytes: None
 
     def pace(self, key: str, capacity: float, per_second: float, cost: float = 1.0) -> None:
         """Take tokens from a shared bucket, or raise RetryableError telling when to come back."""
