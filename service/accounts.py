@@ -111,14 +111,14 @@ def apply_rules(session: Session, text: str, *, filename: str, base_dir: Path, r
     account = get_account(session, parsed.account.id)
     stored = {c.name: c for c in session.scalars(sa.select(Connection).where(Connection.account_id == account.id))}
 
+    previous = {name: box.decrypt(row.config_encrypted) for name, row in stored.items()}
     resolved: dict[str, tuple[str, dict]] = {}
     errors: list[str] = []
     for name, spec in parsed.connections.items():
-        previous = box.decrypt(stored[name].config_encrypted) if name in stored else {}
         try:
             config = rules_mod.validate_connection(
                 name, spec, registry, base_dir=base_dir, filename=filename,
-                resolve_stored=lambda field, _prev=previous, _name=name: _stored_value(_prev, field, filename, _name))
+                resolve=lambda conn, key: previous.get(conn, {}).get(key))
         except rules_mod.RulesError as exc:
             errors.append(str(exc))
             continue
@@ -149,13 +149,6 @@ def apply_rules(session: Session, text: str, *, filename: str, base_dir: Path, r
         ruleset.applied_at = sa.func.now()
     session.flush()
     return ruleset
-
-
-def _stored_value(previous: dict, field: str, filename: str, connection: str):
-    if field not in previous:
-        raise rules_mod.RulesError(filename, rule=None, field=f"connections.{connection}.{field}",
-                                   message="'stored:' given but no value is stored yet for this connection")
-    return previous[field]
 
 
 def export_document(parsed, registry: dict) -> str:

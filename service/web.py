@@ -132,6 +132,8 @@ def create_app(settings: Settings | None = None, *, start_drainer: bool = True) 
             receiver.rejected.labels("unknown_token").inc()
             return jsonify(error="unknown hook token"), 404
         try:
+            if len(request.query_string) > settings.max_body_bytes:
+                raise RequestEntityTooLarge()
             body = request.get_data(cache=False)
         except RequestEntityTooLarge:
             receiver.rejected.labels("too_large").inc()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from celery import Celery
 from celery.signals import worker_process_init
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from service.config import Settings, get_settings
 from service.redisconn import kombu_url
@@ -39,7 +39,8 @@ def make_celery(settings: Settings) -> Celery:
         broker_transport_options={"visibility_timeout": settings.visibility_timeout_seconds,
                                   "socket_timeout": 5, "socket_connect_timeout": 5},
         broker_connection_retry_on_startup=True,
-        task_queues=[Queue(queues["ingest"]), Queue(queues["actions"])],
+        # One direct exchange per queue: two queues bound to the same exchange and key would each get a copy.
+        task_queues=[Queue(name, Exchange(name, type="direct"), routing_key=name) for name in queues.values()],
         task_default_queue=queues["actions"],
         task_routes={"pbxrelay.ingest": {"queue": queues["ingest"]},
                      "pbxrelay.finalize_call": {"queue": queues["ingest"]},

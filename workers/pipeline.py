@@ -56,6 +56,12 @@ def envelope_body(envelope: dict[str, Any]) -> bytes:
     return base64.b64decode(body) if envelope.get("body_b64") else body.encode("utf-8")
 
 
+def quarantine(rt: Runtime, envelope: dict[str, Any], reason: str) -> None:
+    """Keep an envelope that could not be processed, with the reason, for the operator."""
+    with rt.sessions.begin() as session:
+        _quarantine(session, envelope, reason)
+
+
 def _quarantine(session: Session, envelope: dict[str, Any], reason: str) -> None:
     body = envelope_body(envelope)
     session.add(QuarantinedDelivery(
@@ -310,10 +316,14 @@ def _record_failure(rt: Runtime, delivery_id: int, exc: IntegrationError, create
         created_at = created_at.replace(tzinfo=timezone.utc)
     past_horizon = utcnow() - created_at > timedelta(seconds=rt.settings.retry_horizon_seconds)
     status = "retrying" if exc.retryable and not past_horizon else ("dead" if exc.retryable else "failed")
+    values: dict[str, Any] = {"status": status, "claimed_until": None, "updated_at": utcnow()}
+    if exc.code == "paced":
+        # Waiting for a rate-limit token is not an attempt: nothing reached the vendor.
+        values["attempts"] = Delivery.attempts - 1
+    else:
+        values["last_error"] = f"{type(exc).__name__}: {exc.message}"[:2000]
     with rt.sessions.begin() as session:
-        session.execute(sa.update(Delivery).where(Delivery.id == delivery_id).values(
-            status=status, last_error=f"{type(exc).__name__}: {exc.message}"[:2000], claimed_until=None,
-            updated_at=utcnow()))
+        session.execute(sa.update(Delivery).where(Delivery.id == delivery_id).values(**values))
     if status == "dead":
         raise PermanentError(f"gave up after the retry horizon: {exc.message}") from None
 

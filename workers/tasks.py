@@ -6,6 +6,7 @@ import logging
 from datetime import timedelta
 
 import redis
+from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.exc import OperationalError
 
 from integrations.base import PermanentError, RetryableError
@@ -39,12 +40,18 @@ def reset_runtime() -> None:
 
 
 @app.task(name="pbxrelay.ingest", bind=True, max_retries=None, autoretry_for=INFRA_ERRORS,
-          retry_backoff=1, retry_backoff_max=60, retry_jitter=True)
+          retry_backoff=1, retry_backoff_max=60, retry_jitter=True, soft_time_limit=30, time_limit=60)
 def ingest(self, envelope: dict) -> str:
     """Ingest one received delivery and enqueue what it planned."""
     rt = runtime()
-    outcome = pipeline.ingest(rt, envelope, schedule_finalize=lambda account_id, call_key: finalize_call.apply_async(
-        (account_id, call_key), countdown=rt.settings.call_settle_seconds))
+    try:
+        outcome = pipeline.ingest(rt, envelope, schedule_finalize=lambda account_id, call_key:
+                                  finalize_call.apply_async((account_id, call_key),
+                                                            countdown=rt.settings.call_settle_seconds))
+    except SoftTimeLimitExceeded:
+        # A pathological rule template can outrun any in-process guard; keep the event, don't loop on it.
+        pipeline.quarantine(rt, envelope, "processing exceeded the 30 s time limit (check the rules' templates)")
+        return "quarantined"
     for delivery_id in outcome.deliveries:
         run_action.delay(delivery_id)
     return outcome.status
@@ -60,7 +67,7 @@ def finalize_call(self, account_id: str, call_key: str) -> int:
     return len(planned)
 
 
-@app.task(name="pbxrelay.run_action", bind=True, max_retries=None)
+@app.task(name="pbxrelay.run_action", bind=True, max_retries=None, soft_time_limit=120, time_limit=180)
 def run_action(self, delivery_id: int) -> str:
     """Run one delivery; retry RetryableError after the computed delay; PermanentError is final."""
     rt = runtime()

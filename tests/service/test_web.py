@@ -99,6 +99,14 @@ def test_oversized_body_is_413(receiver, redis_client, namespace):
     assert queued(redis_client, namespace) == []
 
 
+def test_oversized_query_string_is_413(receiver, redis_client, namespace):
+    """A GET delivery whose query string exceeds max_body_bytes gets 413 too."""
+    client, token, _ = receiver
+    assert client.get(f"/hooks/virtualpbx/{token}?a={'x' * 5000}").status_code == 413
+    assert client.get(f"/hooks/virtualpbx/{token}?a={'x' * 3000}").status_code == 200
+    assert len(queued(redis_client, namespace)) == 1
+
+
 def test_redis_down_spools_durably_and_fast(tmp_path, namespace):
     """With Redis unreachable the event is fsync'd to the spool and still answered 200, within a second."""
     settings = make_settings(tmp_path, f"redis://127.0.0.1:{free_port()}/0", namespace)
