@@ -128,6 +128,8 @@ class ActionContext:
     shared store for cross-worker state (prefix every key with ``namespace``). ``media(max_bytes)``
     fetches the triggering voicemail's audio from VirtualPBX (None when the event has none or the
     account has no VirtualPBX connection); it raises :class:`MediaTooLarge` past ``max_bytes``.
+    ``opted_out(number)`` says whether an E.164 number asked not to be texted (STOP or a CRM flag).
+    ``region`` is the account's default phone region (phonenumbers), ``timezone`` its IANA zone.
     """
 
     account_id: str
@@ -143,6 +145,7 @@ class ActionContext:
     namespace: str = "pbxrelay"
     event: dict[str, Any] = field(default_factory=dict)
     media: Callable[[int], "Media | None"] = lambda max_bytes: None
+    opted_out: Callable[[str], bool] = lambda e164_number: False
 
     def pace(self, key: str, capacity: float, per_second: float, cost: float = 1.0) -> None:
         """Take tokens from a shared bucket, or raise RetryableError telling when to come back."""
