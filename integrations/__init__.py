@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from integrations.base import Integration
 from integrations.slack import SlackIntegration
+from integrations.trello import TrelloIntegration
 
 REGISTRY: dict[str, type[Integration]] = {
     cls.key: cls
     for cls in (
         SlackIntegration,
+        TrelloIntegration,
     )
 }

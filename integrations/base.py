@@ -11,6 +11,7 @@ retry). That decision is made once, inside the integration's client, never by th
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
@@ -182,11 +183,14 @@ class Integration:
         except Exception as exc:  # pydantic.ValidationError: the rendered params are unusable
             raise PermanentError(f"{self.key}.{action}: invalid parameters: {exc}") from None
         try:
-            return getattr(self, action)(parsed, ctx)
+            result = getattr(self, action)(parsed, ctx)
         except IntegrationError as exc:
             exc.message = scrub(exc.message, self.secrets())
             exc.args = (exc.message,)
             raise
+        if result.detail:
+            result = dataclasses.replace(result, detail=scrub(result.detail, self.secrets()))
+        return result
 
 
 class ParamsModel(BaseModel):

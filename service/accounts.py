@@ -48,8 +48,8 @@ def validate_timezone(name: str) -> str:
     return name
 
 
-def add_account(session: Session, account_id: str, *, name: str, timezone: str = "UTC") -> NewAccount:
-    """Create an account with a fresh 192-bit hook token; the token is returned once and stored hashed."""
+def add_account(session: Session, account_id: str, *, name: str, box: SecretBox, timezone: str = "UTC") -> NewAccount:
+    """Create an account with a fresh 192-bit hook token, stored hashed (for lookup) and encrypted (for connect)."""
     validate_account_id(account_id)
     validate_timezone(timezone)
     if not name.strip():
@@ -57,18 +57,27 @@ def add_account(session: Session, account_id: str, *, name: str, timezone: str =
     if session.get(Account, account_id) is not None:
         raise AccountError(f"account {account_id} exists already (use `pbxrelay accounts rotate-token` for a new URL)")
     token = secrets.token_urlsafe(24)
-    account = Account(id=account_id, name=name.strip(), timezone=timezone, hook_token_hash=hash_token(token))
+    account = Account(id=account_id, name=name.strip(), timezone=timezone, hook_token_hash=hash_token(token),
+                      hook_token_encrypted=box.encrypt({"token": token}))
     session.add(account)
     session.flush()
     return NewAccount(account=account, token=token)
 
 
-def rotate_token(session: Session, account_id: str) -> str:
+def rotate_token(session: Session, account_id: str, *, box: SecretBox) -> str:
     """Issue a new hook token for an account (the old URL stops working)."""
     account = get_account(session, account_id)
     token = secrets.token_urlsafe(24)
     account.hook_token_hash = hash_token(token)
+    account.hook_token_encrypted = box.encrypt({"token": token})
     return token
+
+
+def hook_token(account: Account, box: SecretBox) -> str:
+    """The account's current hook token (decrypted), to build its hook URL."""
+    if not account.hook_token_encrypted:
+        raise AccountError(f"account {account.id} predates stored tokens; run `pbxrelay accounts rotate-token`")
+    return box.decrypt(account.hook_token_encrypted)["token"]
 
 
 def get_account(session: Session, account_id: str) -> Account:
@@ -126,6 +135,15 @@ def apply_rules(session: Session, text: str, *, filename: str, base_dir: Path, r
     if errors:
         raise AccountError("\n".join(errors))
 
+    crm_secret = None
+    if parsed.crm is not None:
+        previous_secret = box.decrypt(account.crm_secret_encrypted)["secret"] if account.crm_secret_encrypted else None
+        try:
+            crm_secret = rules_mod.resolve_crm_secret(parsed.crm, base_dir=base_dir, stored=previous_secret,
+                                                      filename=filename)
+        except rules_mod.RulesError as exc:
+            raise AccountError(str(exc)) from None
+    account.crm_secret_encrypted = box.encrypt({"secret": crm_secret}) if crm_secret else None
     account.name = parsed.account.name or account.name
     account.timezone = parsed.account.timezone
     for name, connection in stored.items():
@@ -156,6 +174,9 @@ def export_document(parsed, registry: dict) -> str:
     doc = parsed.model_dump(mode="json", by_alias=True, exclude_none=True)
     doc["connections"] = {name: rules_mod.redact_connection(spec, registry[spec.integration].Config)
                           for name, spec in parsed.connections.items()}
+    secret = parsed.crm.signing_secret if parsed.crm else None
+    if secret and not secret.startswith(("env:", "file:", rules_mod.STORED_REFERENCE)):
+        doc["crm"]["signing_secret"] = rules_mod.STORED_REFERENCE
     return yaml.safe_dump(doc, sort_keys=False, allow_unicode=True)
 
 

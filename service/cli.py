@@ -213,7 +213,7 @@ def accounts_add(account_id: str, name: str, tz: str, as_json: bool) -> None:
     """Add an account and print its hook URL (the token is shown only now)."""
     rt = _runtime()
     with rt.sessions.begin() as session:
-        created = accounts.add_account(session, account_id, name=name, timezone=tz)
+        created = accounts.add_account(session, account_id, name=name, timezone=tz, box=rt.box)
     url = accounts.hook_url(rt.settings.public_url, created.token)
     if as_json:
         click.echo(json.dumps({"account_id": account_id, "name": name, "timezone": tz, "hook_url": url,
@@ -246,7 +246,7 @@ def accounts_rotate(account_id: str) -> None:
     """Issue a new hook URL for an account (the old one stops working)."""
     rt = _runtime()
     with rt.sessions.begin() as session:
-        token = accounts.rotate_token(session, account_id)
+        token = accounts.rotate_token(session, account_id, box=rt.box)
     click.echo(accounts.hook_url(rt.settings.public_url, token))
 
 

@@ -14,6 +14,11 @@ One YAML file per account::
     connections:                             # name -> integration + that integration's Config keys
       team-slack: {integration: slack, bot_token: env:ACME_SLACK_TOKEN}
       call-log: {integration: google_sheets, spreadsheet_id: "1AbC", credentials: file:./sa.json}
+    crm:                                     # optional: how POST /hooks/crm/<token> bodies become crm.event
+      event_id: id                           # dotted path to the CRM's event id (de-duplication); else a hash
+      fields: {phone: contact.phone, first_name: contact.first_name}   # template variable -> dotted path
+      opt_out: contact.sms_opt_out           # truthy -> the `phone` field's number joins the opt-out list
+      signing_secret: env:ACME_CRM_SECRET    # optional Standard Webhooks secret (whsec_...): HMAC required
     rules:
       - name: missed calls to the front desk # unique within the file
         enabled: true                        # optional, default true
@@ -330,10 +335,22 @@ def _check_connection_name(name: str) -> str:
     return name
 
 
+class CrmSpec(_StrictModel):
+    """How the account's CRM webhook bodies map to `crm.event` data."""
+
+    event_id: str | None = Field(default=None, pattern=_FIELD_PATH.pattern)
+    fields: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")],
+                 Annotated[str, Field(pattern=_FIELD_PATH.pattern)]] = Field(default_factory=dict)
+    opt_out: str | None = Field(default=None, pattern=_FIELD_PATH.pattern)
+    phone_field: str = "phone"
+    signing_secret: str | None = None
+
+
 class RulesFile(_StrictModel):
     """A whole rules file: one account, its connections and its rules."""
 
     account: AccountSpec
+    crm: CrmSpec | None = None
     connections: dict[Annotated[str, AfterValidator(_check_connection_name)], ConnectionSpec] = Field(
         default_factory=dict)
     rules: list[Rule] = Field(default_factory=list)
@@ -524,6 +541,9 @@ def _action_problems(action: ActionSpec, index: int, rules_file: RulesFile,
 
 def _semantic_problems(rules_file: RulesFile, registry: Mapping[str, type[Integration]]) -> Iterator[RulesProblem]:
     account = rules_file.account
+    crm = rules_file.crm
+    if crm is not None and crm.opt_out is not None and crm.phone_field not in crm.fields:
+        yield RulesProblem(None, "crm.phone_field", f"{crm.phone_field!r} is not one of crm.fields")
     if account.alert_connection is not None and account.alert_connection not in rules_file.connections:
         yield RulesProblem(None, "account.alert_connection", f"unknown connection {account.alert_connection!r}")
     for name, spec in rules_file.connections.items():
@@ -615,6 +635,20 @@ def validate_connection(name: str, spec: ConnectionSpec, registry: Mapping[str, 
     return resolved
 
 
+def resolve_crm_secret(crm: CrmSpec, *, base_dir: str | Path = ".", stored: str | None = None,
+                       environ: Mapping[str, str] | None = None, filename: str = "crm") -> str | None:
+    """The CRM signing secret with env:/file:/stored: resolved (None when the file sets none)."""
+    if crm.signing_secret is None:
+        return None
+    value, problem = _resolve_reference("crm", "signing_secret", crm.signing_secret, base_dir=Path(base_dir),
+                                        environ=os.environ if environ is None else environ,
+                                        resolve=lambda _name, _key: stored)
+    if problem:
+        raise RulesError(filename, [RulesProblem(None, "crm.signing_secret", problem.replace("this connection",
+                                                                                           "the CRM hook"))])
+    return value
+
+
 def _is_secret(annotation: Any) -> bool:
     if isinstance(annotation, type) and issubclass(annotation, (SecretStr, SecretBytes)):
         return True
@@ -646,7 +680,7 @@ class PlannedAction:
     params_template: dict[str, Any]
 
 
-def _lookup(context: Mapping[str, Any], path: str) -> tuple[bool, Any]:
+def lookup_path(context: Mapping[str, Any], path: str) -> tuple[bool, Any]:
     """(found, value) of a dotted path; list items are addressed by index ("legs.0.number")."""
     current: Any = context
     for segment in path.split("."):
@@ -764,7 +798,7 @@ def _in_business_hours(account: AccountSpec, moment: datetime) -> bool:
 def _condition_holds(key: str, expected: Any, context: Mapping[str, Any], event: Event, account: AccountSpec) -> bool:
     if key == BUSINESS_HOURS_KEY:
         return _in_business_hours(account, event.occurred_at) is expected
-    found, actual = _lookup(context, key)
+    found, actual = lookup_path(context, key)
     if isinstance(expected, dict):
         if not found:
             return expected == {"exists": False}

@@ -33,6 +33,12 @@ class Account(Base):
     name: Mapped[str] = mapped_column(sa.String(200))
     timezone: Mapped[str] = mapped_column(sa.String(64), default="UTC")
     hook_token_hash: Mapped[str] = mapped_column(sa.String(64), unique=True, index=True)
+    # The token itself, encrypted, so `accounts connect` can register the hook URL with VirtualPBX.
+    hook_token_encrypted: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
+    # Standard Webhooks signing secret of the account's CRM hook, encrypted; None = token only.
+    crm_secret_encrypted: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
+    # Until when CDRs were reconciled against received hooks.
+    reconciled_until: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True), nullable=True)
     created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
 
 
@@ -113,6 +119,29 @@ class Delivery(Base):
     external_id: Mapped[str | None] = mapped_column(sa.String(300), nullable=True)
     created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+
+class OptOut(Base):
+    """A number that must never be texted for this account (replied STOP, or flagged by the CRM)."""
+
+    __tablename__ = "opt_outs"
+    __table_args__ = (sa.UniqueConstraint("account_id", "number"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    account_id: Mapped[str] = mapped_column(sa.String(64), index=True)
+    number: Mapped[str] = mapped_column(sa.String(32))
+    source: Mapped[str] = mapped_column(sa.String(50))
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
+
+
+class AuditEntry(Base):
+    """Something the service did on its own that an operator should be able to see later."""
+
+    __tablename__ = "audit_log"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    account_id: Mapped[str] = mapped_column(sa.String(64), index=True)
+    kind: Mapped[str] = mapped_column(sa.String(50))
+    detail: Mapped[str] = mapped_column(sa.Text)
+    at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
 
 
 def hash_token(token: str) -> str:

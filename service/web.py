@@ -23,6 +23,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from service import accounts
 from service.config import Settings, get_settings
 from service.runtime import Runtime
+from service.signing import SignatureError, verify
 from service.spool import Spool, SpoolFull
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ class Receiver:
                                                      "max_retries": 0, "connect_retries_timeout": 1}
         self.ingest_queue = queue_names(settings)["ingest"]
         self.spool = Spool(settings.var_dir / "spool", max_events=settings.spool_max_events)
-        self._tokens: dict[str, tuple[str, float]] = {}
+        self._tokens: dict[str, tuple[str, str | None, float]] = {}
         self._lock = threading.Lock()
         self.received = Counter("pbxrelay_hooks_received", "Authenticated hook deliveries", ["kind", "result"],
                                 registry=registry)
@@ -54,21 +55,24 @@ class Receiver:
         self.latency = Histogram("pbxrelay_hook_seconds", "Time to accept a hook", registry=registry,
                                  buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1))
 
-    def account_for(self, token: str) -> str | None:
-        """The account id owning ``token``, from a short-lived cache or the database."""
+    def account_for(self, token: str) -> tuple[str, str | None] | None:
+        """(account id, CRM signing secret or None) for ``token``, from a short-lived cache or the database."""
         now = time.monotonic()
         cached = self._tokens.get(token)
-        if cached and cached[1] > now:
-            return cached[0]
+        if cached and cached[2] > now:
+            return cached[0], cached[1]
         with self.runtime.sessions() as session:
             account = accounts.account_for_token(session, token)
-            account_id = account.id if account else None
-        if account_id:
-            with self._lock:
-                if len(self._tokens) > 10_000:
-                    self._tokens.clear()
-                self._tokens[token] = (account_id, now + TOKEN_CACHE_SECONDS)
-        return account_id
+            if account is None:
+                return None
+            secret = (self.runtime.box.decrypt(account.crm_secret_encrypted)["secret"]
+                      if account.crm_secret_encrypted else None)
+            account_id = account.id
+        with self._lock:
+            if len(self._tokens) > 10_000:
+                self._tokens.clear()
+            self._tokens[token] = (account_id, secret, now + TOKEN_CACHE_SECONDS)
+        return account_id, secret
 
     def publish(self, envelope: dict[str, Any]) -> None:
         """Put one envelope on the ingest queue (raises when Redis is unreachable)."""
@@ -127,10 +131,11 @@ def create_app(settings: Settings | None = None, *, start_drainer: bool = True) 
 
     def receive(kind: str, token: str):
         started = time.perf_counter()
-        account_id = receiver.account_for(token)
-        if account_id is None:
+        found = receiver.account_for(token)
+        if found is None:
             receiver.rejected.labels("unknown_token").inc()
             return jsonify(error="unknown hook token"), 404
+        account_id, crm_secret = found
         try:
             if len(request.query_string) > settings.max_body_bytes:
                 raise RequestEntityTooLarge()
@@ -138,8 +143,14 @@ def create_app(settings: Settings | None = None, *, start_drainer: bool = True) 
         except RequestEntityTooLarge:
             receiver.rejected.labels("too_large").inc()
             return jsonify(error=f"body larger than {settings.max_body_bytes} bytes"), 413
-        headers = {name.lower(): request.headers[name][:200] for name in ("X-Hook-ID", "X-Account-ID")
-                   if name in request.headers}
+        if kind == "crm" and crm_secret:
+            try:
+                verify(crm_secret, {k.lower(): v for k, v in request.headers.items()}, body)
+            except SignatureError as exc:
+                receiver.rejected.labels("bad_signature").inc()
+                return jsonify(error=f"signature check failed: {exc}"), 401
+        headers = {name.lower(): request.headers[name][:200]
+                   for name in ("X-Hook-ID", "X-Account-ID", "webhook-id") if name in request.headers}
         envelope = make_envelope(source=kind, account_id=account_id, method=request.method,
                                  content_type=request.headers.get("Content-Type", ""),
                                  query_string=request.query_string.decode("latin-1"), body=body, headers=headers)
@@ -157,6 +168,11 @@ def create_app(settings: Settings | None = None, *, start_drainer: bool = True) 
     def virtualpbx_hook(token: str):
         """Kazoo webhook deliveries (GET query, form POST or JSON POST)."""
         return receive("virtualpbx", token)
+
+    @app.post("/hooks/crm/<token>")
+    def crm_hook(token: str):
+        """CRM webhooks (JSON or form), optionally signed with Standard Webhooks headers."""
+        return receive("crm", token)
 
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(_exc):

@@ -24,7 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from integrations.base import ActionContext, IntegrationError, PermanentError, RetryableError, scrub
-from service import accounts
+from service import accounts, crm
 from service import rules as rules_mod
 from service.events import Event
 from service.kazoo import MalformedPayload, parse_delivery, to_hook_event
@@ -101,6 +101,8 @@ def ingest(rt: Runtime, envelope: dict[str, Any],
         account = session.get(Account, envelope["account_id"])
         if account is None:
             return IngestOutcome(status="quarantined", reason="account no longer exists")
+        if envelope.get("source") == "crm":
+            return _ingest_crm(session, rt, account, envelope)
         hook_account = (envelope.get("headers") or {}).get("x-account-id")
         try:
             raw = parse_envelope(envelope)
@@ -120,15 +122,39 @@ def ingest(rt: Runtime, envelope: dict[str, Any],
             _quarantine(session, envelope, f"duplicate of event {raw.key}")
             return IngestOutcome(status="duplicate", event_key=raw.key, reason="duplicate")
 
+        ruleset = _ruleset(session, rt, account.id)
+        if raw.type == "virtualpbx.sms":
+            crm.apply_sms_reply(session, account.id, raw.data, ruleset.account.region if ruleset else "US")
         correlation = rt.correlator.observe(raw)
         if correlation.finalize_call:
             schedule_finalize(account.id, correlation.finalize_call)
         outcome = IngestOutcome(status="accepted", event_key=raw.key, finalize_call=correlation.finalize_call)
-        ruleset = _ruleset(session, rt, account.id)
         for event in [raw, *correlation.events]:
             if event is raw or _store_event(session, event):
                 outcome.deliveries.extend(_plan(session, ruleset, account, event))
     return outcome
+
+
+def _ingest_crm(session: Session, rt: Runtime, account: Account, envelope: dict[str, Any]) -> IngestOutcome:
+    """A CRM webhook: map it to crm.event, honour an opt-out flag, de-duplicate, plan deliveries."""
+    try:
+        payload = parse_delivery(method=envelope.get("method", "POST"), content_type=envelope.get("content_type", ""),
+                                 body=envelope_body(envelope), query_string=envelope.get("query_string", ""))
+    except MalformedPayload as exc:
+        _quarantine(session, envelope, f"malformed: {exc}")
+        return IngestOutcome(status="quarantined", reason=f"malformed: {exc}")
+    ruleset = _ruleset(session, rt, account.id)
+    event = crm.crm_event(payload, account_id=account.id, crm=ruleset.crm if ruleset else None,
+                          received_at=datetime.fromisoformat(envelope["received_at"]),
+                          webhook_id=(envelope.get("headers") or {}).get("webhook-id"))
+    if not _store_event(session, event):
+        _quarantine(session, envelope, f"duplicate of event {event.key}")
+        return IngestOutcome(status="duplicate", event_key=event.key, reason="duplicate")
+    if event.data.get("opt_out") and ruleset is not None and ruleset.crm is not None:
+        number = crm.to_e164(event.data.get(ruleset.crm.phone_field), ruleset.account.region)
+        if number:
+            crm.add_opt_out(session, account.id, number, "crm")
+    return IngestOutcome(status="accepted", event_key=event.key, deliveries=_plan(session, ruleset, account, event))
 
 
 def finalize_call(rt: Runtime, account_id: str, call_key: str) -> list[int]:

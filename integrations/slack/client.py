@@ -348,7 +348,9 @@ def classify_webhook_failure(outcome: WebhookResponse | Exception, *, secrets: l
         return RetryableError(f"{where}: rate limited by Slack, retry after {retry_after:g}s", status=status,
                               retry_after=retry_after, code="ratelimited")
     if status >= 500:
-        return RetryableError(scrub(f"{where}: HTTP {status} {code or _excerpt(body)!r}", secrets), status=status,
+        # Scrub before cutting: a secret straddling the cut would survive as an unmatchable prefix.
+        excerpt = code or _excerpt(scrub(body, secrets))
+        return RetryableError(scrub(f"{where}: HTTP {status} {excerpt!r}", secrets), status=status,
                               code=code or f"http_{status}")
     if code in _WEBHOOK_AUTH or (status in (401, 403) and code not in _WEBHOOK_PERMANENT):
         reason = _WEBHOOK_AUTH.get(code, "credentials rejected")
@@ -357,7 +359,8 @@ def classify_webhook_failure(outcome: WebhookResponse | Exception, *, secrets: l
     if code:
         reason = _WEBHOOK_PERMANENT.get(code, "Slack refused the message")
         return PermanentError(scrub(f"{where}: HTTP {status} {code}: {reason}", secrets), status=status, code=code)
-    return PermanentError(scrub(f"{where}: HTTP {status} with an unexpected body: {_excerpt(body)!r}", secrets),
+    excerpt = _excerpt(scrub(body, secrets))
+    return PermanentError(scrub(f"{where}: HTTP {status} with an unexpected body: {excerpt!r}", secrets),
                           status=status, code="malformed_response")
 
 

@@ -146,7 +146,7 @@ WITH = "rules.0.do.0.with"
 ERROR_CASES = [
     # (id, mutation, rule, field, message fragment)
     ("unknown-top-level-key", _set("extras", 1), None, "extras",
-     "unknown key (expected one of: account, connections, rules)"),
+     "unknown key (expected one of: account, crm, connections, rules)"),
     ("unknown-connection", _set("rules.0.do.0.use", "nope"), "r1", "do[0].use",
      "unknown connection 'nope' (defined: chat)"),
     ("unknown-integration", _set("connections.chat.integration", "slack"), None, "connections.chat.integration",

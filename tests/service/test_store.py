@@ -11,6 +11,7 @@ from service.secrets import SecretBox, SecretsError
 from service.store import Connection, migrate, session_factory
 
 ACCOUNT = "91eb05e5c68d7ca05e7618b6821d2d16"
+BOX = SecretBox([Fernet.generate_key().decode()])
 
 
 @pytest.fixture
@@ -34,7 +35,7 @@ def test_migrations_create_every_table(database_url):
 def test_add_account_and_find_it_by_token(sessions):
     """The token is returned once, stored only as a hash, and finds its account."""
     with sessions.begin() as session:
-        created = accounts.add_account(session, ACCOUNT, name="Acme Dental", timezone="America/New_York")
+        created = accounts.add_account(session, ACCOUNT, name="Acme Dental", timezone="America/New_York", box=BOX)
     assert len(created.token) >= 32  # 24 random bytes, base64url: 192 bits
     with sessions() as session:
         assert accounts.account_for_token(session, created.token).id == ACCOUNT
@@ -53,23 +54,23 @@ def test_add_account_and_find_it_by_token(sessions):
 def test_add_account_rejects_bad_input(sessions, account_id, name, tz, message):
     """Bad ids, names and zones get a clear AccountError."""
     with sessions.begin() as session, pytest.raises(accounts.AccountError, match=message):
-        accounts.add_account(session, account_id, name=name, timezone=tz)
+        accounts.add_account(session, account_id, name=name, timezone=tz, box=BOX)
 
 
 def test_adding_an_account_twice_is_an_error(sessions):
     """A second add of the same id is refused (the first token stays valid)."""
     with sessions.begin() as session:
-        accounts.add_account(session, ACCOUNT, name="A")
+        accounts.add_account(session, ACCOUNT, name="A", box=BOX)
     with sessions.begin() as session, pytest.raises(accounts.AccountError, match="exists already"):
-        accounts.add_account(session, ACCOUNT, name="A")
+        accounts.add_account(session, ACCOUNT, name="A", box=BOX)
 
 
 def test_rotate_token_invalidates_the_old_url(sessions):
     """After rotation only the new token authenticates."""
     with sessions.begin() as session:
-        old = accounts.add_account(session, ACCOUNT, name="A").token
+        old = accounts.add_account(session, ACCOUNT, name="A", box=BOX).token
     with sessions.begin() as session:
-        new = accounts.rotate_token(session, ACCOUNT)
+        new = accounts.rotate_token(session, ACCOUNT, box=BOX)
     with sessions() as session:
         assert accounts.account_for_token(session, old) is None
         assert accounts.account_for_token(session, new).id == ACCOUNT
@@ -80,7 +81,7 @@ def test_credentials_are_encrypted_at_rest_and_keys_rotate(sessions):
     old_key, new_key = Fernet.generate_key().decode(), Fernet.generate_key().decode()
     box = SecretBox([old_key])
     with sessions.begin() as session:
-        accounts.add_account(session, ACCOUNT, name="A")
+        accounts.add_account(session, ACCOUNT, name="A", box=BOX)
         session.add(Connection(account_id=ACCOUNT, name="team-slack", integration="slack",
                                config_encrypted=box.encrypt({"bot_token": "xoxb-plain-secret-value"})))
     with sessions() as session:

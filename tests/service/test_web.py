@@ -11,6 +11,7 @@ from cryptography.fernet import Fernet
 
 from service import accounts
 from service.config import Settings
+from service.secrets import secret_box
 from service.store import migrate, session_factory
 from service.web import create_app
 from tests.conftest import load_fixture
@@ -34,7 +35,7 @@ def receiver(tmp_path, redis_url, namespace, redis_client):
     settings = make_settings(tmp_path, redis_url, namespace)
     migrate(settings.effective_database_url)
     with session_factory(settings.effective_database_url).begin() as session:
-        token = accounts.add_account(session, ACCOUNT, name="Acme").token
+        token = accounts.add_account(session, ACCOUNT, name="Acme", box=secret_box(settings)).token
     app = create_app(settings, start_drainer=False)
     return app.test_client(), token, settings
 
@@ -112,7 +113,7 @@ def test_redis_down_spools_durably_and_fast(tmp_path, namespace):
     settings = make_settings(tmp_path, f"redis://127.0.0.1:{free_port()}/0", namespace)
     migrate(settings.effective_database_url)
     with session_factory(settings.effective_database_url).begin() as session:
-        token = accounts.add_account(session, ACCOUNT, name="Acme").token
+        token = accounts.add_account(session, ACCOUNT, name="Acme", box=secret_box(settings)).token
     client = create_app(settings, start_drainer=False).test_client()
     started = time.monotonic()
     response = client.post(f"/hooks/virtualpbx/{token}", json={"hook_event": "channel_create", "call_id": "c1"})
