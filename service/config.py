@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     retry_base_seconds: float = Field(default=2.0, gt=0)
     retry_max_countdown_seconds: int = Field(default=900, ge=1)
     retry_horizon_seconds: int = Field(default=24 * 3600, ge=60)
+    # Hard time limit of one action attempt; a claim on a delivery lasts this plus 15 s, after which a
+    # re-sent task (worker killed mid-action) may take the delivery over.
+    action_timeout_seconds: int = Field(default=60, ge=5, le=3600)
     # Must exceed the longest countdown plus the longest action, or Redis redelivers (duplicates).
     visibility_timeout_seconds: int = Field(default=3600, ge=60)
     # Worker pool size (threads: actions are I/O bound).

@@ -45,6 +45,8 @@ def make_celery(settings: Settings) -> Celery:
         task_routes={"pbxrelay.ingest": {"queue": queues["ingest"]},
                      "pbxrelay.finalize_call": {"queue": queues["ingest"]},
                      "pbxrelay.requeue_stale": {"queue": queues["ingest"]}},
+        task_annotations={"pbxrelay.run_action": {"time_limit": settings.action_timeout_seconds,
+                                                  "soft_time_limit": max(1, settings.action_timeout_seconds - 5)}},
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
         beat_schedule={

@@ -35,10 +35,6 @@ log = logging.getLogger(__name__)
 unsupported_log = logging.getLogger("pbxrelay.unsupported")
 anomalous_log = logging.getLogger("pbxrelay.anomalous")
 
-# How long one attempt may hold a delivery before another copy of the task may take over.
-CLAIM_LEASE = timedelta(minutes=5)
-
-
 @dataclass
 class IngestOutcome:
     """What ingesting one delivery did: its status, the deliveries to enqueue, a call to finalise."""
@@ -252,14 +248,14 @@ def dry_run(rt: Runtime, account_id: str, payload: dict[str, Any]) -> dict[str, 
             "event": raw.to_json(), "call_events": [e.to_json() for e in derived], "actions": actions}
 
 
-def _claim(session: Session, delivery_id: int) -> Delivery | None:
+def _claim(session: Session, delivery_id: int, lease: timedelta) -> Delivery | None:
     now = utcnow()
     result = session.execute(
         sa.update(Delivery)
         .where(Delivery.id == delivery_id,
                sa.or_(Delivery.status.in_(("pending", "retrying")),
                       sa.and_(Delivery.status == "running", Delivery.claimed_until < now)))
-        .values(status="running", attempts=Delivery.attempts + 1, claimed_until=now + CLAIM_LEASE,
+        .values(status="running", attempts=Delivery.attempts + 1, claimed_until=now + lease,
                 updated_at=now))
     return session.get(Delivery, delivery_id) if result.rowcount == 1 else None
 
@@ -275,7 +271,9 @@ def retry_delay(rt: Runtime, attempt: int, retry_after: float | None) -> float:
 def execute_delivery(rt: Runtime, delivery_id: int) -> str:
     """Run one planned action once; record the attempt; raise RetryableError/PermanentError on failure."""
     with rt.sessions.begin() as session:
-        delivery = _claim(session, delivery_id)
+        # One attempt may hold the delivery for its time limit plus a margin; after that a re-sent
+        # copy of the task (its worker was killed mid-action) may take over.
+        delivery = _claim(session, delivery_id, timedelta(seconds=rt.settings.action_timeout_seconds + 15))
         if delivery is None:
             current = session.get(Delivery, delivery_id)
             if current is None:

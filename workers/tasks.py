@@ -67,7 +67,7 @@ def finalize_call(self, account_id: str, call_key: str) -> int:
     return len(planned)
 
 
-@app.task(name="pbxrelay.run_action", bind=True, max_retries=None, soft_time_limit=120, time_limit=180)
+@app.task(name="pbxrelay.run_action", bind=True, max_retries=None)
 def run_action(self, delivery_id: int) -> str:
     """Run one delivery; retry RetryableError after the computed delay; PermanentError is final."""
     rt = runtime()
