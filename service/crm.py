@@ -53,14 +53,18 @@ def crm_event(payload: dict[str, Any], *, account_id: str, crm: CrmSpec | None, 
 
 
 def to_e164(number: Any, region: str) -> str | None:
-    """The E.164 form of a phone number, or None when it is not a valid number."""
+    """The E.164 form of a phone number, or None when it cannot be one.
+
+    "Possible" rather than "valid": an opt-out must be recorded even for a number whose exchange
+    phonenumbers does not know (such as the 555 range used in examples).
+    """
     if not isinstance(number, (str, int)):
         return None
     try:
         parsed = phonenumbers.parse(str(number), region)
     except phonenumbers.NumberParseException:
         return None
-    if not phonenumbers.is_valid_number(parsed):
+    if not phonenumbers.is_possible_number(parsed):
         return None
     return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
 
