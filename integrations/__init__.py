@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from integrations.base import Integration
+from integrations.google_sheets import GoogleSheetsIntegration
 from integrations.slack import SlackIntegration
 from integrations.trello import TrelloIntegration
 
@@ -10,6 +11,7 @@ REGISTRY: dict[str, type[Integration]] = {
     cls.key: cls
     for cls in (
         SlackIntegration,
+        GoogleSheetsIntegration,
         TrelloIntegration,
     )
 }

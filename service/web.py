@@ -20,7 +20,8 @@ from flask import Flask, Response, jsonify, request
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from service import accounts
+from integrations.base import IntegrationError, PermanentError
+from service import accounts, media
 from service.config import Settings, get_settings
 from service.runtime import Runtime
 from service.signing import SignatureError, verify
@@ -28,6 +29,8 @@ from service.spool import Spool, SpoolFull
 
 log = logging.getLogger(__name__)
 TOKEN_CACHE_SECONDS = 30.0
+# Largest voicemail the media link serves (Kazoo voicemails are minutes of MP3: a few MB).
+MAX_LINKED_AUDIO_BYTES = 100 * 1024 * 1024
 
 
 class Receiver:
@@ -173,6 +176,25 @@ def create_app(settings: Settings | None = None, *, start_drainer: bool = True) 
     def crm_hook(token: str):
         """CRM webhooks (JSON or form), optionally signed with Standard Webhooks headers."""
         return receive("crm", token)
+
+    @app.get("/media/voicemail/<token>")
+    def voicemail_media(token: str):
+        """Stream a voicemail's audio for a link handed to an integration (audio too large to attach)."""
+        try:
+            account_id, box, message = media.read_link(runtime, token)
+        except PermanentError as exc:
+            return jsonify(error=str(exc)), 404
+        client = media.pbx_client(runtime, account_id)
+        if client is None:
+            return jsonify(error="the account has no virtualpbx connection"), 404
+        try:
+            content, content_type, filename = client.download_vmbox_message(box, message,
+                                                                            max_bytes=MAX_LINKED_AUDIO_BYTES)
+        except IntegrationError as exc:
+            return jsonify(error=str(exc)), 502
+        safe_name = (filename or f"voicemail-{message}.mp3").replace('"', "")
+        return Response(content, mimetype=content_type or "audio/mpeg",
+                        headers={"Content-Disposition": f'attachment; filename="{safe_name}"'})
 
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(_exc):

@@ -23,13 +23,14 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from integrations.base import ActionContext, IntegrationError, PermanentError, RetryableError, scrub
-from service import accounts, crm
+from integrations.base import ActionContext, AuthError, IntegrationError, PermanentError, RetryableError, scrub
+from service import accounts, crm, media
 from service import rules as rules_mod
 from service.events import Event
 from service.kazoo import MalformedPayload, parse_delivery, to_hook_event
 from service.runtime import Runtime
-from service.store import Account, Delivery, QuarantinedDelivery, RuleSet, StoredEvent, utcnow
+from service.store import (Account, AuditEntry, Connection, Delivery, QuarantinedDelivery, RuleSet, StoredEvent,
+                           utcnow)
 
 log = logging.getLogger(__name__)
 unsupported_log = logging.getLogger("pbxrelay.unsupported")
@@ -268,6 +269,18 @@ def retry_delay(rt: Runtime, attempt: int, retry_after: float | None) -> float:
     return random.uniform(0, min(cap, rt.settings.retry_base_seconds * 2 ** max(0, attempt - 1)))
 
 
+# Retry reasons that are waiting, not trying: nothing reached the vendor, so no attempt is counted.
+WAITING_CODES = frozenset({"paced", "deferred", "queued"})
+# Permanent auth failures of one connection within the window that pause it (the circuit opens).
+CIRCUIT_THRESHOLD = 3
+CIRCUIT_WINDOW_SECONDS = 600
+
+
+def aware(moment: datetime) -> datetime:
+    """SQLite hands back naive datetimes even for timezone-aware columns: read them as UTC."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
 def execute_delivery(rt: Runtime, delivery_id: int) -> str:
     """Run one planned action once; record the attempt; raise RetryableError/PermanentError on failure."""
     with rt.sessions.begin() as session:
@@ -279,77 +292,201 @@ def execute_delivery(rt: Runtime, delivery_id: int) -> str:
             if current is None:
                 raise PermanentError(f"delivery {delivery_id} does not exist")
             if current.status == "running":
-                left = (current.claimed_until - utcnow()).total_seconds() if current.claimed_until else 1
+                left = (aware(current.claimed_until) - utcnow()).total_seconds() if current.claimed_until else 1
                 raise RetryableError(f"delivery {delivery_id} is being attempted elsewhere",
                                      retry_after=max(1.0, left), code="claimed")
-            return current.status  # succeeded, failed, dead: nothing to do
+            return current.status  # succeeded, failed, dead, paused, discarded: nothing to do
         account = session.get(Account, delivery.account_id)
+        connection = session.scalars(sa.select(Connection).where(
+            Connection.account_id == delivery.account_id, Connection.name == delivery.connection)).first()
+        if connection is not None and connection.paused_reason:
+            # The circuit is open: keep the action for `pbxrelay connections resume`, don't attempt it.
+            delivery.status, delivery.attempts, delivery.claimed_until = "paused", delivery.attempts - 1, None
+            delivery.last_error = f"connection paused: {connection.paused_reason}"[:2000]
+            return "paused"
         stored = session.scalars(sa.select(StoredEvent).where(StoredEvent.account_id == delivery.account_id,
                                                               StoredEvent.key == delivery.event_key)).first()
-        snapshot = (delivery.id, delivery.account_id, delivery.integration, delivery.action, delivery.connection,
-                    dict(delivery.params or {}), delivery.attempts, delivery.created_at,
-                    account.timezone if account else "UTC", stored)
-    (_id, account_id, integration_key, action, connection_name, params, attempts, created_at, tz,
-     stored_event) = snapshot
+        job = _Job(delivery_id=delivery.id, account_id=delivery.account_id, integration=delivery.integration,
+                   action=delivery.action, connection=delivery.connection, params=dict(delivery.params or {}),
+                   attempt=delivery.attempts, created_at=aware(delivery.created_at),
+                   timezone=account.timezone if account else "UTC",
+                   config=rt.box.decrypt(connection.config_encrypted) if connection else None,
+                   event=(Event(type=stored.type, account_id=stored.account_id, key=stored.key,
+                                occurred_at=aware(stored.occurred_at), data=stored.data) if stored else None))
 
     secrets_seen: list[str] = []
     try:
-        with rt.sessions() as session:
-            try:
-                _row, config = accounts.connection_config(session, rt.box, account_id, connection_name)
-            except accounts.AccountError as exc:
-                raise PermanentError(str(exc)) from None
-        cls = rt.registry.get(integration_key)
-        if cls is None:
-            raise PermanentError(f"integration {integration_key!r} is not installed")
-        try:
-            integration = cls(cls.Config.model_validate(config))
-        except Exception as exc:  # pydantic.ValidationError: stored config no longer valid
-            raise PermanentError(f"connection {connection_name!r} is misconfigured: {exc}") from None
+        integration = _integration(rt, job)
         secrets_seen = integration.secrets()
-        ctx = ActionContext(
-            account_id=account_id, idempotency_key=f"{account_id}:{delivery_id}",
-            connection_id=f"{account_id}:{connection_name}", attempt=attempts, timezone=tz,
-            api_urls=rt.api_urls(), acquire=rt.limiter.acquire, penalise=rt.limiter.penalise, redis=rt.redis,
-            event=(Event(type=stored_event.type, account_id=account_id, key=stored_event.key,
-                         occurred_at=stored_event.occurred_at, data=stored_event.data).to_json()
-                   if stored_event else {}))
-        result = integration.run(action, params, ctx)
+        result = integration.run(job.action, job.params, _context(rt, job))
     except IntegrationError as exc:
-        _record_failure(rt, delivery_id, exc, created_at, secrets_seen)
+        _record_failure(rt, job, exc, secrets_seen)
         raise
     except Exception as exc:  # an unmapped failure: keep the action (retry), never swallow it
         log.exception("delivery %s: unexpected %s", delivery_id, type(exc).__name__)
         wrapped = RetryableError(scrub(f"unexpected {type(exc).__name__}: {exc}", secrets_seen)[:1000])
-        _record_failure(rt, delivery_id, wrapped, created_at, secrets_seen)
+        _record_failure(rt, job, wrapped, secrets_seen)
         raise wrapped from None
     with rt.sessions.begin() as session:
         session.execute(sa.update(Delivery).where(Delivery.id == delivery_id).values(
             status="succeeded", external_id=(result.external_id or "")[:300] or None,
-            last_error=("deduplicated: the effect was already there" if result.deduplicated else None),
+            last_error=("deduplicated: the effect was already there" if result.deduplicated else
+                        (result.detail[:2000] if result.detail else None)),
             claimed_until=None, updated_at=utcnow()))
     return "succeeded"
 
 
-def _record_failure(rt: Runtime, delivery_id: int, exc: IntegrationError, created_at: datetime,
-                    secrets_seen: list[str]) -> None:
-    """Write the attempt's outcome: retrying, failed (permanent) or dead (past the retry horizon)."""
+@dataclass
+class _Job:
+    """Everything one attempt needs, read in the claiming transaction."""
+
+    delivery_id: int
+    account_id: str
+    integration: str
+    action: str
+    connection: str
+    params: dict[str, Any]
+    attempt: int
+    created_at: datetime
+    timezone: str
+    config: dict[str, Any] | None
+    event: Event | None
+
+
+def _integration(rt: Runtime, job: _Job):
+    """The configured integration object for the job's connection, or PermanentError."""
+    if job.config is None:
+        raise PermanentError(f"connection {job.connection!r} no longer exists for account {job.account_id}")
+    cls = rt.registry.get(job.integration)
+    if cls is None:
+        raise PermanentError(f"integration {job.integration!r} is not installed")
+    try:
+        return cls(cls.Config.model_validate(job.config))
+    except Exception as exc:  # pydantic.ValidationError: the stored config is no longer valid
+        raise PermanentError(f"connection {job.connection!r} is misconfigured: {exc}") from None
+
+
+def _context(rt: Runtime, job: _Job) -> ActionContext:
+    """The ActionContext of one attempt: identity, shared limiter, consent list and voicemail audio."""
+    region = "US"
+    ruleset = _RULES_CACHE.get(job.account_id)
+    if ruleset:
+        region = ruleset[1].account.region
+
+    def opted_out(number: str) -> bool:
+        with rt.sessions() as session:
+            return crm.is_opted_out(session, job.account_id, number)
+
+    return ActionContext(
+        account_id=job.account_id, idempotency_key=f"{job.account_id}:{job.delivery_id}",
+        connection_id=f"{job.account_id}:{job.connection}", attempt=job.attempt, timezone=job.timezone,
+        region=region, api_urls=rt.api_urls(), acquire=rt.limiter.acquire, penalise=rt.limiter.penalise,
+        redis=rt.redis, namespace=rt.settings.namespace, event=job.event.to_json() if job.event else {},
+        media=lambda max_bytes: media.voicemail_audio(rt, job.account_id, job.event, max_bytes),
+        opted_out=opted_out)
+
+
+def _record_failure(rt: Runtime, job: _Job, exc: IntegrationError, secrets_seen: list[str]) -> None:
+    """Write the attempt's outcome: retrying, failed (permanent), paused (auth) or dead (past the horizon)."""
     exc.message = scrub(exc.message, secrets_seen)
     exc.args = (exc.message,)
-    if created_at.tzinfo is None:
-        created_at = created_at.replace(tzinfo=timezone.utc)
-    past_horizon = utcnow() - created_at > timedelta(seconds=rt.settings.retry_horizon_seconds)
-    status = "retrying" if exc.retryable and not past_horizon else ("dead" if exc.retryable else "failed")
+    past_horizon = utcnow() - job.created_at > timedelta(seconds=rt.settings.retry_horizon_seconds)
+    if isinstance(exc, AuthError):
+        status = "paused"  # fixable by the operator: kept for replay when the connection resumes
+    elif exc.retryable:
+        status = "dead" if past_horizon else "retrying"
+    else:
+        status = "failed"
     values: dict[str, Any] = {"status": status, "claimed_until": None, "updated_at": utcnow()}
-    if exc.code == "paced":
-        # Waiting for a rate-limit token is not an attempt: nothing reached the vendor.
+    if exc.code in WAITING_CODES:
         values["attempts"] = Delivery.attempts - 1
     else:
         values["last_error"] = f"{type(exc).__name__}: {exc.message}"[:2000]
     with rt.sessions.begin() as session:
-        session.execute(sa.update(Delivery).where(Delivery.id == delivery_id).values(**values))
+        session.execute(sa.update(Delivery).where(Delivery.id == job.delivery_id).values(**values))
+    if isinstance(exc, AuthError):
+        _count_auth_failure(rt, job, exc)
     if status == "dead":
         raise PermanentError(f"gave up after the retry horizon: {exc.message}") from None
+
+
+def _count_auth_failure(rt: Runtime, job: _Job, exc: AuthError) -> None:
+    """Open the connection's circuit after repeated auth failures; record it and alert the account."""
+    key = f"{rt.settings.namespace}:authfail:{job.account_id}:{job.connection}"
+    failures = rt.redis.incr(key)
+    rt.redis.expire(key, CIRCUIT_WINDOW_SECONDS)
+    if failures < CIRCUIT_THRESHOLD:
+        return
+    reason = f"{failures} authentication failures: {exc.message}"[:1000]
+    with rt.sessions.begin() as session:
+        paused = session.execute(sa.update(Connection).where(
+            Connection.account_id == job.account_id, Connection.name == job.connection,
+            Connection.paused_reason.is_(None)).values(paused_reason=reason)).rowcount
+        if not paused:
+            return
+        session.add(AuditEntry(account_id=job.account_id, kind="connection_paused",
+                               detail=f"{job.connection}: {reason}"))
+        alert_ids = _plan_alert(session, rt, job.account_id,
+                                f"pbxrelay paused connection '{job.connection}': {reason}. Fix the credentials, "
+                                f"then run `pbxrelay connections resume {job.account_id} {job.connection}`.",
+                                exclude=job.connection)
+    for delivery_id in alert_ids:
+        _enqueue_hook(delivery_id)
+
+
+def _plan_alert(session: Session, rt: Runtime, account_id: str, text: str, *, exclude: str) -> list[int]:
+    """Queue a message to the account's alert connection (if any, and not the broken one)."""
+    ruleset = _ruleset(session, rt, account_id)
+    target = ruleset.account.alert_connection if ruleset else None
+    if not target or target == exclude:
+        return []
+    event = Event(type="pbxrelay.alert", account_id=account_id, key=f"pbxrelay.alert:{utcnow().isoformat()}",
+                  occurred_at=utcnow(), data={"text": text})
+    _store_event(session, event)
+    integration = ruleset.connections[target].integration
+    delivery = Delivery(account_id=account_id, event_key=event.key, event_type=event.type, rule_name="(alert)",
+                        action_index=0, connection=target, integration=integration, action="post_message",
+                        status="pending", params={"text": text})
+    session.add(delivery)
+    session.flush()
+    return [delivery.id]
+
+
+# Set by workers.tasks so pipeline code can enqueue deliveries it creates outside a task's return path.
+_enqueue_hook: Callable[[int], None] = lambda delivery_id: None
+
+
+def set_enqueue(enqueue: Callable[[int], None]) -> None:
+    """Install how new deliveries are enqueued (the Celery task's delay)."""
+    global _enqueue_hook
+    _enqueue_hook = enqueue
+
+
+def resume_connection(rt: Runtime, account_id: str, name: str) -> list[int]:
+    """Close a connection's circuit and return its paused deliveries, now pending again, for enqueueing."""
+    with rt.sessions.begin() as session:
+        session.execute(sa.update(Connection).where(Connection.account_id == account_id,
+                                                    Connection.name == name).values(paused_reason=None))
+        ids = list(session.scalars(sa.select(Delivery.id).where(
+            Delivery.account_id == account_id, Delivery.connection == name, Delivery.status == "paused")))
+        if ids:
+            session.execute(sa.update(Delivery).where(Delivery.id.in_(ids)).values(
+                status="pending", claimed_until=None, updated_at=utcnow()))
+        session.add(AuditEntry(account_id=account_id, kind="connection_resumed",
+                               detail=f"{name}: {len(ids)} paused action(s) replayed"))
+    rt.redis.delete(f"{rt.settings.namespace}:authfail:{account_id}:{name}")
+    return ids
+
+
+def replay(rt: Runtime, *, delivery_ids: list[int]) -> list[int]:
+    """Put dead, failed or paused deliveries back to pending (their retry horizon restarts now)."""
+    with rt.sessions.begin() as session:
+        ids = list(session.scalars(sa.select(Delivery.id).where(
+            Delivery.id.in_(delivery_ids), Delivery.status.in_(("dead", "failed", "paused", "discarded")))))
+        if ids:
+            session.execute(sa.update(Delivery).where(Delivery.id.in_(ids)).values(
+                status="pending", claimed_until=None, created_at=utcnow(), updated_at=utcnow()))
+    return ids
 
 
 def stale_pending(rt: Runtime, older_than: timedelta) -> list[int]:

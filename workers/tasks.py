@@ -84,6 +84,9 @@ def run_action(self, delivery_id: int) -> str:
         raise
 
 
+pipeline.set_enqueue(lambda delivery_id: run_action.delay(delivery_id))
+
+
 @app.task(name="pbxrelay.requeue_stale")
 def requeue_stale() -> int:
     """Re-enqueue deliveries planned but never attempted (their enqueue was lost)."""
