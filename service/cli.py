@@ -239,6 +239,28 @@ def accounts_list(as_json: bool) -> None:
             click.echo(f"{account.id}  {account.name}  {account.timezone}  rules v{version or '-'}")
 
 
+@accounts_group.command("connect")
+@click.argument("account_id")
+@_fail_on_domain_errors
+def accounts_connect(account_id: str) -> None:
+    """Register, idempotently, the VirtualPBX webhooks the account's rules need (via its virtualpbx connection)."""
+    from integrations.base import IntegrationError
+    from workers.pipeline import connect_account
+
+    rt = _runtime()
+    try:
+        report = connect_account(rt, account_id)
+    except IntegrationError as exc:
+        raise click.ClickException(f"VirtualPBX refused: {exc}") from None
+    for label, hooks in (("created", report.created), ("updated", report.updated),
+                         ("unchanged", report.unchanged), ("deleted", report.deleted),
+                         ("re-enabled", report.reenabled)):
+        for hook in hooks:
+            click.echo(f"{label:<10} {hook.name}  ({hook.hook_id})")
+    click.echo(f"hooks deliver {report.body_format}"
+               + (" (this cluster rejected format: json)" if report.format_rejected else ""))
+
+
 @accounts_group.command("rotate-token")
 @click.argument("account_id")
 @_fail_on_domain_errors

@@ -44,13 +44,17 @@ def make_celery(settings: Settings) -> Celery:
         task_default_queue=queues["actions"],
         task_routes={"pbxrelay.ingest": {"queue": queues["ingest"]},
                      "pbxrelay.finalize_call": {"queue": queues["ingest"]},
-                     "pbxrelay.requeue_stale": {"queue": queues["ingest"]}},
+                     "pbxrelay.requeue_stale": {"queue": queues["ingest"]},
+                     "pbxrelay.reconcile": {"queue": queues["ingest"]},
+                     "pbxrelay.reenable_hooks": {"queue": queues["ingest"]}},
         task_annotations={"pbxrelay.run_action": {"time_limit": settings.action_timeout_seconds,
                                                   "soft_time_limit": max(1, settings.action_timeout_seconds - 5)}},
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
         beat_schedule={
             "requeue-stale-deliveries": {"task": "pbxrelay.requeue_stale", "schedule": 60.0},
+            "reconcile-cdrs": {"task": "pbxrelay.reconcile", "schedule": 600.0},
+            "reenable-disabled-hooks": {"task": "pbxrelay.reenable_hooks", "schedule": 300.0},
         },
     )
     return app

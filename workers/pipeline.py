@@ -24,7 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from integrations.base import ActionContext, AuthError, IntegrationError, PermanentError, RetryableError, scrub
-from service import accounts, crm, media
+from service import accounts, crm, media, onboarding, reconcile
 from service import rules as rules_mod
 from service.events import Event
 from service.kazoo import MalformedPayload, parse_delivery, to_hook_event
@@ -156,16 +156,89 @@ def _ingest_crm(session: Session, rt: Runtime, account: Account, envelope: dict[
 
 def finalize_call(rt: Runtime, account_id: str, call_key: str) -> list[int]:
     """Propose the ended/missed events of a call whose A-leg hung up; plan their deliveries."""
+    return emit_events(rt, account_id, rt.correlator.finalize(account_id, call_key))
+
+
+def emit_events(rt: Runtime, account_id: str, events: list[Event]) -> list[int]:
+    """Store events that are new (by key) and plan their deliveries; returns the ids to enqueue."""
     with rt.sessions.begin() as session:
         account = session.get(Account, account_id)
         if account is None:
             return []
         ruleset = _ruleset(session, rt, account_id)
         planned: list[int] = []
-        for event in rt.correlator.finalize(account_id, call_key):
+        for event in events:
             if _store_event(session, event):
                 planned.extend(_plan(session, ruleset, account, event))
         return planned
+
+
+def pbx_accounts(rt: Runtime) -> list[str]:
+    """Accounts that have a VirtualPBX API connection (for onboarding, re-enabling and reconciliation)."""
+    with rt.sessions() as session:
+        return list(session.scalars(sa.select(Connection.account_id).where(
+            Connection.integration == "virtualpbx").distinct()))
+
+
+def reconcile_account(rt: Runtime, account_id: str, now: datetime) -> list[int]:
+    """Emit call.ended / call.missed for calls in the CDRs whose webhooks never arrived."""
+    client = media.pbx_client(rt, account_id)
+    if client is None:
+        return []
+    with rt.sessions() as session:
+        last_run = session.get(Account, account_id).reconciled_until
+    created_from, created_to = reconcile.reconcile_window(aware(last_run) if last_run else None, now)
+    if created_to <= created_from:
+        return []
+    calls = reconcile.fetch_cdr_calls(client, created_from, created_to)
+    keys = [f"{kind}:{call_key}" for call_key in calls for kind in ("call.ended", "call.missed")]
+    with rt.sessions() as session:
+        known = set(session.scalars(sa.select(StoredEvent.key).where(StoredEvent.account_id == account_id,
+                                                                    StoredEvent.key.in_(keys)))) if keys else set()
+    planned = emit_events(rt, account_id, reconcile.missing_call_events(account_id, calls, known))
+    with rt.sessions.begin() as session:
+        session.get(Account, account_id).reconciled_until = created_to
+        if planned:
+            session.add(AuditEntry(account_id=account_id, kind="reconciled",
+                                   detail=f"{len(planned)} action(s) for calls whose hooks never arrived "
+                                          f"({created_from.isoformat()} .. {created_to.isoformat()})"))
+    return planned
+
+
+def reenable_account_hooks(rt: Runtime, account_id: str, *, receiver_healthy: bool) -> int:
+    """Re-enable pbxrelay's hooks that Kazoo disabled, once the receiver is healthy; audit each."""
+    client = media.pbx_client(rt, account_id)
+    if client is None:
+        return 0
+    hooks = onboarding.reenable_disabled(client, receiver_healthy=receiver_healthy)
+    if hooks:
+        with rt.sessions.begin() as session:
+            for hook in hooks:
+                session.add(AuditEntry(account_id=account_id, kind="hook_reenabled",
+                                       detail=f"{hook.name} ({hook.hook_id}) was disabled: "
+                                              f"{hook.disable_reason or 'no reason given'}"))
+    return len(hooks)
+
+
+def connect_account(rt: Runtime, account_id: str) -> "onboarding.ConnectReport":
+    """Register (idempotently) the VirtualPBX webhooks the account's rules need; audit the result."""
+    client = media.pbx_client(rt, account_id)
+    if client is None:
+        raise accounts.AccountError(f"account {account_id} has no virtualpbx connection in its rules file "
+                                    "(add one with integration: virtualpbx and an api_key)")
+    with rt.sessions() as session:
+        account = accounts.get_account(session, account_id)
+        ruleset = _ruleset(session, rt, account_id)
+        token = accounts.hook_token(account, rt.box)
+    if ruleset is None:
+        raise accounts.AccountError(f"account {account_id} has no rules yet (apply a file first)")
+    report = onboarding.connect_account(client, hook_url=accounts.hook_url(rt.settings.public_url, token),
+                                        hooks=onboarding.required_hooks(ruleset))
+    with rt.sessions.begin() as session:
+        session.add(AuditEntry(account_id=account_id, kind="connected", detail=(
+            f"created {len(report.created)}, updated {len(report.updated)}, unchanged {len(report.unchanged)}, "
+            f"deleted {len(report.deleted)}, re-enabled {len(report.reenabled)}; format {report.body_format}")))
+    return report
 
 
 _RULES_CACHE: dict[str, tuple[int, Any]] = {}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import redis
 from celery.exceptions import SoftTimeLimitExceeded
@@ -94,3 +94,40 @@ def requeue_stale() -> int:
     for delivery_id in ids:
         run_action.delay(delivery_id)
     return len(ids)
+
+
+@app.task(name="pbxrelay.reconcile")
+def reconcile_cdrs() -> int:
+    """For every account with a VirtualPBX connection, emit calls whose hooks never arrived."""
+    rt = runtime()
+    now = datetime.now(timezone.utc)
+    total = 0
+    for account_id in pipeline.pbx_accounts(rt):
+        try:
+            ids = pipeline.reconcile_account(rt, account_id, now)
+        except RetryableError as exc:  # one account's API trouble must not stop the others
+            log.warning("reconcile %s postponed: %s", account_id, exc)
+            continue
+        for delivery_id in ids:
+            run_action.delay(delivery_id)
+        total += len(ids)
+    return total
+
+
+@app.task(name="pbxrelay.reenable_hooks")
+def reenable_hooks() -> int:
+    """Re-enable pbxrelay's webhooks that Kazoo disabled, once our public receiver answers again."""
+    import requests
+
+    rt = runtime()
+    try:
+        healthy = requests.get(f"{rt.settings.public_url}/readyz", timeout=5).status_code == 200
+    except requests.RequestException:
+        healthy = False
+    count = 0
+    for account_id in pipeline.pbx_accounts(rt):
+        try:
+            count += pipeline.reenable_account_hooks(rt, account_id, receiver_healthy=healthy)
+        except RetryableError as exc:
+            log.warning("re-enabling hooks of %s postponed: %s", account_id, exc)
+    return count
