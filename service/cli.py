@@ -55,6 +55,7 @@ def main() -> None:
     """pbxrelay: VirtualPBX webhooks in, per-account rules, Slack/Trello/Sheets/SMS out."""
     logging.basicConfig(level=os.environ.get("PBXRELAY_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 # --- processes -------------------------------------------------------------------------------------
@@ -154,11 +155,13 @@ def run(host: str, port: int) -> None:
     if not settings.redis_url:
         children.append(_start_embedded_redis(settings))
         env["PBXRELAY_REDIS_URL"] = settings.effective_redis_url
+    if "public_url" not in settings.model_fields_set:
+        env["PBXRELAY_PUBLIC_URL"] = f"http://{host}:{port}"
+    public = env.get("PBXRELAY_PUBLIC_URL", settings.public_url)
     me = [sys.executable, "-m", "service.cli"]
     children.append(subprocess.Popen(me + ["web", "--host", host, "--port", str(port)], env=env))
     children.append(subprocess.Popen(me + ["worker"], env=env))
     children.append(subprocess.Popen(me + ["scheduler"], env=env))
-    public = settings.public_url
     click.echo("\n".join([
         "", "pbxrelay is running:",
         f"  receiver   http://{host}:{port}  (public URL {public})",
