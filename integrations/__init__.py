@@ -6,6 +6,8 @@ from integrations.base import Integration
 from integrations.google_sheets import GoogleSheetsIntegration
 from integrations.slack import SlackIntegration
 from integrations.trello import TrelloIntegration
+from integrations.virtualpbx import VirtualPBXIntegration
+from integrations.virtualtext import VirtualTextIntegration
 
 REGISTRY: dict[str, type[Integration]] = {
     cls.key: cls
@@ -13,5 +15,7 @@ REGISTRY: dict[str, type[Integration]] = {
         SlackIntegration,
         GoogleSheetsIntegration,
         TrelloIntegration,
+        VirtualPBXIntegration,
+        VirtualTextIntegration,
     )
 }

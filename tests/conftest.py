@@ -77,7 +77,7 @@ def redis_client(redis_url, namespace):
 
     client = make_redis(redis_url)
     yield client
-    keys = list(client.scan_iter(f"{namespace}:*", count=1000))
+    keys = list(client.scan_iter(f"{namespace}:*", count=1000)) + list(client.scan_iter(f"{namespace}.*", count=1000))
     if keys:
         client.delete(*keys)
 
