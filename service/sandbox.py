@@ -7,12 +7,19 @@ example rules files read through ``env:``, are printed and written to ``<var_dir
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import os
+import shlex
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from integrations.standin import RunningServer, serve_in_thread
+
+# The demo CRM's Standard Webhooks secret: fixed, like the other demo credentials, so .env survives restarts.
+CRM_SIGNING_SECRET = "whsec_" + base64.b64encode(hashlib.sha256(b"pbxrelay sandbox crm").digest()).decode()
 
 
 @dataclass
@@ -58,8 +65,8 @@ def start(host: str, port: int, *, var_dir: Path) -> Sandbox:
 
     var_dir.mkdir(parents=True, exist_ok=True)
     sa_path = (var_dir / "sandbox-service-account.json").resolve()
-    sa_path.write_text(sheets.new_service_account(sheets_state, f"{sheets_url}/token",
-                                                  share=[sheets.DEFAULT_SPREADSHEET_ID]))
+    sa_json = sheets.new_service_account(sheets_state, f"{sheets_url}/token", share=[sheets.DEFAULT_SPREADSHEET_ID])
+    sa_path.write_text(sa_json)
     os.chmod(sa_path, 0o600)
     voicemail_list, missed_list = list(trello.DEFAULT_LISTS)
     box.env = {
@@ -76,9 +83,13 @@ def start(host: str, port: int, *, var_dir: Path) -> Sandbox:
         "SANDBOX_TRELLO_TOKEN": trello.DEFAULT_TOKEN,
         "SANDBOX_TRELLO_LIST": voicemail_list,
         "SANDBOX_SHEETS_CREDENTIALS_FILE": str(sa_path),
+        # The key itself, on one line: a rules file's `env:` reads a value, and `file:` may not leave
+        # the rules file's directory, so the examples cannot use the path above.
+        "SANDBOX_SHEETS_CREDENTIALS": json.dumps(json.loads(sa_json)),
         "SANDBOX_SPREADSHEET_ID": sheets.DEFAULT_SPREADSHEET_ID,
         "SANDBOX_VIRTUALTEXT_KEY": virtualtext.DEFAULT_API_KEY,
         "SANDBOX_VIRTUALTEXT_FROM": virtualtext.DEFAULT_NUMBER,
+        "SANDBOX_CRM_SIGNING_SECRET": CRM_SIGNING_SECRET,
     }
     box.facts = [
         f"VirtualPBX   {pbx}/v2   account {emulator.DEMO_ACCOUNT_ID}   API key {emulator.DEMO_API_KEY}",
@@ -87,9 +98,11 @@ def start(host: str, port: int, *, var_dir: Path) -> Sandbox:
         f"Missed calls {missed_list}",
         f"Sheets       {sheets_url}/v4   spreadsheet {sheets.DEFAULT_SPREADSHEET_ID}   service account {sa_path}",
         f"VirtualText  {text_url}/v1   key {virtualtext.DEFAULT_API_KEY}   from {virtualtext.DEFAULT_NUMBER}",
+        f"CRM          hooks signed (Standard Webhooks) with {CRM_SIGNING_SECRET}",
         f"Records      GET <stand-in>/_standin/... ; calls: POST {pbx}/_emulator/simulate",
     ]
-    (var_dir / "sandbox.env").write_text("".join(f"{k}={v}\n" for k, v in box.env.items()))
+    # Quoted for `set -a; . sandbox.env`: the credentials JSON holds spaces and quotes.
+    (var_dir / "sandbox.env").write_text("".join(f"{k}={shlex.quote(v)}\n" for k, v in box.env.items()))
     return box
 
 

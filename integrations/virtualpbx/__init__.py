@@ -1,5 +1,6 @@
 """VirtualPBX (Kazoo Crossbar) integration: API client, local emulator, webhook sender, call simulator."""
 
 from .client import Envelope, VirtualPBXClient
+from .integration import VirtualPBXConfig, VirtualPBXIntegration
 
-__all__ = ["Envelope", "VirtualPBXClient"]
+__all__ = ["Envelope", "VirtualPBXClient", "VirtualPBXConfig", "VirtualPBXIntegration"]

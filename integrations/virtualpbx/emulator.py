@@ -181,8 +181,10 @@ class _Crossbar:
             if fault.raw_body is not None:
                 response = Response(fault.raw_body, status=fault.status, content_type=fault.content_type)
                 response.headers["x-request-id"] = self.request_id
-                return response
-            return self.error(fault.status, fault.message, fault.data if fault.data is not None else {})
+            else:
+                response = self.error(fault.status, fault.message, fault.data if fault.data is not None else {})
+            response.headers.update(fault.headers)
+            return response
         match segments:
             case ["api_auth"]:
                 return self.api_auth()
@@ -484,11 +486,16 @@ class _Crossbar:
     def save_webhook(self, account: Account, hook_id: str, doc: dict[str, Any]) -> dict[str, Any]:
         """Validate and store a webhook doc; enabling it again clears the disabler's state."""
         problems = webhook_errors(doc)
+        if not self.state.options.webhook_format and "format" in doc:
+            problems["format"] = {"additionalProperties": {"message": "Additional properties are not allowed",
+                                                           "value": doc["format"]}}
         if problems:
             raise self.fail(400, "validation error", problems)
         with self.state.lock:
             previous = account.webhooks.get(hook_id)
             stored = normalise_webhook(doc, hook_id=hook_id)
+            if not self.state.options.webhook_format:
+                stored.pop("format")  # an older cluster stores (and shows) no format: it always sends form-data
             if previous and previous.get("disable_reason") and not stored["enabled"]:
                 stored["disable_reason"] = previous["disable_reason"]
             if stored["enabled"]:

@@ -60,6 +60,8 @@ class EmulatorOptions:
     log_successful_attempts: bool = False
     attempt_failure_count: int = 6
     attempt_failure_expiry_s: float = 60.0
+    # False emulates a cluster older than Kazoo 4.3, whose webhook schema has no `format` (form-data only).
+    webhook_format: bool = True
     cluster_id: str = "e1f2c3d4a5b6c7d8e9f0a1b2c3d4e5f6"
     clock: Callable[[], float] = time.time
 
@@ -101,6 +103,8 @@ class Fault:
     delay: float = 0.0
     raw_body: str | None = None
     content_type: str = "text/html"
+    # Extra response headers, e.g. a Retry-After that a proxy in front of Kazoo adds to a 429.
+    headers: dict[str, str] = field(default_factory=dict)
 
     def matches(self, method: str, path: str) -> bool:
         """Whether this fault applies to ``method path``."""
