@@ -528,6 +528,20 @@ def sandbox(host: str, port: int) -> None:
     run(host, port)
 
 
+@main.command()
+@click.option("--calls", default=12, show_default=True, type=click.IntRange(1, 500), help="Calls to simulate.")
+@click.option("--seed", default=1, show_default=True, type=int, help="Seed of the simulated calls.")
+@click.option("--keep", is_flag=True, help="Leave the sandbox and the service running until Ctrl-C.")
+def demo(calls: int, seed: int, keep: bool) -> None:
+    """Run the sandbox and the service, play a morning of calls and CRM events, and write var/demo/report.html."""
+    from service.demo import DemoError, run as run_demo
+
+    try:
+        run_demo(calls=calls, seed=seed, keep=keep)
+    except DemoError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 # --- secrets -----------------------------------------------------------------------------------------
 
 @main.group("secrets")

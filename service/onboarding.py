@@ -80,6 +80,8 @@ def required_hooks(rules_file: RulesFile) -> list[HookSpec]:
     if _ALL_NOTIFICATIONS in needed:
         # "all" already delivers voicemail_new; a second hook would send every voicemail twice.
         needed.pop(_VOICEMAIL_NEW, None)
+    if any(step.action == "send_sms" for rule in rules_file.rules if rule.enabled for step in rule.do):
+        needed[HookSpec("sms")] = None  # STOP replies must reach the opt-out list of an account that texts
     return list(needed)
 
 

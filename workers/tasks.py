@@ -20,6 +20,8 @@ _runtime: Runtime | None = None
 
 # Infrastructure hiccups (Redis or the database briefly away) are retried, never dropped.
 INFRA_ERRORS = (redis.RedisError, OperationalError)
+# Integration error codes of a request whose fate is unknown (timed out or cut off after it was sent).
+IN_DOUBT_CODES = frozenset({"network", "timeout"})
 
 
 def runtime() -> Runtime:
@@ -67,7 +69,8 @@ def finalize_call(self, account_id: str, call_key: str) -> int:
     return len(planned)
 
 
-@app.task(name="pbxrelay.run_action", bind=True, max_retries=None)
+# PermanentError is an expected outcome (recorded in the delivery log): `throws` logs it without a traceback.
+@app.task(name="pbxrelay.run_action", bind=True, max_retries=None, throws=(PermanentError,))
 def run_action(self, delivery_id: int) -> str:
     """Run one delivery; retry RetryableError after the computed delay; PermanentError is final."""
     rt = runtime()
@@ -75,6 +78,10 @@ def run_action(self, delivery_id: int) -> str:
         return pipeline.execute_delivery(rt, delivery_id)
     except RetryableError as exc:
         delay = pipeline.retry_delay(rt, self.request.retries + 1, exc.retry_after)
+        if exc.code in IN_DOUBT_CODES:
+            # The request may have reached the vendor and still take effect after the client gave up; the
+            # next attempt's duplicate check (Slack's history lookup) must come after that, not before it.
+            delay = max(delay, rt.settings.action_timeout_seconds)
         raise self.retry(countdown=delay, exc=exc, max_retries=None)
     except INFRA_ERRORS as exc:
         raise self.retry(countdown=pipeline.retry_delay(rt, self.request.retries + 1, None),

@@ -194,7 +194,8 @@ def test_opted_out_is_permanent_and_asked_in_e164():
         asked.append(number)
         return number == "+12025550123"
 
-    with pytest.raises(PermanentError, match=r"\+12025550123 opted out \(STOP\); not sent") as info:
+    with pytest.raises(PermanentError,
+                       match=r"\+12025550123 is on the account.s opt-out list \(STOP reply or CRM flag\)") as info:
         prepare_sms(params(to="(202) 555-0123"), ctx(opted_out=opted_out), max_body=DASH_MAX_BODY)
     assert info.value.code == "opted_out"
     assert asked == ["+12025550123"]
