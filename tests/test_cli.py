@@ -1,0 +1,118 @@
+"""The pbxrelay command line: clear errors and non-zero exits on bad input, secrets never printed."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+import uuid
+
+import pytest
+
+from tests.harness import Service
+
+ACCOUNT = "91eb05e5c68d7ca05e7618b6821d2d16"
+
+
+@pytest.fixture(scope="module")
+def cli(tmp_path_factory, redis_url):
+    """A deployment's CLI (no processes started) with one account."""
+    svc = Service(tmp_path_factory.mktemp("cli"), redis_url=redis_url, namespace=f"cli{uuid.uuid4().hex[:8]}",
+                  env={"CLI_TEST_TOKEN": "xoxb-cli-secret-token-value"})
+    svc.cli("migrate")
+    svc.added = svc.add_account(ACCOUNT)
+    return svc
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["accounts", "add", "nothex", "--name", "X"], 1, "invalid account id"),
+    (["accounts", "add", ACCOUNT, "--name", "X"], 1, "exists already"),
+    (["accounts", "add", "a" * 32, "--name", "X", "--timezone", "Nowhere/Town"], 1, "unknown time zone"),
+    (["accounts", "add", "b" * 32], 2, "Missing option '--name'"),
+    (["web", "--port", "70000"], 2, "70000 is not in the range"),
+    (["rules", "export", "c" * 32], 1, "no account"),
+    (["rules", "export", ACCOUNT], 1, "has no rules yet"),
+    (["deliveries", "d" * 32], 1, "no account"),
+    (["dead", "replay"], 2, "give --delivery"),
+    (["dead", "replay", "--event", "k"], 2, "--event needs --account"),
+    (["dead", "discard", "999999"], 1, "discarded 0"),
+    (["connections", "resume", ACCOUNT, "nope"], 1, "no longer exists"),
+    (["rules", "apply", "/does/not/exist.yaml"], 2, "does not exist"),
+], ids=["bad-id", "twice", "bad-tz", "no-name", "bad-port", "export-unknown", "export-none", "deliveries-unknown",
+        "replay-nothing", "replay-event-no-account", "discard-missing", "resume-unknown", "apply-missing"])
+def test_bad_input_gives_a_clear_error_and_exit_code(cli, args, code, message):
+    """Every bad invocation exits non-zero with a message naming the problem, and no traceback."""
+    result = cli.cli(*args, check=False)
+    assert result.returncode == code, (result.stdout, result.stderr)
+    assert message in result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_accounts_add_json_and_list(cli):
+    """--json prints one object with account_id and hook_url; list never shows the token."""
+    added = cli.added
+    assert added["account_id"] == ACCOUNT and added["hook_url"].startswith(f"{cli.url}/hooks/virtualpbx/")
+    token = added["hook_url"].rsplit("/", 1)[1]
+    assert len(token) >= 22  # >= 128 bits in base64url
+    listed = [json.loads(line) for line in cli.cli("accounts", "list", "--json").stdout.splitlines()]
+    assert any(row["account_id"] == ACCOUNT for row in listed)
+    assert token not in cli.cli("accounts", "list").stdout
+
+
+def test_rules_apply_errors_name_file_rule_and_field_and_change_nothing(cli, tmp_path):
+    """A broken rules file is refused whole: the message names file, rule and field; nothing is stored."""
+    bad = tmp_path / "broken.yaml"
+    bad.write_text(textwrap.dedent(f"""
+        account: {{id: {ACCOUNT}, name: Acme, timezone: UTC}}
+        connections:
+          chat: {{integration: slack, bot_token: env:CLI_TEST_TOKEN}}
+        rules:
+          - name: typo
+            on: call.missed
+            do:
+              - {{use: chat, action: post_message, with: {{chanel: C1, text: hi}}}}
+    """))
+    result = cli.cli("rules", "apply", str(bad), check=False)
+    assert result.returncode == 1
+    assert "broken.yaml" in result.stderr and "rule 'typo'" in result.stderr and "chanel" in result.stderr
+    assert "has no rules yet" in cli.cli("rules", "export", ACCOUNT, check=False).stderr
+
+
+def test_secrets_are_never_printed(cli, tmp_path):
+    """After apply, export shows env references or stored:, and no command prints the token."""
+    good = tmp_path / "good.yaml"
+    good.write_text(textwrap.dedent(f"""
+        account: {{id: {ACCOUNT}, name: Acme, timezone: UTC}}
+        connections:
+          chat: {{integration: slack, bot_token: env:CLI_TEST_TOKEN}}
+          literal: {{integration: slack, bot_token: xoxb-literal-secret-in-file}}
+        rules:
+          - name: hi
+            on: call.missed
+            do: [{{use: chat, action: post_message, with: {{channel: C1, text: hi}}}}]
+    """))
+    applied = cli.cli("rules", "apply", str(good))
+    exported = cli.cli("rules", "export", ACCOUNT).stdout
+    listed = cli.cli("connections", "list", ACCOUNT).stdout
+    everything = applied.stdout + applied.stderr + exported + listed
+    assert "xoxb-cli-secret-token-value" not in everything and "xoxb-literal-secret-in-file" not in everything
+    assert "env:CLI_TEST_TOKEN" in exported and "bot_token: 'stored:'" in exported
+    reapplied = tmp_path / "export.yaml"
+    reapplied.write_text(exported)
+    cli.cli("rules", "apply", str(reapplied))  # an export applies again, keeping the stored secret
+
+
+def test_rules_test_is_a_dry_run(cli, tmp_path):
+    """rules test shows the parsed event, the call events and the rendered actions; a malformed file fails."""
+    event = tmp_path / "missed.json"
+    event.write_text(json.dumps({"event_name": "missed_call", "event_category": "notification", "app_name": "x",
+                                 "call_id": "c-1", "caller_id_number": "+15551230000", "timestamp": 63900000000}))
+    shown = json.loads(cli.cli("rules", "test", ACCOUNT, str(event)).stdout)
+    assert shown["event"]["type"] == "virtualpbx.notifications"
+    assert [e["type"] for e in shown["call_events"]] == ["call.missed"]
+    assert shown["actions"] == [{"event": "call.missed", "rule": "hi", "use": "chat", "integration": "slack",
+                                 "action": "post_message", "with": {"channel": "C1", "text": "hi"}}]
+    assert cli.deliveries(ACCOUNT) == []  # nothing happened
+    broken = tmp_path / "broken.json"
+    broken.write_text("{nope")
+    result = cli.cli("rules", "test", ACCOUNT, str(broken), check=False)
+    assert result.returncode == 1 and "invalid JSON" in result.stderr
