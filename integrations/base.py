@@ -42,6 +42,11 @@ def scrub(text: str, secrets: tuple[str, ...] | list[str] = ()) -> str:
     return out
 
 
+def excerpt(text: str, limit: int = 200) -> str:
+    """``text`` cut to ``limit`` characters, with an ellipsis when cut (scrub first: a cut secret no longer matches)."""
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
 class IntegrationError(Exception):
     """Base of the two failure kinds; picklable and free of secrets by construction."""
 

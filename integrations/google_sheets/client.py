@@ -53,7 +53,7 @@ from gspread.http_client import HTTPClient
 from pydantic import ConfigDict, Field, SecretStr, field_validator
 
 from integrations.base import (ActionContext, ActionResult, AuthError, ConfigModel, Integration, IntegrationError,
-                               ParamsModel, PermanentError, RetryableError, scrub)
+                               ParamsModel, PermanentError, RetryableError, excerpt, scrub)
 from integrations.google_sheets.columns import ALL_COLUMNS, ColumnName, row_values
 
 GOOGLE_API_URL = "https://sheets.googleapis.com"
@@ -569,7 +569,7 @@ def classify_failure(exc: Exception, *, method: str, spreadsheet_id: str, worksh
         return RetryableError(f"{where}: the OAuth token endpoint answered HTTP {exc.status}", status=exc.status,
                               code="token_unavailable")
     if isinstance(exc, google.auth.exceptions.RefreshError):
-        text = _excerpt(scrub(str(exc.args[0]) if exc.args else "", secrets))
+        text = excerpt(scrub(str(exc.args[0]) if exc.args else "", secrets), 300)
         if exc.retryable:
             return RetryableError(f"{where}: the OAuth token endpoint failed: {text}", code="token_unavailable")
         code = "invalid_grant" if "invalid_grant" in text else "token_refused"
@@ -589,7 +589,7 @@ def classify_failure(exc: Exception, *, method: str, spreadsheet_id: str, worksh
     http_status = exc.response.status_code
     status = exc.code if isinstance(exc.code, int) and exc.code > 0 else http_status
     google_status = str(exc.error.get("status") or "") if exc.code != -1 else _STATUS_NAMES.get(status, "")
-    message = _excerpt(scrub(str(exc.error.get("message") or ""), secrets))
+    message = excerpt(scrub(str(exc.error.get("message") or ""), secrets), 300)
     detail = f"HTTP {status} {google_status}: {message}" if exc.code != -1 else \
         f"HTTP {status} with a body that is not JSON: {message!r}"
     if status == 429 or google_status == "RESOURCE_EXHAUSTED":
@@ -617,6 +617,7 @@ def classify_failure(exc: Exception, *, method: str, spreadsheet_id: str, worksh
                           code=google_status.lower() or f"http_{status}")
 
 
+# Not integrations.http.retry_after_seconds: a caller here needs None for "no hint", and Sheets sends no dates.
 def _retry_after(headers: Mapping[str, Any] | None, default: float | None = QUOTA_PENALTY_SECONDS) -> float | None:
     """Seconds from a Retry-After header, else ``default``."""
     try:
@@ -624,7 +625,3 @@ def _retry_after(headers: Mapping[str, Any] | None, default: float | None = QUOT
     except (TypeError, ValueError):
         return default
     return seconds if seconds > 0 else default
-
-
-def _excerpt(text: str, limit: int = 300) -> str:
-    return text if len(text) <= limit else text[:limit] + "…"

@@ -33,12 +33,12 @@ answers normally; ``commit`` performs the request, then answers with the fault);
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import secrets
 import threading
 import time
-from collections import deque
 from typing import Any
 
 import google.auth.exceptions
@@ -46,6 +46,8 @@ import google.auth.jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from flask import Flask, Response, request
+
+from integrations.standin import FaultQueue, add_control_routes, answer_with_fault, fault_response, json_response
 
 GOOGLE_TOKEN_URL = "https://oauth2.googleapis.com/token"
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
@@ -59,6 +61,9 @@ DEFAULT_ROWS, DEFAULT_COLUMNS = 1000, 26
 # A ready-made spreadsheet so `create_app()` is usable by hand and by the sandbox without any setup.
 DEFAULT_SPREADSHEET_ID = "1StandinCallLog0000000000000000000000000000"
 DEFAULT_TITLE = "Call log (stand-in)"
+# Google spells the charset in capitals; the stand-in answers likewise.
+JSON_TYPE = "application/json; charset=UTF-8"
+TEXT_TYPE = "text/html; charset=UTF-8"
 
 _STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
            429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 502: "UNAVAILABLE", 503: "UNAVAILABLE",
@@ -85,7 +90,7 @@ class SheetsStandin:
         self.tokens: dict[str, dict[str, Any]] = {}
         self.spreadsheets: dict[str, dict[str, Any]] = {}
         self.requests: list[dict[str, Any]] = []
-        self.faults: deque[dict[str, Any]] = deque()
+        self.faults = FaultQueue()
         self.quota = {"read": reads_per_minute, "write": writes_per_minute}
         self._initial_quota = dict(self.quota)
         # Spreadsheets shared with every service account minted over HTTP (the demo sheet).
@@ -142,8 +147,7 @@ class SheetsStandin:
 
     def push_faults(self, faults: list[dict[str, Any]]) -> None:
         """Queue faults; each matching request consumes the next one."""
-        with self.lock:
-            self.faults.extend(dict(f) for f in faults)
+        self.faults.push(faults)
 
     def reset(self, *, registrations: bool = False) -> None:
         """Forget faults, the request log (and quota windows) and every cell; with ``registrations``
@@ -262,14 +266,7 @@ def create_app(state: SheetsStandin | None = None) -> Flask:
         target = rng[:-len(":append")]
         return _with_fault(state, "write", sid, lambda entry: _api(state, entry, sid, "write", _append, target))
 
-    @app.post("/_standin/faults")
-    def faults() -> Response:
-        body = request.get_json(force=True, silent=True)
-        queue = body.get("faults") if isinstance(body, dict) else body
-        if not isinstance(queue, list) or not all(isinstance(f, dict) for f in queue):
-            return _json({"error": "expected a list of fault objects"}, 400)
-        state.push_faults(queue)
-        return _json({"queued": len(state.faults)})
+    add_control_routes(app, state, json_type=JSON_TYPE)
 
     @app.get("/_standin/sheets")
     def sheets() -> Response:
@@ -298,12 +295,6 @@ def create_app(state: SheetsStandin | None = None) -> Flask:
                                     "write": body["quota"].get("writes_per_minute")})
         return _json({"ok": True})
 
-    @app.post("/_standin/reset")
-    def reset() -> Response:
-        body = request.get_json(force=True, silent=True)
-        state.reset(registrations=isinstance(body, dict) and body.get("registrations") is True)
-        return _json({"ok": True})
-
     return app
 
 
@@ -311,49 +302,30 @@ def create_app(state: SheetsStandin | None = None) -> Flask:
 
 def _with_fault(state: SheetsStandin, kind: str, sid: str | None, handle) -> Response:
     """Log the request and apply the next matching queued fault (if any) around the real handler."""
+    # A fault's "on" picks the requests it hits: "api" (the default) is any Sheets request, never the token one.
+    accepted = (kind, "api" if kind != "token" else "")
     with state.lock:
-        fault = next((f for f in state.faults if f.get("on", "api") in (kind, "api" if kind != "token" else "")),
-                     None)
-        if fault is not None:
-            state.faults.remove(fault)
+        fault = state.faults.pop(lambda f: f.get("on", "api") in accepted)
         entry = {"kind": kind, "spreadsheet": sid, "method": request.method, "path": request.path,
                  "at": time.time(), "fault": fault, "email": None, "status": None, "counted": False}
         state.requests.append(entry)
-    if fault is not None and fault.get("delay"):
-        time.sleep(float(fault["delay"]))  # outside the lock: other requests keep flowing
-    if fault is None or ("status" not in fault and "body" not in fault):
-        response = handle(entry)
-    else:
-        if fault.get("commit"):
-            handle(entry)  # the effect happens, the client just never hears about it
-        response = _fault_response(fault, kind)
+    response = answer_with_fault(fault, lambda: handle(entry), lambda f: fault_response(
+        f, functools.partial(_fault_body, kind=kind), json_type=JSON_TYPE, text_type=TEXT_TYPE))
     with state.lock:
         entry["status"] = response.status_code
     return response
 
 
-def _fault_response(fault: dict[str, Any], kind: str) -> Response:
-    status = int(fault.get("status", 200))
-    headers = dict(fault.get("headers") or {})
-    if "retry_after" in fault:
-        headers["Retry-After"] = str(fault["retry_after"])
-    body = fault.get("body")
-    if body is None:
-        if kind == "token":
-            body = {"error": "invalid_grant", "error_description": "Invalid JWT Signature."} if status < 500 else \
-                {"error": "internal_failure"}
-        else:
-            body = _google_body(status, _MESSAGES.get(status, f"HTTP {status}"))
-    if isinstance(body, (dict, list)):
-        return _json(body, status, headers)
-    return Response(str(body), status=status, headers=headers, content_type="text/html; charset=UTF-8")
+def _fault_body(status: int, kind: str) -> dict[str, Any]:
+    if kind == "token":
+        return {"error": "invalid_grant", "error_description": "Invalid JWT Signature."} if status < 500 else \
+            {"error": "internal_failure"}
+    return _google_body(status, _MESSAGES.get(status, f"HTTP {status}"))
 
 
 # -- responses --------------------------------------------------------------------------------
 
-def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(json.dumps(body), status=status, headers=headers or {},
-                    content_type="application/json; charset=UTF-8")
+_json = functools.partial(json_response, content_type=JSON_TYPE)
 
 
 def _google_body(status: int, message: str) -> dict[str, Any]:
@@ -475,12 +447,16 @@ def _input_option() -> tuple[str | None, Response | None]:
     return option, None
 
 
-def _body_values() -> list[list[Any]] | None:
+def _write_target(book: dict[str, Any], rng: str) -> tuple[tuple | None, list[list[Any]] | None, Response | None]:
+    """(parsed range, the body's values, None), or (None, None, the 400 Google gives) for a write request."""
+    parsed = _parse_range(book, rng)
+    if parsed is None:
+        return None, None, _google_error(400, f"Unable to parse range: {rng}")
     body = request.get_json(silent=True)
     values = body.get("values") if isinstance(body, dict) else None
     if not isinstance(values, list) or not all(isinstance(row, list) for row in values):
-        return None
-    return values
+        return None, None, _google_error(400, "Invalid JSON payload received. 'values' must be a list of lists.")
+    return parsed, values, None
 
 
 def _append(book: dict[str, Any], sid: str, rng: str) -> Response:
@@ -490,12 +466,9 @@ def _append(book: dict[str, Any], sid: str, rng: str) -> Response:
     insert = request.args.get("insertDataOption", "OVERWRITE")
     if insert not in ("OVERWRITE", "INSERT_ROWS"):
         return _google_error(400, f"Invalid value at 'insert_data_option', \"{insert}\"")
-    parsed = _parse_range(book, rng)
-    if parsed is None:
-        return _google_error(400, f"Unable to parse range: {rng}")
-    values = _body_values()
-    if values is None:
-        return _google_error(400, "Invalid JSON payload received. 'values' must be a list of lists.")
+    parsed, values, error = _write_target(book, rng)
+    if error:
+        return error
     name, c1, _r1, _c2, _r2 = parsed
     tab = book["sheets"][name]
     rows = tab["rows"]
@@ -519,12 +492,9 @@ def _update(book: dict[str, Any], sid: str, rng: str) -> Response:
     option, error = _input_option()
     if error:
         return error
-    parsed = _parse_range(book, rng)
-    if parsed is None:
-        return _google_error(400, f"Unable to parse range: {rng}")
-    values = _body_values()
-    if values is None:
-        return _google_error(400, "Invalid JSON payload received. 'values' must be a list of lists.")
+    parsed, values, error = _write_target(book, rng)
+    if error:
+        return error
     name, c1, r1, _c2, _r2 = parsed
     width = max((len(r) for r in values), default=0)
     _write(book["sheets"][name], r1 or 0, c1, values, option)

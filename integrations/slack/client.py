@@ -29,7 +29,7 @@ from slack_sdk.errors import SlackApiError, SlackRequestError
 from slack_sdk.webhook import WebhookClient, WebhookResponse
 
 from integrations.base import (ActionContext, ActionResult, AuthError, ConfigModel, Integration, IntegrationError,
-                               ParamsModel, PermanentError, RetryableError, scrub)
+                               ParamsModel, PermanentError, RetryableError, excerpt, scrub)
 from integrations.slack.cards import call_card
 
 DEFAULT_API_URL = "https://slack.com/api/"
@@ -349,8 +349,8 @@ def classify_webhook_failure(outcome: WebhookResponse | Exception, *, secrets: l
                               retry_after=retry_after, code="ratelimited")
     if status >= 500:
         # Scrub before cutting: a secret straddling the cut would survive as an unmatchable prefix.
-        excerpt = code or _excerpt(scrub(body, secrets))
-        return RetryableError(scrub(f"{where}: HTTP {status} {excerpt!r}", secrets), status=status,
+        shown = code or excerpt(scrub(body, secrets))
+        return RetryableError(scrub(f"{where}: HTTP {status} {shown!r}", secrets), status=status,
                               code=code or f"http_{status}")
     if code in _WEBHOOK_AUTH or (status in (401, 403) and code not in _WEBHOOK_PERMANENT):
         reason = _WEBHOOK_AUTH.get(code, "credentials rejected")
@@ -359,11 +359,12 @@ def classify_webhook_failure(outcome: WebhookResponse | Exception, *, secrets: l
     if code:
         reason = _WEBHOOK_PERMANENT.get(code, "Slack refused the message")
         return PermanentError(scrub(f"{where}: HTTP {status} {code}: {reason}", secrets), status=status, code=code)
-    excerpt = _excerpt(scrub(body, secrets))
-    return PermanentError(scrub(f"{where}: HTTP {status} with an unexpected body: {excerpt!r}", secrets),
+    shown = excerpt(scrub(body, secrets))
+    return PermanentError(scrub(f"{where}: HTTP {status} with an unexpected body: {shown!r}", secrets),
                           status=status, code="malformed_response")
 
 
+# Not integrations.http.retry_after_seconds: slack_sdk hands over raw header maps, and Slack sends integer seconds only.
 def _retry_after(headers: Mapping[str, Any] | None) -> float:
     """Seconds from a Retry-After header (integer seconds per Slack), or 1 s when absent or unreadable."""
     value = None
@@ -385,8 +386,4 @@ def _error_details(data: Mapping[str, Any]) -> str:
         messages = [f"needed scope {data['needed']}", *messages]
     if not isinstance(messages, list) or not messages:
         return ""
-    return " (" + _excerpt("; ".join(str(m) for m in messages[:5])) + ")"
-
-
-def _excerpt(text: str, limit: int = 200) -> str:
-    return text if len(text) <= limit else text[:limit] + "…"
+    return " (" + excerpt("; ".join(str(m) for m in messages[:5])) + ")"

@@ -32,6 +32,9 @@ from typing import Any
 
 from flask import Flask, Response, request
 
+from integrations.standin import (FaultQueue, add_control_routes, answer_with_fault, fault_response, json_response,
+                                  request_arguments, set_rate_limit)
+
 DEFAULT_SCOPES = frozenset({"chat:write", "channels:history", "groups:history"})
 # A default workspace so `create_app()` is usable by hand and by the sandbox without any setup.
 DEFAULT_TOKEN = "xoxb-standin-0000-token"
@@ -57,7 +60,7 @@ class SlackStandin:
         self.webhooks: dict[str, dict[str, Any]] = {}
         self.messages: list[dict[str, Any]] = []
         self.calls: list[dict[str, Any]] = []
-        self.faults: deque[dict[str, Any]] = deque()
+        self.faults = FaultQueue()
         # Slack: about one message per second per channel with short bursts; None disables the limit.
         self.rate_limit_max = rate_limit_max
         self.rate_limit_window = rate_limit_window
@@ -110,8 +113,7 @@ class SlackStandin:
 
     def push_faults(self, faults: list[dict[str, Any]]) -> None:
         """Queue faults; each vendor request consumes the next one."""
-        with self.lock:
-            self.faults.extend(dict(f) for f in faults)
+        self.faults.push(faults)
 
     def reset(self, *, registrations: bool = False) -> None:
         """Forget messages, calls, faults and rate-limit windows; with ``registrations`` also every
@@ -181,14 +183,8 @@ def create_app(state: SlackStandin | None = None) -> Flask:
     def webhook(team: str, bot: str, secret: str) -> Response:
         return _with_fault(state, "webhook", "webhook", lambda: _incoming_webhook(state, f"{team}/{bot}/{secret}"))
 
-    @app.post("/_standin/faults")
-    def faults() -> Response:
-        body = request.get_json(force=True, silent=True)
-        queue = body.get("faults") if isinstance(body, dict) else body
-        if not isinstance(queue, list) or not all(isinstance(f, dict) for f in queue):
-            return _json({"ok": False, "error": "expected a list of fault objects"}, 400)
-        state.push_faults(queue)
-        return _json({"ok": True, "queued": len(state.faults)})
+    add_control_routes(app, state, error_body=lambda message: {"ok": False, "error": message},
+                       answer_fields={"ok": True})
 
     @app.get("/_standin/messages")
     def messages() -> Response:
@@ -210,17 +206,7 @@ def create_app(state: SlackStandin | None = None) -> Flask:
                               is_archived=channel.get("is_archived", False))
         for hook in body.get("webhooks", []):
             state.add_webhook(hook["channel"], hook["path"])
-        if "rate_limit" in body:
-            limit = body["rate_limit"] or {}
-            with state.lock:
-                state.rate_limit_max = limit.get("max")
-                state.rate_limit_window = float(limit.get("window", 1.0))
-        return _json({"ok": True})
-
-    @app.post("/_standin/reset")
-    def reset() -> Response:
-        body = request.get_json(force=True, silent=True)
-        state.reset(registrations=isinstance(body, dict) and body.get("registrations") is True)
+        set_rate_limit(state, body)
         return _json({"ok": True})
 
     return app
@@ -231,55 +217,24 @@ def create_app(state: SlackStandin | None = None) -> Flask:
 def _with_fault(state: SlackStandin, endpoint: str, kind: str, handle) -> Response:
     """Apply the next queued fault (if any) around the real handler ``handle``."""
     with state.lock:
-        fault = state.faults.popleft() if state.faults else None
+        fault = state.faults.pop()
         state.calls.append({"endpoint": endpoint, "fault": fault, "at": time.time()})
-    if fault is None:
-        return handle()
-    if fault.get("delay"):
-        time.sleep(float(fault["delay"]))  # outside the lock: other requests keep flowing
-    if "status" not in fault and "body" not in fault:
-        return handle()
-    if fault.get("commit"):
-        handle()  # the effect happens, the client just never hears about it
-    return _fault_response(fault, kind)
+    return answer_with_fault(fault, handle, lambda f: fault_response(f, lambda status: _fault_body(status, kind)))
 
 
-def _fault_response(fault: dict[str, Any], kind: str) -> Response:
-    status = int(fault.get("status", 200))
-    headers = dict(fault.get("headers") or {})
-    if "retry_after" in fault:
-        headers["Retry-After"] = str(fault["retry_after"])
-    body = fault.get("body")
-    if body is None:
-        code = "ratelimited" if status == 429 else ("internal_error" if status >= 500 else f"http_{status}")
-        body = {"ok": False, "error": code} if kind == "api" else ("rate_limited" if status == 429 else code)
-    if isinstance(body, (dict, list)):
-        return _json(body, status, headers)
-    return Response(str(body), status=status, headers=headers, content_type="text/html; charset=utf-8")
+def _fault_body(status: int, kind: str) -> Any:
+    """What Slack would say for ``status``: a Web API error object, or a webhook's plain-text code."""
+    code = "ratelimited" if status == 429 else ("internal_error" if status >= 500 else f"http_{status}")
+    return {"ok": False, "error": code} if kind == "api" else ("rate_limited" if status == 429 else code)
 
 
 # -- Web API ----------------------------------------------------------------------------------
 
-def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(json.dumps(body), status=status, headers=headers or {},
-                    content_type="application/json; charset=utf-8")
+_json = json_response
 
 
 def _error(code: str, status: int = 200, **extra: Any) -> Response:
     return _json({"ok": False, "error": code, **extra}, status)
-
-
-def _arguments() -> dict[str, Any] | None:
-    """Arguments from the query string, a form body or a JSON body (None when the JSON is unreadable)."""
-    args: dict[str, Any] = dict(request.args)
-    if request.mimetype == "application/json":
-        body = request.get_json(silent=True)
-        if not isinstance(body, dict):
-            return None
-        args.update(body)
-    else:
-        args.update(request.form)
-    return args
 
 
 def _token(args: dict[str, Any]) -> str | None:
@@ -297,7 +252,7 @@ def _truthy(value: Any) -> bool:
 def _call_api(state: SlackStandin, method: str, handler) -> Response:
     if handler is None:
         return _error("unknown_method", 404)
-    args = _arguments()
+    args = request_arguments()
     if args is None:
         return _error("invalid_json")
     token = _token(args)

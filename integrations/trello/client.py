@@ -33,7 +33,6 @@ from __future__ import annotations
 import hashlib
 import re
 from datetime import datetime, timezone
-from email.utils import parsedate_to_datetime
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -41,7 +40,8 @@ import requests
 from pydantic import ConfigDict, Field, SecretStr, field_validator
 
 from integrations.base import (ActionContext, ActionResult, AuthError, ConfigModel, Integration, IntegrationError,
-                               MediaTooLarge, ParamsModel, PermanentError, RetryableError, scrub)
+                               MediaTooLarge, ParamsModel, PermanentError, RetryableError, excerpt, scrub)
+from integrations.http import retry_after_seconds
 
 DEFAULT_API_URL = "https://api.trello.com"
 
@@ -94,6 +94,7 @@ class TrelloConfig(ConfigModel):
     @field_validator("api_key", "token")
     @classmethod
     def _credential_shape(cls, value: SecretStr) -> SecretStr:
+        # Unlike VirtualText's header-safe check: Trello credentials travel in query strings, so URL syntax is out too.
         raw = value.get_secret_value()
         if len(raw) < 8 or any(c.isspace() for c in raw) or any(c in raw for c in "&#?/="):
             raise ValueError("must be the key or token exactly as shown on https://trello.com/app-key")
@@ -331,11 +332,11 @@ def classify_failure(what: str, outcome: requests.Response | requests.RequestExc
         return RetryableError(scrub(f"{where}: network error: {text}", secrets), code="network")
     status = outcome.status_code
     # Scrub before cutting: a secret cut in half by the excerpt no longer matches, and half leaks.
-    body = _excerpt(scrub(outcome.text.strip(), secrets))
+    body = excerpt(scrub(outcome.text.strip(), secrets))
     said = scrub(f"{where}: HTTP {status} {body!r}", secrets)
     if status == 429:
         limit = _json_error(outcome) or "rate_limited"
-        retry_after = _retry_after(outcome.headers.get("Retry-After"))
+        retry_after = retry_after_seconds(outcome.headers.get("Retry-After"), DEFAULT_RETRY_AFTER, longest=3600)
         return RetryableError(scrub(f"{where}: rate limited by Trello ({limit}), retry after {retry_after:g}s",
                                     secrets), status=status, retry_after=retry_after, code=limit)
     if status >= 500:
@@ -368,19 +369,3 @@ def _json_error(response: requests.Response) -> str | None:
     return error if isinstance(error, str) and error.replace("_", "").isalnum() else None
 
 
-def _retry_after(value: str | None) -> float:
-    """Seconds from Retry-After (seconds or an HTTP date); DEFAULT_RETRY_AFTER when absent or unreadable."""
-    if not value:
-        return DEFAULT_RETRY_AFTER
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            seconds = (parsedate_to_datetime(value) - datetime.now(timezone.utc)).total_seconds()
-        except (TypeError, ValueError):
-            return DEFAULT_RETRY_AFTER
-    return seconds if 0 < seconds <= 3600 else DEFAULT_RETRY_AFTER
-
-
-def _excerpt(text: str, limit: int = 200) -> str:
-    return text if len(text) <= limit else text[:limit] + "…"

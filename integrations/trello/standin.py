@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 import re
 import threading
 import time
@@ -41,6 +40,9 @@ from datetime import datetime, timezone
 from typing import Any
 
 from flask import Flask, Response, request
+
+from integrations.standin import (FaultQueue, add_control_routes, answer_with_fault, fault_response, json_response,
+                                  request_arguments)
 
 # A ready-made workspace so `create_app()` works by hand and in the sandbox without setup.
 DEFAULT_KEY = "0123456789abcdef0123456789abcdef"
@@ -72,7 +74,7 @@ class TrelloStandin:
         self.cards: dict[str, dict[str, Any]] = {}
         self.attachments: dict[str, list[dict[str, Any]]] = {}
         self.calls: list[dict[str, Any]] = []
-        self.faults: deque[dict[str, Any]] = deque()
+        self.faults = FaultQueue()
         # Trello: 100 requests / 10 s per token, 300 / 10 s per key; None disables a limit.
         self.token_limit, self.key_limit, self.window = token_limit, key_limit, window
         self.attachment_max_bytes = attachment_max_bytes
@@ -122,8 +124,7 @@ class TrelloStandin:
 
     def push_faults(self, faults: list[dict[str, Any]]) -> None:
         """Queue faults; each vendor request consumes the next one."""
-        with self.lock:
-            self.faults.extend(dict(f) for f in faults)
+        self.faults.push(faults)
 
     def reset(self, *, registrations: bool = False) -> None:
         """Forget cards, attachments, calls, faults and rate windows; with ``registrations`` also every
@@ -203,14 +204,7 @@ def create_app(state: TrelloStandin | None = None) -> Flask:
     def unknown_route(_error) -> Response:
         return _text(f"Cannot {request.method} {request.path}", 404)
 
-    @app.post("/_standin/faults")
-    def faults() -> Response:
-        body = request.get_json(force=True, silent=True)
-        queue = body.get("faults") if isinstance(body, dict) else body
-        if not isinstance(queue, list) or not all(isinstance(f, dict) for f in queue):
-            return _json({"error": "expected a list of fault objects"}, 400)
-        state.push_faults(queue)
-        return _json({"queued": len(state.faults)})
+    add_control_routes(app, state)
 
     @app.get("/_standin/cards")
     def cards() -> Response:
@@ -243,20 +237,12 @@ def create_app(state: TrelloStandin | None = None) -> Flask:
                 state.attachment_max_bytes = int(body["attachment_max_bytes"])
         return _json({"ok": True})
 
-    @app.post("/_standin/reset")
-    def reset() -> Response:
-        body = request.get_json(force=True, silent=True)
-        state.reset(registrations=isinstance(body, dict) and body.get("registrations") is True)
-        return _json({"ok": True})
-
     return app
 
 
 # -- plumbing ---------------------------------------------------------------------------------
 
-def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(json.dumps(body), status=status, headers=headers or {},
-                    content_type="application/json; charset=utf-8")
+_json = json_response
 
 
 def _text(body: str, status: int, headers: dict[str, str] | None = None) -> Response:
@@ -264,36 +250,18 @@ def _text(body: str, status: int, headers: dict[str, str] | None = None) -> Resp
     return Response(body, status=status, headers=headers or {}, content_type="text/plain; charset=utf-8")
 
 
-def _arguments() -> dict[str, Any] | None:
-    """Arguments from the query string plus a JSON or form body (None when the JSON is unreadable)."""
-    args: dict[str, Any] = dict(request.args)
-    if request.mimetype == "application/json":
-        body = request.get_json(silent=True)
-        if not isinstance(body, dict):
-            return None
-        args.update(body)
-    else:
-        args.update(request.form)
-    return args
-
-
 def _vendor(state: TrelloStandin, route: str, scope: str, handle) -> Response:
     """Record the call, apply the next fault, check auth and rate limits, then run ``handle``."""
     with state.lock:
-        fault = state.faults.popleft() if state.faults else None
+        fault = state.faults.pop()
         state.calls.append({"method": request.method, "route": route, "path": request.path, "fault": fault,
                             "at": time.time()})
-    if fault is not None and fault.get("delay"):
-        time.sleep(float(fault["delay"]))  # outside the lock: other requests keep flowing
-    if fault is not None and ("status" in fault or "body" in fault):
-        if fault.get("commit"):
-            _authorised(state, scope, handle)  # the effect happens; the client never hears of it
-        return _fault_response(fault)
-    return _authorised(state, scope, handle)
+    return answer_with_fault(fault, lambda: _authorised(state, scope, handle),
+                             lambda f: fault_response(f, _fault_body))
 
 
 def _authorised(state: TrelloStandin, scope: str, handle) -> Response:
-    args = _arguments()
+    args = request_arguments()
     if args is None:
         return _text("invalid json", 400)
     key, token = str(args.pop("key", "") or ""), str(args.pop("token", "") or "")
@@ -322,18 +290,10 @@ def _authorised(state: TrelloStandin, scope: str, handle) -> Response:
         return response
 
 
-def _fault_response(fault: dict[str, Any]) -> Response:
-    status = int(fault.get("status", 200))
-    headers = dict(fault.get("headers") or {})
-    if "retry_after" in fault:
-        headers["Retry-After"] = str(fault["retry_after"])
-    body = fault.get("body")
-    if body is None:
-        body = ({"error": "API_TOKEN_LIMIT_EXCEEDED", "message": "Rate limit exceeded"} if status == 429
-                else {401: "invalid token", 403: "Forbidden", 404: NOT_FOUND}.get(status, "Internal Server Error"))
-    if isinstance(body, (dict, list)):
-        return _json(body, status, headers)
-    return Response(str(body), status=status, headers=headers, content_type="text/html; charset=utf-8")
+def _fault_body(status: int) -> Any:
+    if status == 429:
+        return {"error": "API_TOKEN_LIMIT_EXCEEDED", "message": "Rate limit exceeded"}
+    return {401: "invalid token", 403: "Forbidden", 404: NOT_FOUND}.get(status, "Internal Server Error")
 
 
 # -- cards ------------------------------------------------------------------------------------

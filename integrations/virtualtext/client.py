@@ -16,15 +16,14 @@ Retry-After seconds, so other workers hold off too.
 
 from __future__ import annotations
 
-import time
-from email.utils import parsedate_to_datetime
 from typing import Any, Mapping
 
 import requests
 from pydantic import ConfigDict, Field, SecretStr, field_validator
 
 from integrations.base import (ActionContext, ActionResult, AuthError, ConfigModel, Integration, IntegrationError,
-                               PermanentError, RetryableError, scrub)
+                               PermanentError, RetryableError, excerpt, scrub)
+from integrations.http import retry_after_seconds
 from integrations.sms import VIRTUALTEXT_MAX_BODY, E164Number, QuietHours, SendSmsParams, prepare_sms
 
 DEFAULT_API_URL = "https://api.virtualpbx.com"
@@ -53,6 +52,7 @@ class VirtualTextConfig(ConfigModel):
     @field_validator("api_key")
     @classmethod
     def _header_safe(cls, value: SecretStr) -> SecretStr:
+        # Unlike Trello's query-string check: the key travels in an Authorization header, where only printables fit.
         raw = value.get_secret_value()
         if len(raw) < 8 or any(c.isspace() or not c.isprintable() for c in raw):
             raise ValueError("api_key must be the VirtualText API key (e.g. pk_live_…), without spaces")
@@ -113,10 +113,10 @@ def classify_failure(outcome: requests.Response | Exception, *, secrets: list[st
     code, reason = _error_text(doc)
     if doc is None:
         text = outcome.text.strip()
-        reason = f"non-JSON body {(text[:_EXCERPT] + ('…' if len(text) > _EXCERPT else ''))!r}"
+        reason = f"non-JSON body {excerpt(text, _EXCERPT)!r}"
     what = scrub(f"{where}: HTTP {status} {code + ': ' if code else ''}{reason}".rstrip(": "), secrets)
     if status == 429:
-        retry_after = _retry_after(outcome.headers.get("Retry-After"))
+        retry_after = retry_after_seconds(outcome.headers.get("Retry-After"), DEFAULT_RETRY_AFTER)
         return RetryableError(f"{where}: rate limited by VirtualText, retry after {retry_after:g}s", status=status,
                               retry_after=retry_after, code="rate_limited")
     if status in (401, 403):
@@ -159,18 +159,4 @@ def _error_text(doc: Any) -> tuple[str, str]:
     if parts:
         message = f"{message} ({'; '.join(parts[:5])})".strip()
     return code, message[:_EXCERPT * 2]
-
-
-def _retry_after(value: str | None) -> float:
-    """Seconds from a Retry-After header (delta-seconds or HTTP date), or the default when absent or unreadable."""
-    if not value:
-        return DEFAULT_RETRY_AFTER
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            seconds = parsedate_to_datetime(value).timestamp() - time.time()
-        except (TypeError, ValueError):
-            return DEFAULT_RETRY_AFTER
-    return seconds if seconds > 0 else DEFAULT_RETRY_AFTER
 

@@ -27,6 +27,7 @@ true}`` the keys too).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -39,6 +40,9 @@ from typing import Any, Callable
 
 from flask import Flask, Response, request
 
+from integrations.standin import (FaultQueue, add_control_routes, answer_with_fault, fault_response, json_response,
+                                  set_rate_limit)
+
 # A ready account so `create_app()` works by hand and in the sandbox without setup.
 DEFAULT_API_KEY = "pk_live_standin_demo_0000000000"
 DEFAULT_NUMBER = "+12025550100"
@@ -46,6 +50,8 @@ BODY_MAX = 1600
 MEDIA_MAX = 10
 _E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 _URL = re.compile(r"^https?://\S+$")
+# Bare application/json, no charset: what this stand-in has always sent, unlike the others.
+JSON_TYPE = "application/json"
 
 
 class VirtualTextStandin:
@@ -57,7 +63,7 @@ class VirtualTextStandin:
         self.messages: list[dict[str, Any]] = []
         self.idempotency: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}  # (key, idem) -> (fingerprint, msg)
         self.calls: list[dict[str, Any]] = []
-        self.faults: deque[dict[str, Any]] = deque()
+        self.faults = FaultQueue()
         # None disables the limit.
         self.rate_limit_max = rate_limit_max
         self.rate_limit_window = rate_limit_window
@@ -82,8 +88,7 @@ class VirtualTextStandin:
 
     def push_faults(self, faults: list[dict[str, Any]]) -> None:
         """Queue faults; each API request consumes the next one."""
-        with self.lock:
-            self.faults.extend(dict(f) for f in faults)
+        self.faults.push(faults)
 
     def reset(self, *, registrations: bool = False) -> None:
         """Forget messages, idempotency records, calls, faults and rate windows (and keys, if asked)."""
@@ -130,14 +135,8 @@ def create_app(state: VirtualTextStandin | None = None) -> Flask:
     def read(message_id: str) -> Response:
         return _with_fault(state, lambda: _read(state, message_id))
 
-    @app.post("/_standin/faults")
-    def faults() -> Response:
-        body = request.get_json(force=True, silent=True)
-        queue = body.get("faults") if isinstance(body, dict) else body
-        if not isinstance(queue, list) or not all(isinstance(f, dict) for f in queue):
-            return _error(400, "invalid_request", "expected a list of fault objects")
-        state.push_faults(queue)
-        return _json({"queued": len(state.faults)})
+    add_control_routes(app, state, error_body=lambda message: _error_body("invalid_request", message),
+                       json_type=JSON_TYPE)
 
     @app.get("/_standin/messages")
     def messages() -> Response:
@@ -149,17 +148,7 @@ def create_app(state: VirtualTextStandin | None = None) -> Flask:
         body = request.get_json(force=True, silent=True) or {}
         for key in body.get("keys", []):
             state.add_key(key["key"], key.get("numbers", [DEFAULT_NUMBER]), disabled=bool(key.get("disabled")))
-        if "rate_limit" in body:
-            limit = body["rate_limit"] or {}
-            with state.lock:
-                state.rate_limit_max = limit.get("max")
-                state.rate_limit_window = float(limit.get("window", 1.0))
-        return _json({"ok": True})
-
-    @app.post("/_standin/reset")
-    def reset() -> Response:
-        body = request.get_json(force=True, silent=True)
-        state.reset(registrations=isinstance(body, dict) and body.get("registrations") is True)
+        set_rate_limit(state, body)
         return _json({"ok": True})
 
     return app
@@ -168,39 +157,29 @@ def create_app(state: VirtualTextStandin | None = None) -> Flask:
 def _with_fault(state: VirtualTextStandin, handle: Callable[[], Response]) -> Response:
     """Apply the next queued fault (if any) around the real handler ``handle``."""
     with state.lock:
-        fault = state.faults.popleft() if state.faults else None
+        fault = state.faults.pop()
         state.calls.append({"path": request.path, "fault": fault, "at": time.time()})
-    if fault is None:
-        return handle()
-    if fault.get("delay"):
-        time.sleep(float(fault["delay"]))  # outside the lock: other requests keep flowing
-    if "status" not in fault and "body" not in fault:
-        return handle()
-    if fault.get("commit"):
-        handle()  # the message is sent; the client just never hears about it
-    status = int(fault.get("status", 200))
-    headers = dict(fault.get("headers") or {})
-    if "retry_after" in fault:
-        headers["Retry-After"] = str(fault["retry_after"])
-    body = fault.get("body")
-    if body is None:
-        code = "rate_limited" if status == 429 else ("internal_error" if status >= 500 else f"http_{status}")
-        return _error(status, code, "injected fault", headers=headers)
-    if isinstance(body, (dict, list)):
-        return _json(body, status, headers)
-    return Response(str(body), status=status, headers=headers, content_type="text/html; charset=utf-8")
+    return answer_with_fault(fault, handle, lambda f: fault_response(f, _fault_body, json_type=JSON_TYPE))
 
 
-def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(json.dumps(body), status=status, headers=headers or {}, content_type="application/json")
+def _fault_body(status: int) -> dict[str, Any]:
+    code = "rate_limited" if status == 429 else ("internal_error" if status >= 500 else f"http_{status}")
+    return _error_body(code, "injected fault")
+
+
+_json = functools.partial(json_response, content_type=JSON_TYPE)
+
+
+def _error_body(code: str, message: str, details: list[dict[str, str]] | None = None) -> dict[str, Any]:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if details:
+        error["details"] = details
+    return {"error": error}
 
 
 def _error(status: int, code: str, message: str, details: list[dict[str, str]] | None = None,
            headers: dict[str, str] | None = None) -> Response:
-    error: dict[str, Any] = {"code": code, "message": message}
-    if details:
-        error["details"] = details
-    return _json({"error": error}, status, headers)
+    return _json(_error_body(code, message, details), status, headers)
 
 
 def _authenticate(state: VirtualTextStandin) -> tuple[str | None, Response | None]:

@@ -26,8 +26,6 @@ from integrations.google_sheets import ALL_COLUMNS, GoogleSheetsConfig, GoogleSh
 from integrations.google_sheets.client import ACCOUNT_BURST, ACCOUNT_PER_SECOND
 from integrations.google_sheets.columns import CELL_MAX, row_values
 from integrations.google_sheets.standin import SheetsStandin, create_app, service_account_json
-from integrations.standin import serve_in_thread
-from service.ratelimit import RateLimiter
 
 FIXTURES = Path(__file__).resolve().parents[3] / "integrations" / "google_sheets" / "fixtures"
 SHEET_ID = "1TestCallLogSpreadsheet00000000000000000000"
@@ -37,14 +35,6 @@ OTHER_ID = "1SomebodyElsesSpreadsheet000000000000000000"
 def fixture(name: str):
     """A JSON body from integrations/google_sheets/fixtures."""
     return json.loads((FIXTURES / name).read_text())
-
-
-@pytest.fixture(autouse=True)
-def _direct_connections(monkeypatch):
-    """requests honours HTTP(S)_PROXY: talk to the local stand-in directly."""
-    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
 
 
 @dataclass
@@ -71,12 +61,10 @@ class Sheets:
 
 
 @pytest.fixture(scope="module")
-def _server():
+def _server(serve_standin):
     """One stand-in server and one RSA key per module: both are slow to make."""
-    state = SheetsStandin()
-    server = serve_in_thread(create_app(state))
-    yield Sheets(state, server.url, rsa.generate_private_key(public_exponent=65537, key_size=2048))
-    server.stop()
+    served = serve_standin(SheetsStandin(), create_app)
+    return Sheets(served.state, served.url, rsa.generate_private_key(public_exponent=65537, key_size=2048))
 
 
 @pytest.fixture
@@ -91,21 +79,14 @@ def sheets(_server):
 
 
 @pytest.fixture
-def limiter(redis_client, namespace):
-    """The shared cross-worker limiter on the test Redis, under this test's namespace."""
-    return RateLimiter(redis_client, namespace=namespace)
-
-
-@pytest.fixture
-def make_ctx(sheets, limiter, redis_client, namespace):
+def make_ctx(sheets, action_context, redis_client, namespace):
     """Build an ActionContext as the worker does, for one call.ended event."""
     def build(call_id: str = "call-1", *, attempt: int = 1, data: dict | None = None,
               timezone: str = "America/New_York", paced: bool = True, event: dict | None = None) -> ActionContext:
-        pacing = {"acquire": limiter.acquire, "penalise": limiter.penalise} if paced else {}
-        return ActionContext(account_id="acc", idempotency_key=f"acc:{call_id}:rule-1:0",
-                             connection_id="acc:call-log", attempt=attempt, timezone=timezone,
-                             api_urls={"google_sheets": sheets.url}, redis=redis_client, namespace=namespace,
-                             event=event or call_event(call_id, **(data or {})), **pacing)
+        return action_context(account_id="acc", idempotency_key=f"acc:{call_id}:rule-1:0",
+                              connection_id="acc:call-log", attempt=attempt, timezone=timezone,
+                              api_urls={"google_sheets": sheets.url}, redis=redis_client, namespace=namespace,
+                              event=event or call_event(call_id, **(data or {})), paced=paced)
     return build
 
 

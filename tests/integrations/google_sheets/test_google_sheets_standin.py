@@ -16,7 +16,6 @@ import requests
 from integrations.google_sheets.client import SheetsHTTPClient
 from integrations.google_sheets.standin import (DEFAULT_SPREADSHEET_ID, GOOGLE_TOKEN_URL, SheetsStandin, create_app,
                                                 new_service_account)
-from integrations.standin import serve_in_thread
 
 FIXTURES = Path(__file__).resolve().parents[3] / "integrations" / "google_sheets" / "fixtures"
 BOOK = "1StandinTestBook000000000000"
@@ -36,22 +35,10 @@ def keys_of(body, depth: int = 3):
     return type(body).__name__
 
 
-@pytest.fixture(autouse=True)
-def _direct_connections(monkeypatch):
-    """requests honours HTTP(S)_PROXY: talk to the local stand-in directly."""
-    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-
-
 @pytest.fixture(scope="module")
-def server():
-    """The default stand-in (create_app() with no state), served once for the module."""
-    app = create_app()
-    running = serve_in_thread(app)
-    running.state = app.extensions["sheets_standin"]
-    yield running
-    running.stop()
+def server(serve_standin):
+    """The default stand-in (what ``create_app()`` serves), served once for the module."""
+    return serve_standin(SheetsStandin.with_defaults(), create_app)
 
 
 @pytest.fixture(scope="module")

@@ -18,8 +18,6 @@ from integrations.base import ActionContext, AuthError, PermanentError, Retryabl
 from integrations.slack import SlackConfig, SlackIntegration
 from integrations.slack.cards import FIELD_MAX, FIELDS_MAX, HEADER_MAX, SECTION_TEXT_MAX, call_card
 from integrations.slack.standin import SlackStandin, create_app
-from integrations.standin import serve_in_thread
-from service.ratelimit import RateLimiter
 
 FIXTURES = Path(__file__).resolve().parents[3] / "integrations" / "slack" / "fixtures"
 TOKEN = "xoxb-1111-2222-testsecrettoken"
@@ -51,21 +49,11 @@ class Slack:
         return f"{self.url}/services/{HOOK_PATH}"
 
 
-@pytest.fixture(autouse=True)
-def _direct_connections(monkeypatch):
-    """slack_sdk routes through HTTP(S)_PROXY when set (sdks.md §3): talk to the stand-in directly."""
-    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-
-
 @pytest.fixture(scope="module")
-def _server():
-    """One stand-in server per module: stopping a werkzeug server costs its 0.5 s poll interval."""
-    state = SlackStandin()
-    server = serve_in_thread(create_app(state))
-    yield Slack(state, server.url)
-    server.stop()
+def _server(serve_standin):
+    """One stand-in server per module."""
+    served = serve_standin(SlackStandin(), create_app)
+    return Slack(served.state, served.url)
 
 
 @pytest.fixture
@@ -84,17 +72,12 @@ def slack(_server):
 
 
 @pytest.fixture
-def limiter(redis_client, namespace):
-    """The shared cross-worker limiter on the test Redis, under this test's namespace."""
-    return RateLimiter(redis_client, namespace=namespace)
-
-
-def make_ctx(slack: Slack, limiter: RateLimiter | None, *, key: str = "k1", attempt: int = 1,
-             event: dict | None = None) -> ActionContext:
-    """An ActionContext as the worker builds it; limiter=None keeps ActionContext's no-op pacing."""
-    kwargs = {"acquire": limiter.acquire, "penalise": limiter.penalise} if limiter else {}
-    return ActionContext(account_id="acc", idempotency_key=key, connection_id=CONNECTION, attempt=attempt,
-                         api_urls={"slack": slack.api}, event=event or {}, **kwargs)
+def make_ctx(slack, action_context):
+    """Build an ActionContext as the worker does; paced=False keeps ActionContext's no-op pacing."""
+    def build(*, key: str = "k1", attempt: int = 1, event: dict | None = None, paced: bool = True) -> ActionContext:
+        return action_context(account_id="acc", idempotency_key=key, connection_id=CONNECTION, attempt=attempt,
+                              api_urls={"slack": slack.api}, event=event or {}, paced=paced)
+    return build
 
 
 def bot(**config) -> SlackIntegration:
@@ -130,9 +113,9 @@ CALL_DATA = {"call_id": "call-1", "direction": "inbound", "caller": CALLER, "cal
 
 # -- happy paths ---------------------------------------------------------------------------------
 
-def test_bot_token_post_records_message_with_idempotency_metadata(slack, limiter):
+def test_bot_token_post_records_message_with_idempotency_metadata(slack, make_ctx):
     result = bot().run("post_message", {"channel": "#calls", "text": "Missed call from +15555550123"},
-                       make_ctx(slack, limiter, key="acc:call-1:rule-1"))
+                       make_ctx(key="acc:call-1:rule-1"))
     [message] = slack.state.messages_in(CALLS)
     assert result.external_id == f"{CALLS}:{message['ts']}"
     assert not result.deduplicated
@@ -141,44 +124,44 @@ def test_bot_token_post_records_message_with_idempotency_metadata(slack, limiter
                                    "event_payload": {"idempotency_key": "acc:call-1:rule-1"}}
 
 
-def test_default_channel_username_icon_and_thread(slack, limiter):
+def test_default_channel_username_icon_and_thread(slack, make_ctx):
     integration = bot(default_channel=OTHER)
-    parent = integration.run("post_message", {"text": "parent"}, make_ctx(slack, limiter, key="p"))
+    parent = integration.run("post_message", {"text": "parent"}, make_ctx(key="p"))
     parent_ts = parent.external_id.split(":", 1)[1]
     integration.run("post_message", {"channel": CALLS, "text": "reply", "thread_ts": parent_ts,
                                      "username": "PBX", "icon_emoji": ":telephone:"},
-                    make_ctx(slack, limiter, key="r"))
+                    make_ctx(key="r"))
     assert [m["text"] for m in slack.state.messages_in(OTHER)] == ["parent"]
     [reply] = slack.state.messages_in(CALLS)
     assert (reply["thread_ts"], reply["username"], reply["icon_emoji"]) == (parent_ts, "PBX", ":telephone:")
 
 
-def test_no_channel_anywhere_is_permanent(slack, limiter):
+def test_no_channel_anywhere_is_permanent(slack, make_ctx):
     with pytest.raises(PermanentError, match="no channel"):
-        bot().run("post_message", {"text": "hi"}, make_ctx(slack, limiter))
+        bot().run("post_message", {"text": "hi"}, make_ctx())
     assert slack.state.calls == []
 
 
-def test_block_kit_blocks_are_sent_with_text_fallback(slack, limiter):
+def test_block_kit_blocks_are_sent_with_text_fallback(slack, make_ctx):
     body = fixture("block_kit_message.json")
     bot().run("post_message", {"channel": CALLS, "text": body["text"], "blocks": body["blocks"]},
-              make_ctx(slack, limiter))
+              make_ctx())
     [message] = slack.state.messages_in(CALLS)
     assert (message["text"], message["blocks"]) == (body["text"], body["blocks"])
 
 
-def test_webhook_post_records_message_in_its_channel(slack, limiter):
+def test_webhook_post_records_message_in_its_channel(slack, make_ctx):
     body = fixture("block_kit_message.json")
     result = webhook(slack).run("post_message", {"text": body["text"], "blocks": body["blocks"]},
-                                make_ctx(slack, limiter))
+                                make_ctx())
     [message] = slack.state.messages_in(CALLS)
     assert (message["via"], message["text"], message["blocks"]) == ("webhook", body["text"], body["blocks"])
     assert result.external_id is None and not result.deduplicated
 
 
-def test_webhook_refuses_a_channel_it_cannot_honour(slack, limiter):
+def test_webhook_refuses_a_channel_it_cannot_honour(slack, make_ctx):
     with pytest.raises(PermanentError, match="webhook always posts to the channel"):
-        webhook(slack).run("post_message", {"channel": OTHER, "text": "hi"}, make_ctx(slack, limiter))
+        webhook(slack).run("post_message", {"channel": OTHER, "text": "hi"}, make_ctx())
     assert slack.state.calls == []
 
 
@@ -200,10 +183,10 @@ CARD_CASES = {
 
 
 @pytest.mark.parametrize("etype", list(CARD_CASES))
-def test_call_card_layout_for_each_event_type(slack, limiter, etype):
+def test_call_card_layout_for_each_event_type(slack, etype, make_ctx):
     data, title, fields = CARD_CASES[etype]
     bot().run("post_message", {"channel": CALLS, "text": f"{etype} fallback", "layout": "call_card"},
-              make_ctx(slack, limiter, event=event(etype, **data)))
+              make_ctx(event=event(etype, **data)))
     [message] = slack.state.messages_in(CALLS)
     header, section, *rest = message["blocks"]
     assert message["text"] == f"{etype} fallback"
@@ -217,10 +200,10 @@ def test_call_card_layout_for_each_event_type(slack, limiter, etype):
         assert rest[0]["text"]["text"] == "*Transcript*\n> Hi, please call me back &lt;!here&gt;"
 
 
-def test_call_card_for_another_event_type_is_permanent(slack, limiter):
+def test_call_card_for_another_event_type_is_permanent(slack, make_ctx):
     with pytest.raises(PermanentError, match="call_card"):
         bot().run("post_message", {"channel": CALLS, "text": "x", "layout": "call_card"},
-                  make_ctx(slack, limiter, event=event("crm.event", foo=1)))
+                  make_ctx(event=event("crm.event", foo=1)))
     assert slack.state.calls == []
 
 
@@ -321,12 +304,12 @@ FAILURES = {
 
 
 @pytest.mark.parametrize("row", list(FAILURES.values()), ids=list(FAILURES))
-def test_failure_table(slack, limiter, row):
+def test_failure_table(slack, limiter, row, make_ctx):
     slack.state.push_faults(list(row.faults))
     if row.prepare:
         row.prepare(slack.state)
     base = free_port_url() if row.refused else slack.url
-    ctx = make_ctx(slack, limiter)
+    ctx = make_ctx()
     ctx.api_urls = {"slack": base + "/api/"}
     # A short client timeout against the 1 s stand-in delay keeps the timeout rows fast.
     if row.transport == "api":
@@ -352,34 +335,34 @@ def test_failure_table(slack, limiter, row):
     assert str(error).startswith("slack ")
 
 
-def test_429_penalises_the_shared_channel_bucket(slack, limiter):
+def test_429_penalises_the_shared_channel_bucket(slack, make_ctx):
     slack.state.push_faults([{"status": 429, "retry_after": 3}])
     with pytest.raises(RetryableError):
-        bot().run("post_message", {"channel": CALLS, "text": "first"}, make_ctx(slack, limiter, key="a"))
+        bot().run("post_message", {"channel": CALLS, "text": "first"}, make_ctx(key="a"))
     calls_before = len(slack.state.calls)
 
     # Another worker, another event, same channel: held off by the penalty without asking Slack.
     with pytest.raises(RetryableError) as info:
-        bot().run("post_message", {"channel": CALLS, "text": "second"}, make_ctx(slack, limiter, key="b"))
+        bot().run("post_message", {"channel": CALLS, "text": "second"}, make_ctx(key="b"))
     assert info.value.code == "paced" and 2.0 < info.value.retry_after <= 3.0
     assert len(slack.state.calls) == calls_before
-    bot().run("post_message", {"channel": OTHER, "text": "other channel"}, make_ctx(slack, limiter, key="c"))
+    bot().run("post_message", {"channel": OTHER, "text": "other channel"}, make_ctx(key="c"))
 
 
-def test_standin_rate_limit_429_is_retryable_with_its_retry_after(slack):
+def test_standin_rate_limit_429_is_retryable_with_its_retry_after(slack, make_ctx):
     slack.state.rate_limit_max = 1
-    no_pacing = make_ctx(slack, None)
+    no_pacing = make_ctx(paced=False)
     bot().run("post_message", {"channel": CALLS, "text": "one"}, no_pacing)
     with pytest.raises(RetryableError) as info:
-        bot().run("post_message", {"channel": CALLS, "text": "two"}, make_ctx(slack, None, key="k2"))
+        bot().run("post_message", {"channel": CALLS, "text": "two"}, make_ctx(paced=False, key="k2"))
     assert (info.value.code, info.value.retry_after, info.value.status) == ("ratelimited", 1.0, 429)
     assert len(slack.state.messages_in(CALLS)) == 1
 
 
 # -- pacing --------------------------------------------------------------------------------------
 
-def test_pacing_is_shared_across_workers_per_channel(slack, limiter):
-    first, second = make_ctx(slack, limiter, key="a"), make_ctx(slack, limiter, key="b")
+def test_pacing_is_shared_across_workers_per_channel(slack, make_ctx):
+    first, second = make_ctx(key="a"), make_ctx(key="b")
     bot().run("post_message", {"channel": CALLS, "text": "first"}, first)
     with pytest.raises(RetryableError) as info:
         bot().run("post_message", {"channel": CALLS, "text": "second"}, second)
@@ -388,10 +371,10 @@ def test_pacing_is_shared_across_workers_per_channel(slack, limiter):
     assert [m["text"] for m in slack.state.messages] == ["first", "another channel is not blocked"]
 
 
-def test_webhook_posts_are_paced_too(slack, limiter):
-    webhook(slack).run("post_message", {"text": "first"}, make_ctx(slack, limiter, key="a"))
+def test_webhook_posts_are_paced_too(slack, make_ctx):
+    webhook(slack).run("post_message", {"text": "first"}, make_ctx(key="a"))
     with pytest.raises(RetryableError) as info:
-        webhook(slack).run("post_message", {"text": "second"}, make_ctx(slack, limiter, key="b"))
+        webhook(slack).run("post_message", {"text": "second"}, make_ctx(key="b"))
     assert info.value.code == "paced"
     assert slack.state.calls_to("webhook") == 1
 
@@ -400,28 +383,28 @@ def test_webhook_posts_are_paced_too(slack, limiter):
 # Pacing is not the subject here: these contexts use ActionContext's no-op limiter so a retry can
 # follow the failed attempt at once instead of a second later.
 
-def test_retry_after_ambiguous_failure_finds_the_earlier_message(slack):
-    bot().run("post_message", {"channel": CALLS, "text": "unrelated"}, make_ctx(slack, None, key="other-key"))
+def test_retry_after_ambiguous_failure_finds_the_earlier_message(slack, make_ctx):
+    bot().run("post_message", {"channel": CALLS, "text": "unrelated"}, make_ctx(paced=False, key="other-key"))
     slack.state.push_faults([{"status": 500, "commit": True}])  # posted, but the worker never hears so
     with pytest.raises(RetryableError):
-        bot().run("post_message", {"channel": CALLS, "text": "missed"}, make_ctx(slack, None, key="k1"))
+        bot().run("post_message", {"channel": CALLS, "text": "missed"}, make_ctx(paced=False, key="k1"))
     [_, posted] = slack.state.messages_in(CALLS)
 
-    result = bot().run("post_message", {"channel": CALLS, "text": "missed"}, make_ctx(slack, None, key="k1",
+    result = bot().run("post_message", {"channel": CALLS, "text": "missed"}, make_ctx(paced=False, key="k1",
                                                                                        attempt=2))
     assert result.deduplicated and result.external_id == f"{CALLS}:{posted['ts']}"
     assert len(slack.state.messages_in(CALLS)) == 2
     assert slack.state.calls_to("conversations.history") == 1
 
 
-def test_retry_after_timeout_in_a_thread_finds_the_reply(slack):
-    parent = bot().run("post_message", {"channel": CALLS, "text": "parent"}, make_ctx(slack, None, key="p"))
+def test_retry_after_timeout_in_a_thread_finds_the_reply(slack, make_ctx):
+    parent = bot().run("post_message", {"channel": CALLS, "text": "parent"}, make_ctx(paced=False, key="p"))
     thread_ts = parent.external_id.split(":", 1)[1]
     integration = bot(timeout=0.3)
     slack.state.push_faults([{"delay": 0.6}])  # Slack posts the reply after the client gave up
     params = {"channel": CALLS, "text": "reply", "thread_ts": thread_ts}
     with pytest.raises(RetryableError):
-        integration.run("post_message", params, make_ctx(slack, None, key="k1"))
+        integration.run("post_message", params, make_ctx(paced=False, key="k1"))
     reply_ts = None
     for _ in range(50):  # wait for the delayed request to land in the stand-in
         replies = [m for m in slack.state.messages_in(CALLS) if m.get("thread_ts") == thread_ts]
@@ -431,70 +414,70 @@ def test_retry_after_timeout_in_a_thread_finds_the_reply(slack):
         time.sleep(0.05)
     assert reply_ts is not None
 
-    result = integration.run("post_message", params, make_ctx(slack, None, key="k1", attempt=2))
+    result = integration.run("post_message", params, make_ctx(paced=False, key="k1", attempt=2))
     assert result.deduplicated and result.external_id == f"{CALLS}:{reply_ts}"
     assert slack.state.calls_to("conversations.replies") == 1
     assert len(slack.state.messages_in(CALLS)) == 2
 
 
-def test_retry_without_earlier_delivery_posts(slack):
+def test_retry_without_earlier_delivery_posts(slack, make_ctx):
     result = bot().run("post_message", {"channel": CALLS, "text": "first try failed before Slack"},
-                       make_ctx(slack, None, attempt=3))
+                       make_ctx(paced=False, attempt=3))
     assert not result.deduplicated
     assert slack.state.calls_to("conversations.history") == 1 and len(slack.state.messages_in(CALLS)) == 1
 
 
-def test_first_attempt_never_reads_history(slack):
-    bot().run("post_message", {"channel": CALLS, "text": "hi"}, make_ctx(slack, None))
+def test_first_attempt_never_reads_history(slack, make_ctx):
+    bot().run("post_message", {"channel": CALLS, "text": "hi"}, make_ctx(paced=False))
     assert slack.state.calls_to("conversations.history") == 0
 
 
-def test_channel_name_retry_is_at_least_once(slack):
+def test_channel_name_retry_is_at_least_once(slack, make_ctx):
     slack.state.push_faults([{"status": 500, "commit": True}])
     with pytest.raises(RetryableError):
-        bot().run("post_message", {"channel": "#calls", "text": "hi"}, make_ctx(slack, None))
-    result = bot().run("post_message", {"channel": "#calls", "text": "hi"}, make_ctx(slack, None, attempt=2))
+        bot().run("post_message", {"channel": "#calls", "text": "hi"}, make_ctx(paced=False))
+    result = bot().run("post_message", {"channel": "#calls", "text": "hi"}, make_ctx(paced=False, attempt=2))
     assert not result.deduplicated
     assert slack.state.calls_to("conversations.history") == 0  # it only accepts IDs: not even asked
     assert len(slack.state.messages_in(CALLS)) == 2
 
 
-def test_unreadable_history_falls_through_and_posts(slack):
+def test_unreadable_history_falls_through_and_posts(slack, make_ctx):
     writer_only = "xoxb-3333-writeonly"
     slack.state.add_token(writer_only, {"chat:write"})
     integration = SlackIntegration(SlackConfig(bot_token=writer_only))
     slack.state.push_faults([{"status": 500, "commit": True}])
     with pytest.raises(RetryableError):
-        integration.run("post_message", {"channel": CALLS, "text": "hi"}, make_ctx(slack, None))
-    result = integration.run("post_message", {"channel": CALLS, "text": "hi"}, make_ctx(slack, None, attempt=2))
+        integration.run("post_message", {"channel": CALLS, "text": "hi"}, make_ctx(paced=False))
+    result = integration.run("post_message", {"channel": CALLS, "text": "hi"}, make_ctx(paced=False, attempt=2))
     assert not result.deduplicated
     assert slack.state.calls_to("conversations.history") == 1 and len(slack.state.messages_in(CALLS)) == 2
 
 
-def test_history_outage_on_retry_defers_instead_of_risking_a_duplicate(slack):
+def test_history_outage_on_retry_defers_instead_of_risking_a_duplicate(slack, make_ctx):
     slack.state.push_faults([{"status": 503}])
     with pytest.raises(RetryableError) as info:
-        bot().run("post_message", {"channel": CALLS, "text": "hi"}, make_ctx(slack, None, attempt=2))
+        bot().run("post_message", {"channel": CALLS, "text": "hi"}, make_ctx(paced=False, attempt=2))
     assert "conversations.history" in str(info.value)
     assert slack.state.calls_to("chat.postMessage") == 0
 
 
 # -- errors, config, hostile input ---------------------------------------------------------------
 
-def test_raised_errors_survive_pickling(slack, limiter):
+def test_raised_errors_survive_pickling(slack, make_ctx):
     raised = []
     for faults, channel in (([{"status": 429, "retry_after": 4}], CALLS), ([], "#nope"), ([], ARCHIVED)):
         slack.state.push_faults(faults)
         with pytest.raises(PermanentError if not faults else RetryableError) as info:
-            bot().run("post_message", {"channel": channel, "text": "x"}, make_ctx(slack, None))
+            bot().run("post_message", {"channel": channel, "text": "x"}, make_ctx(paced=False))
         raised.append(info.value)
     with pytest.raises(AuthError) as info:
         SlackIntegration(SlackConfig(bot_token="xoxb-unknown")).run(
-            "post_message", {"channel": CALLS, "text": "x"}, make_ctx(slack, None))
+            "post_message", {"channel": CALLS, "text": "x"}, make_ctx(paced=False))
     raised.append(info.value)
-    bot().run("post_message", {"channel": OTHER, "text": "x"}, make_ctx(slack, limiter))
+    bot().run("post_message", {"channel": OTHER, "text": "x"}, make_ctx())
     with pytest.raises(RetryableError) as info:
-        bot().run("post_message", {"channel": OTHER, "text": "x"}, make_ctx(slack, limiter))
+        bot().run("post_message", {"channel": OTHER, "text": "x"}, make_ctx())
     raised.append(info.value)
 
     for error in raised:
@@ -547,10 +530,10 @@ HOSTILE = {
 
 
 @pytest.mark.parametrize("params,mentions", list(HOSTILE.values()), ids=list(HOSTILE))
-def test_hostile_params_are_a_clear_permanent_error(slack, limiter, params, mentions):
+def test_hostile_params_are_a_clear_permanent_error(slack, params, mentions, make_ctx):
     params = {"channel": CALLS, **params} if "channel" not in params else params
     with pytest.raises(PermanentError) as info:
-        bot().run("post_message", params, make_ctx(slack, limiter))
+        bot().run("post_message", params, make_ctx())
     assert "invalid parameters" in str(info.value) and mentions in str(info.value)
     assert slack.state.calls == []
 
@@ -561,15 +544,15 @@ def test_hostile_params_are_a_clear_permanent_error(slack, limiter, params, ment
     "{{ caller.name }} ${CALLER} %(number)s {0} <!channel> <@U123> *bold* `code` &amp;",
     "line1\r\nline2\x00nul\x1b[31m",
 ], ids=["exactly-40000", "unicode", "template-looking", "control-chars"])
-def test_unusual_but_valid_text_is_posted_verbatim(slack, limiter, text):
-    bot().run("post_message", {"channel": CALLS, "text": text}, make_ctx(slack, limiter))
+def test_unusual_but_valid_text_is_posted_verbatim(slack, text, make_ctx):
+    bot().run("post_message", {"channel": CALLS, "text": text}, make_ctx())
     [message] = slack.state.messages_in(CALLS)
     assert message["text"] == text
 
 
-def test_blocks_slack_rejects_give_its_reasons(slack, limiter):
+def test_blocks_slack_rejects_give_its_reasons(slack, make_ctx):
     slack.state.push_faults([{"body": fixture("error_invalid_blocks.json")}])
     with pytest.raises(PermanentError) as info:
         bot().run("post_message", {"channel": CALLS, "text": "t", "blocks": [{"type": "section"}]},
-                  make_ctx(slack, limiter))
+                  make_ctx())
     assert "missing required field: type [json-pointer:/blocks/0]" in str(info.value)

@@ -11,7 +11,6 @@ import requests
 
 from integrations.slack.standin import (DEFAULT_CHANNEL_ID, DEFAULT_TOKEN, DEFAULT_WEBHOOK_PATH, SlackStandin,
                                         create_app)
-from integrations.standin import serve_in_thread
 
 FIXTURES = Path(__file__).resolve().parents[3] / "integrations" / "slack" / "fixtures"
 TOKEN = "xoxb-5555-standin-test"
@@ -19,27 +18,16 @@ HOOK = "T0TEST/B0TEST/hooksecret"
 CHAN = "C0CALLS001"
 
 
-@pytest.fixture(autouse=True)
-def _direct_connections(monkeypatch):
-    """requests honours HTTP(S)_PROXY too: talk to the local stand-in directly."""
-    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-
-
 @pytest.fixture(scope="module")
-def server():
-    """One stand-in for the module (a werkzeug shutdown costs 0.5 s)."""
-    state = SlackStandin()
-    running = serve_in_thread(create_app(state))
-    yield running, state
-    running.stop()
+def server(serve_standin):
+    """One stand-in for the module."""
+    return serve_standin(SlackStandin(), create_app)
 
 
 @pytest.fixture
 def slack(server):
     """(base URL, state) with a fresh workspace: a token, #calls, an archived and a not-joined channel."""
-    running, state = server
+    state = server.state
     state.reset(registrations=True)
     state.rate_limit_max, state.rate_limit_window = 5, 1.0
     state.add_token(TOKEN)
@@ -47,7 +35,7 @@ def slack(server):
     state.add_channel("C0ARCH0002", "old", is_archived=True)
     state.add_channel("C0OUT00003", "outside", is_member=False)
     state.add_webhook(CHAN, HOOK)
-    return running.url, state
+    return server.url, state
 
 
 def api(url: str, method: str, token: str | None = TOKEN, **kwargs) -> requests.Response:

@@ -16,7 +16,6 @@ from pydantic import ValidationError
 
 from integrations.base import (ActionContext, AuthError, IntegrationError, Media, MediaTooLarge, PermanentError,
                                RetryableError)
-from integrations.standin import serve_in_thread
 from integrations.trello import TrelloConfig, TrelloIntegration
 from integrations.trello.client import ATTACHMENT_NAME, TEXT_MAX, TRUNCATION_NOTE, classify_failure, utf16_len
 from integrations.trello.standin import TrelloStandin, create_app
@@ -40,29 +39,10 @@ def fixture(name: str):
     return json.loads((FIXTURES / name).read_text())
 
 
-@dataclass
-class Trello:
-    """A running stand-in and its state."""
-
-    state: TrelloStandin
-    url: str
-
-
-@pytest.fixture(autouse=True)
-def _direct_connections(monkeypatch):
-    """requests routes through HTTP(S)_PROXY when set: talk to the local stand-in directly."""
-    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-
-
 @pytest.fixture(scope="module")
-def _server():
-    """One stand-in server per module: stopping a werkzeug server costs its 0.5 s poll interval."""
-    state = TrelloStandin()
-    server = serve_in_thread(create_app(state))
-    yield Trello(state, server.url)
-    server.stop()
+def _server(serve_standin):
+    """One stand-in server per module."""
+    return serve_standin(TrelloStandin(), create_app)
 
 
 @pytest.fixture
@@ -80,12 +60,6 @@ def trello(_server):
     return _server
 
 
-@pytest.fixture
-def limiter(redis_client, namespace):
-    """The shared cross-worker limiter on the test Redis, under this test's namespace."""
-    return RateLimiter(redis_client, namespace=namespace)
-
-
 def with_audio(content: bytes = AUDIO, link: str | None = "https://media.example.com/vm-9.mp3"):
     """A ctx.media like the worker's: the file, or MediaTooLarge (with a link) past max_bytes."""
     def media(max_bytes: int) -> Media:
@@ -100,14 +74,16 @@ VOICEMAIL_EVENT = {"type": "voicemail.new", "account_id": "acc", "key": "acc:vm-
                    "data": {"voicemail_id": "vm-9", "caller": {"name": "Alice Example", "number": "+15555550123"}}}
 
 
-def make_ctx(trello: Trello, limiter: RateLimiter | None, *, key: str = "acc:vm-9:rule-1:0", attempt: int = 1,
-             media=None, event: dict | None = None, timezone: str = "UTC", base: str | None = None) -> ActionContext:
-    """An ActionContext as the worker builds it; limiter=None keeps ActionContext's no-op pacing."""
-    kwargs = {"acquire": limiter.acquire, "penalise": limiter.penalise} if limiter else {}
-    return ActionContext(account_id="acc", idempotency_key=key, connection_id="acc:trello", attempt=attempt,
-                         timezone=timezone, api_urls={"trello": base or trello.url},
-                         event=VOICEMAIL_EVENT if event is None else event,
-                         media=media or with_audio(), **kwargs)
+@pytest.fixture
+def make_ctx(trello, action_context):
+    """Build an ActionContext as the worker does; paced=False keeps ActionContext's no-op pacing."""
+    def build(*, key: str = "acc:vm-9:rule-1:0", attempt: int = 1, media=None, event: dict | None = None,
+              timezone: str = "UTC", base: str | None = None, paced: bool = True) -> ActionContext:
+        return action_context(account_id="acc", idempotency_key=key, connection_id="acc:trello", attempt=attempt,
+                              timezone=timezone, api_urls={"trello": base or trello.url},
+                              event=VOICEMAIL_EVENT if event is None else event, media=media or with_audio(),
+                              paced=paced)
+    return build
 
 
 def integration(token: str = TOKEN, key: str = KEY, **config) -> TrelloIntegration:
@@ -136,12 +112,12 @@ def free_port_url() -> str:
 
 # -- happy paths ---------------------------------------------------------------------------------
 
-def test_card_with_rendered_values_labels_members_due_and_audio(trello, limiter):
+def test_card_with_rendered_values_labels_members_due_and_audio(trello, make_ctx):
     name = "📞 Voicemail from {{ caller.name }} ${CALLER} %(number)s — Jürgen <b>"
     desc = "Caller: Alice Example (+15555550123)\nTranscript: \"call me {0} back\" *bold* [x](javascript:1)"
     result = integration().run("create_card", card_params(
         name=name, desc=desc, labels=[URGENT, SALES], members=[MEMBER], due="2024-05-02T09:00:00-04:00",
-        position="top"), make_ctx(trello, limiter))
+        position="top"), make_ctx())
 
     [card] = trello.state.cards_in(INBOX)
     assert (result.external_id, result.url, result.deduplicated) == (card["id"], card["shortUrl"], False)
@@ -157,92 +133,92 @@ def test_card_with_rendered_values_labels_members_due_and_audio(trello, limiter)
     assert result.detail == f"audio attached ({len(AUDIO)} bytes)"
 
 
-def test_card_json_from_standin_has_trellos_documented_shape(trello, limiter):
-    integration().run("create_card", card_params(), make_ctx(trello, limiter))
+def test_card_json_from_standin_has_trellos_documented_shape(trello, make_ctx):
+    integration().run("create_card", card_params(), make_ctx())
     [card] = trello.state.cards_in(INBOX)
     assert set(fixture("card_created.json")) <= set(card)
 
 
-def test_position_top_puts_the_newest_card_first(trello):
+def test_position_top_puts_the_newest_card_first(trello, make_ctx):
     for n, position in enumerate(["bottom", "top", "bottom"]):
         integration().run("create_card", card_params(name=f"card {n}", position=position, attach_audio=False),
-                          make_ctx(trello, None, key=f"k{n}"))
+                          make_ctx(paced=False, key=f"k{n}"))
     assert [c["name"] for c in trello.state.cards_in(INBOX)] == ["card 1", "card 0", "card 2"]
 
 
-def test_naive_due_is_read_in_the_account_time_zone(trello, limiter):
+def test_naive_due_is_read_in_the_account_time_zone(trello, make_ctx):
     integration().run("create_card", card_params(due="2024-01-15T09:30:00"),
-                      make_ctx(trello, limiter, timezone="America/New_York"))
+                      make_ctx(timezone="America/New_York"))
     assert trello.state.cards_in(INBOX)[0]["due"] == "2024-01-15T14:30:00.000Z"
 
 
-def test_empty_due_from_an_empty_template_means_no_due_date(trello, limiter):
-    integration().run("create_card", card_params(due="  "), make_ctx(trello, limiter))
+def test_empty_due_from_an_empty_template_means_no_due_date(trello, make_ctx):
+    integration().run("create_card", card_params(due="  "), make_ctx())
     assert trello.state.cards_in(INBOX)[0]["due"] is None
 
 
-def test_too_large_audio_attaches_a_link_instead(trello, limiter):
-    result = integration().run("create_card", card_params(audio_max_bytes=1000), make_ctx(trello, limiter))
+def test_too_large_audio_attaches_a_link_instead(trello, make_ctx):
+    result = integration().run("create_card", card_params(audio_max_bytes=1000), make_ctx())
     [attachment] = trello.state.cards_in(INBOX)[0]["attachments"]
     assert (attachment["isUpload"], attachment["url"]) == (False, "https://media.example.com/vm-9.mp3")
     assert attachment["name"].startswith(ATTACHMENT_NAME)
     assert result.detail == "audio too large: link attached"
 
 
-def test_too_large_audio_without_a_link_creates_the_card_and_says_so(trello, limiter):
+def test_too_large_audio_without_a_link_creates_the_card_and_says_so(trello, make_ctx):
     result = integration().run("create_card", card_params(audio_max_bytes=1000),
-                               make_ctx(trello, limiter, media=with_audio(link=None)))
+                               make_ctx(media=with_audio(link=None)))
     [card] = trello.state.cards_in(INBOX)
     assert card["attachments"] == [] and "too large" in result.detail
 
 
-def test_no_media_means_no_attachment(trello, limiter):
+def test_no_media_means_no_attachment(trello, make_ctx):
     result = integration().run("create_card", card_params(),
-                               make_ctx(trello, limiter, media=lambda max_bytes: None, event={}))
+                               make_ctx(media=lambda max_bytes: None, event={}))
     [card] = trello.state.cards_in(INBOX)
     assert card["attachments"] == [] and result.detail == "no audio for this event"
     assert "voicemail-id" not in card["desc"]
     assert trello.state.calls_to("POST", "/1/cards/{id}/attachments") == 0
 
 
-def test_attach_audio_false_never_fetches_media(trello, limiter):
+def test_attach_audio_false_never_fetches_media(trello, make_ctx):
     def media(max_bytes):
         raise AssertionError("media must not be fetched")
-    integration().run("create_card", card_params(attach_audio=False), make_ctx(trello, limiter, media=media))
+    integration().run("create_card", card_params(attach_audio=False), make_ctx(media=media))
     assert trello.state.cards_in(INBOX)[0]["attachments"] == []
 
 
-def test_upload_trello_refuses_keeps_the_card_and_reports_it(trello, limiter):
+def test_upload_trello_refuses_keeps_the_card_and_reports_it(trello, make_ctx):
     trello.state.attachment_max_bytes = 50_000  # a board limit below what the action allows
-    result = integration().run("create_card", card_params(), make_ctx(trello, limiter))
+    result = integration().run("create_card", card_params(), make_ctx())
     [card] = trello.state.cards_in(INBOX)
     assert card["attachments"] == []
     assert result.external_id == card["id"] and "413" in result.detail and "audio not attached" in result.detail
 
 
-def test_attachment_refusal_detail_never_carries_credentials(trello, limiter):
+def test_attachment_refusal_detail_never_carries_credentials(trello, make_ctx):
     def media(max_bytes):
         trello.state.push_faults([{"status": 400, "body": ECHO}])  # for the upload, which comes next
         return Media(AUDIO, "audio/mpeg", "vm-9.mp3")
-    result = integration().run("create_card", card_params(), make_ctx(trello, limiter, media=media))
+    result = integration().run("create_card", card_params(), make_ctx(media=media))
     # The detail goes to the delivery log without passing Integration.run()'s scrub of raised errors.
     assert "audio not attached" in result.detail and "upstream error" in result.detail
     assert not leaks(result.detail), result.detail
 
 
-def test_media_source_failing_for_good_keeps_the_card(trello, limiter):
+def test_media_source_failing_for_good_keeps_the_card(trello, make_ctx):
     def media(max_bytes):
         raise AuthError("virtualpbx: media download: HTTP 401")
-    result = integration().run("create_card", card_params(), make_ctx(trello, limiter, media=media))
+    result = integration().run("create_card", card_params(), make_ctx(media=media))
     assert len(trello.state.cards_in(INBOX)) == 1 and "virtualpbx" in result.detail
 
 
-def test_media_source_failing_for_now_is_retried_and_the_retry_attaches(trello):
+def test_media_source_failing_for_now_is_retried_and_the_retry_attaches(trello, make_ctx):
     def media(max_bytes):
         raise RetryableError("virtualpbx: media download timed out", code="timeout")
     with pytest.raises(RetryableError, match="virtualpbx"):
-        integration().run("create_card", card_params(), make_ctx(trello, None, media=media))
-    result = integration().run("create_card", card_params(), make_ctx(trello, None, attempt=2))
+        integration().run("create_card", card_params(), make_ctx(paced=False, media=media))
+    result = integration().run("create_card", card_params(), make_ctx(paced=False, attempt=2))
     [card] = trello.state.cards_in(INBOX)
     assert result.deduplicated and len(card["attachments"]) == 1
 
@@ -250,21 +226,21 @@ def test_media_source_failing_for_now_is_retried_and_the_retry_attaches(trello):
 # -- exactly one card per voicemail -------------------------------------------------------------
 # These contexts use ActionContext's no-op limiter, so a retry can follow at once.
 
-def test_retry_after_success_does_not_create_or_attach_twice(trello):
-    first = integration().run("create_card", card_params(), make_ctx(trello, None))
-    again = integration().run("create_card", card_params(), make_ctx(trello, None, attempt=2))
+def test_retry_after_success_does_not_create_or_attach_twice(trello, make_ctx):
+    first = integration().run("create_card", card_params(), make_ctx(paced=False))
+    again = integration().run("create_card", card_params(), make_ctx(paced=False, attempt=2))
     [card] = trello.state.cards_in(INBOX)
     assert again.deduplicated and (again.external_id, again.url) == (first.external_id, first.url)
     assert len(card["attachments"]) == 1 and "already attached" in again.detail
     assert trello.state.calls_to("POST", "/1/cards") == 1
 
 
-def test_retry_after_crash_between_create_and_attach_attaches_once(trello):
-    integration().run("create_card", card_params(name="unrelated"), make_ctx(trello, None, key="other"))
+def test_retry_after_crash_between_create_and_attach_attaches_once(trello, make_ctx):
+    integration().run("create_card", card_params(name="unrelated"), make_ctx(paced=False, key="other"))
     trello.state.push_faults([{"status": 500, "commit": True}])  # created, but the worker never hears so
     with pytest.raises(RetryableError):
-        integration().run("create_card", card_params(), make_ctx(trello, None))
-    result = integration().run("create_card", card_params(), make_ctx(trello, None, attempt=2))
+        integration().run("create_card", card_params(), make_ctx(paced=False))
+    result = integration().run("create_card", card_params(), make_ctx(paced=False, attempt=2))
     cards = trello.state.cards_in(INBOX)
     assert len(cards) == 2 and result.deduplicated
     [ours] = [c for c in cards if c["id"] == result.external_id]
@@ -272,48 +248,48 @@ def test_retry_after_crash_between_create_and_attach_attaches_once(trello):
     assert ours["attachments"][0]["sha256"] == hashlib.sha256(AUDIO).hexdigest()
 
 
-def test_retry_after_timeout_on_create_finds_the_late_card(trello):
+def test_retry_after_timeout_on_create_finds_the_late_card(trello, make_ctx):
     trello.state.push_faults([{"delay": 0.6}])  # Trello creates the card after the client gave up
     with pytest.raises(RetryableError) as info:
-        integration(timeout=0.3).run("create_card", card_params(), make_ctx(trello, None))
+        integration(timeout=0.3).run("create_card", card_params(), make_ctx(paced=False))
     assert info.value.code == "timeout"
     for _ in range(50):  # wait for the delayed request to land in the stand-in
         if trello.state.cards_in(INBOX):
             break
         time.sleep(0.05)
-    result = integration().run("create_card", card_params(), make_ctx(trello, None, attempt=2))
+    result = integration().run("create_card", card_params(), make_ctx(paced=False, attempt=2))
     assert result.deduplicated and len(trello.state.cards_in(INBOX)) == 1
 
 
-def test_retry_with_nothing_earlier_creates_the_card(trello):
-    result = integration().run("create_card", card_params(), make_ctx(trello, None, attempt=3))
+def test_retry_with_nothing_earlier_creates_the_card(trello, make_ctx):
+    result = integration().run("create_card", card_params(), make_ctx(paced=False, attempt=3))
     assert not result.deduplicated and len(trello.state.cards_in(INBOX)) == 1
     assert trello.state.calls_to("GET", "/1/lists/{id}/cards") == 1
 
 
-def test_first_attempt_never_searches(trello):
-    integration().run("create_card", card_params(), make_ctx(trello, None))
+def test_first_attempt_never_searches(trello, make_ctx):
+    integration().run("create_card", card_params(), make_ctx(paced=False))
     assert trello.state.calls_to("GET", "/1/lists/{id}/cards") == 0
 
 
-def test_a_different_key_in_the_same_list_is_not_a_duplicate(trello):
-    integration().run("create_card", card_params(), make_ctx(trello, None, key="acc:vm-9:rule-1:0"))
+def test_a_different_key_in_the_same_list_is_not_a_duplicate(trello, make_ctx):
+    integration().run("create_card", card_params(), make_ctx(paced=False, key="acc:vm-9:rule-1:0"))
     # A key that merely starts like the first one must not match it.
-    result = integration().run("create_card", card_params(), make_ctx(trello, None, key="acc:vm-9:rule-1", attempt=2))
+    result = integration().run("create_card", card_params(), make_ctx(paced=False, key="acc:vm-9:rule-1", attempt=2))
     assert not result.deduplicated and len(trello.state.cards_in(INBOX)) == 2
 
 
-def test_dedupe_off_is_at_least_once(trello):
-    integration().run("create_card", card_params(dedupe=False), make_ctx(trello, None))
-    result = integration().run("create_card", card_params(dedupe=False), make_ctx(trello, None, attempt=2))
+def test_dedupe_off_is_at_least_once(trello, make_ctx):
+    integration().run("create_card", card_params(dedupe=False), make_ctx(paced=False))
+    result = integration().run("create_card", card_params(dedupe=False), make_ctx(paced=False, attempt=2))
     assert not result.deduplicated and len(trello.state.cards_in(INBOX)) == 2
     assert trello.state.calls_to("GET", "/1/lists/{id}/cards") == 0
 
 
-def test_search_outage_on_retry_defers_instead_of_risking_a_duplicate(trello):
+def test_search_outage_on_retry_defers_instead_of_risking_a_duplicate(trello, make_ctx):
     trello.state.push_faults([{"status": 503}])
     with pytest.raises(RetryableError) as info:
-        integration().run("create_card", card_params(), make_ctx(trello, None, attempt=2))
+        integration().run("create_card", card_params(), make_ctx(paced=False, attempt=2))
     assert "find earlier card" in str(info.value)
     assert trello.state.calls_to("POST", "/1/cards") == 0
 
@@ -372,9 +348,9 @@ FAILURES = {
 
 
 @pytest.mark.parametrize("row", list(FAILURES.values()), ids=list(FAILURES))
-def test_failure_table(trello, limiter, row):
+def test_failure_table(trello, limiter, row, make_ctx):
     trello.state.push_faults(list(row.faults))
-    ctx = make_ctx(trello, limiter, base=free_port_url() if row.refused else trello.url)
+    ctx = make_ctx(base=free_port_url() if row.refused else trello.url)
     # A short client timeout against the 1 s stand-in delay keeps the timeout row fast.
     with pytest.raises(IntegrationError) as info:
         integration(token=row.token, key=row.key, timeout=0.3).run("create_card", card_params(**(row.params or {})),
@@ -391,9 +367,9 @@ def test_failure_table(trello, limiter, row):
     assert trello.state.cards_in(INBOX) == []
 
 
-def test_network_error_text_would_carry_the_credentials_without_scrubbing(trello):
+def test_network_error_text_would_carry_the_credentials_without_scrubbing(trello, make_ctx):
     # Guards the table above from passing vacuously: the raw requests message does quote the URL.
-    ctx = make_ctx(trello, None, base=free_port_url())
+    ctx = make_ctx(paced=False, base=free_port_url())
     with pytest.raises(RetryableError) as info:
         integration().run("create_card", card_params(), ctx)
     assert "key=***" in str(info.value) and "token=***" in str(info.value)
@@ -415,44 +391,44 @@ def test_classify_failure_scrubs_on_its_own(trello, status):
         assert not leaks(str(error) + repr(error.args)), str(error)
 
 
-def test_token_revoked_between_card_and_attachment_raises_auth_error(trello, limiter):
+def test_token_revoked_between_card_and_attachment_raises_auth_error(trello, make_ctx):
     def media(max_bytes):
         trello.state.revoke_token(TOKEN)  # revoked by the user while we were fetching the audio
         return Media(AUDIO, "audio/mpeg", "vm-9.mp3")
     with pytest.raises(AuthError) as info:
-        integration().run("create_card", card_params(), make_ctx(trello, limiter, media=media))
+        integration().run("create_card", card_params(), make_ctx(media=media))
     assert info.value.code == "invalid_token" and "attach audio" in str(info.value)
     assert len(trello.state.cards_in(INBOX)) == 1
 
 
-def test_standin_rate_limit_answers_429_and_the_client_backs_off(trello):
+def test_standin_rate_limit_answers_429_and_the_client_backs_off(trello, make_ctx):
     trello.state.token_limit = 2
-    no_pacing = make_ctx(trello, None)
+    no_pacing = make_ctx(paced=False)
     integration().run("create_card", card_params(), no_pacing)  # POST card + POST attachment
     with pytest.raises(RetryableError) as info:
-        integration().run("create_card", card_params(), make_ctx(trello, None, key="k2"))
+        integration().run("create_card", card_params(), make_ctx(paced=False, key="k2"))
     assert (info.value.code, info.value.retry_after, info.value.status) == ("API_TOKEN_LIMIT_EXCEEDED", 10.0, 429)
     assert len(trello.state.cards_in(INBOX)) == 1
 
 
 # -- pacing --------------------------------------------------------------------------------------
 
-def test_every_request_takes_a_token_from_both_shared_buckets(trello, limiter):
+def test_every_request_takes_a_token_from_both_shared_buckets(trello, limiter, make_ctx):
     taken = []
 
     def acquire(key, capacity, per_second, cost=1.0):
         taken.append((key, capacity, per_second))
         return limiter.acquire(key, capacity, per_second, cost)
 
-    ctx = make_ctx(trello, limiter, attempt=2)
+    ctx = make_ctx(attempt=2)
     ctx.acquire = acquire
     integration().run("create_card", card_params(), ctx)  # search + create + attach
     assert len(trello.state.calls) == 3
     assert taken == [(TOKEN_BUCKET, 100.0, 10.0), (KEY_BUCKET, 300.0, 30.0)] * 3
 
 
-def test_pacing_is_shared_across_workers_with_the_same_token(trello, limiter):
-    worker_a, worker_b = make_ctx(trello, limiter, key="a"), make_ctx(trello, limiter, key="b")
+def test_pacing_is_shared_across_workers_with_the_same_token(trello, limiter, make_ctx):
+    worker_a, worker_b = make_ctx(key="a"), make_ctx(key="b")
     integration().run("create_card", card_params(), worker_a)
     # Worker A (or anything else with this token) used up the bucket: worker B must wait, not call.
     assert limiter.acquire(TOKEN_BUCKET, 100, 10, cost=limiter_tokens_left(limiter)) == 0
@@ -469,25 +445,25 @@ def limiter_tokens_left(limiter: RateLimiter) -> float:
     return float(int(float(tokens)))
 
 
-def test_429_shuts_the_bucket_for_other_workers_and_other_tokens_still_flow(trello, limiter):
+def test_429_shuts_the_bucket_for_other_workers_and_other_tokens_still_flow(trello, make_ctx):
     trello.state.push_faults([{"status": 429, "body": fixture("error_429_token.json")}])
     with pytest.raises(RetryableError):
-        integration().run("create_card", card_params(), make_ctx(trello, limiter, key="a"))
+        integration().run("create_card", card_params(), make_ctx(key="a"))
     calls_before = len(trello.state.calls)
     with pytest.raises(RetryableError) as info:
-        integration().run("create_card", card_params(), make_ctx(trello, limiter, key="b"))
+        integration().run("create_card", card_params(), make_ctx(key="b"))
     assert info.value.code == "paced" and 9 < info.value.retry_after <= 10
     assert len(trello.state.calls) == calls_before
 
     other_token = "ATTAanothertoken" + "6" * 48
     trello.state.add_token(other_token, KEY, member=MEMBER)
-    integration(token=other_token).run("create_card", card_params(), make_ctx(trello, limiter, key="c"))
+    integration(token=other_token).run("create_card", card_params(), make_ctx(key="c"))
     assert len(trello.state.cards_in(INBOX)) == 1
 
 
 # -- errors, config, hostile input ---------------------------------------------------------------
 
-def test_raised_errors_survive_pickling(trello, limiter):
+def test_raised_errors_survive_pickling(trello, make_ctx):
     raised = []
     for faults, params, token in (([{"status": 429, "retry_after": 4, "body": fixture("error_429_token.json")}], {},
                                    TOKEN),
@@ -496,10 +472,10 @@ def test_raised_errors_survive_pickling(trello, limiter):
                                   ([{"status": 200, "body": "<html>"}], {}, TOKEN)):
         trello.state.push_faults(faults)
         with pytest.raises(IntegrationError) as info:
-            integration(token=token).run("create_card", card_params(**params), make_ctx(trello, None))
+            integration(token=token).run("create_card", card_params(**params), make_ctx(paced=False))
         raised.append(info.value)
     with pytest.raises(PermanentError) as info:
-        integration().run("create_card", {"list_id": INBOX, "name": ""}, make_ctx(trello, None))
+        integration().run("create_card", {"list_id": INBOX, "name": ""}, make_ctx(paced=False))
     raised.append(info.value)
     assert [type(e) for e in raised] == [RetryableError, PermanentError, AuthError, PermanentError, PermanentError]
 
@@ -551,18 +527,18 @@ HOSTILE = {
 
 
 @pytest.mark.parametrize("params,mentions", list(HOSTILE.values()), ids=list(HOSTILE))
-def test_hostile_params_are_a_clear_permanent_error(trello, limiter, params, mentions):
+def test_hostile_params_are_a_clear_permanent_error(trello, params, mentions, make_ctx):
     merged = {k: v for k, v in card_params(**params).items() if v is not None}
     with pytest.raises(PermanentError) as info:
-        integration().run("create_card", merged, make_ctx(trello, limiter))
+        integration().run("create_card", merged, make_ctx())
     assert "invalid parameters" in str(info.value) and mentions in str(info.value)
     assert trello.state.calls == []
 
 
-def test_unknown_account_time_zone_with_a_naive_due_is_permanent(trello):
+def test_unknown_account_time_zone_with_a_naive_due_is_permanent(trello, make_ctx):
     with pytest.raises(PermanentError, match="time zone"):
         integration().run("create_card", card_params(due="2024-01-15T09:30:00"),
-                          make_ctx(trello, None, timezone="Mars/Olympus"))
+                          make_ctx(paced=False, timezone="Mars/Olympus"))
     assert trello.state.calls == []
 
 
@@ -572,8 +548,8 @@ def test_unknown_account_time_zone_with_a_naive_due_is_permanent(trello):
     "Anruf von Jürgen — 日本語 — مرحبا — \u200b\u202e reversed",
     "line1\r\nline2\x1b[31m",
 ], ids=["exactly-16384", "emoji-exactly-16384-utf16", "unicode", "control-chars"])
-def test_unusual_but_valid_names_are_created_verbatim(trello, name):
-    integration().run("create_card", card_params(name=name, attach_audio=False), make_ctx(trello, None))
+def test_unusual_but_valid_names_are_created_verbatim(trello, name, make_ctx):
+    integration().run("create_card", card_params(name=name, attach_audio=False), make_ctx(paced=False))
     assert trello.state.cards_in(INBOX)[0]["name"] == name
 
 
@@ -584,11 +560,11 @@ TAIL = 55
 @pytest.mark.parametrize("desc,cut", [("d" * 20_000, True), ("📞" * 9_000, True), ("x" * (TEXT_MAX - TAIL + 1), True),
                                       ("x" * (TEXT_MAX - TAIL), False)],
                          ids=["ascii", "emoji", "one-over-with-marker", "exactly-fits-with-marker"])
-def test_long_description_is_cut_with_a_note_and_keeps_the_marker(trello, desc, cut):
-    integration().run("create_card", card_params(desc=desc, attach_audio=False), make_ctx(trello, None))
+def test_long_description_is_cut_with_a_note_and_keeps_the_marker(trello, desc, cut, make_ctx):
+    integration().run("create_card", card_params(desc=desc, attach_audio=False), make_ctx(paced=False))
     # Retried, the marker must still be found: the cut never eats it.
     result = integration().run("create_card", card_params(desc=desc, attach_audio=False),
-                               make_ctx(trello, None, attempt=2))
+                               make_ctx(paced=False, attempt=2))
     [card] = trello.state.cards_in(INBOX)
     assert result.deduplicated
     assert utf16_len(card["desc"]) <= TEXT_MAX
@@ -598,9 +574,9 @@ def test_long_description_is_cut_with_a_note_and_keeps_the_marker(trello, desc, 
     assert "\ufffd" not in card["desc"]  # no emoji cut in half
 
 
-def test_hostile_voicemail_id_cannot_forge_extra_marker_lines(trello):
+def test_hostile_voicemail_id_cannot_forge_extra_marker_lines(trello, make_ctx):
     event = {"data": {"voicemail_id": "vm-1\npbxrelay-id: someone-else"}}
-    integration().run("create_card", card_params(attach_audio=False), make_ctx(trello, None, event=event))
+    integration().run("create_card", card_params(attach_audio=False), make_ctx(paced=False, event=event))
     desc = trello.state.cards_in(INBOX)[0]["desc"]
     assert desc.splitlines()[-1] == "voicemail-id: vm-1 pbxrelay-id: someone-else"
     assert "pbxrelay-id: someone-else" not in desc.splitlines()

@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from integrations.standin import serve_in_thread
 from integrations.trello.standin import (DEFAULT_BOARD, DEFAULT_KEY, DEFAULT_LABELS, DEFAULT_LISTS, DEFAULT_MEMBER,
-                                         DEFAULT_TOKEN, create_app)
+                                         DEFAULT_TOKEN, TrelloStandin, create_app)
 
 FIXTURES = Path(__file__).resolve().parents[3] / "integrations" / "trello" / "fixtures"
 LIST = next(iter(DEFAULT_LISTS))
@@ -19,21 +18,11 @@ LABEL = next(iter(DEFAULT_LABELS))
 AUTH = {"key": DEFAULT_KEY, "token": DEFAULT_TOKEN}
 
 
-@pytest.fixture(autouse=True)
-def _direct_connections(monkeypatch):
-    """requests honours HTTP(S)_PROXY: talk to the local stand-in directly."""
-    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-
-
 @pytest.fixture(scope="module")
-def server():
-    """One stand-in with the ready-made demo workspace of ``create_app()``."""
-    app = create_app()
-    running = serve_in_thread(app)
-    yield running.url, app.extensions["trello_standin"]
-    running.stop()
+def server(serve_standin):
+    """One stand-in with the ready-made demo workspace (what ``create_app()`` serves)."""
+    served = serve_standin(TrelloStandin.with_defaults(), create_app)
+    return served.url, served.state
 
 
 @pytest.fixture

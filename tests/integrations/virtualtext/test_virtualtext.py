@@ -13,10 +13,8 @@ import pytest
 from pydantic import ValidationError
 
 from integrations.base import ActionContext, AuthError, PermanentError, RetryableError
-from integrations.standin import serve_in_thread
 from integrations.virtualtext import VirtualTextConfig, VirtualTextIntegration
 from integrations.virtualtext.standin import VirtualTextStandin, create_app
-from service.ratelimit import RateLimiter
 
 FIXTURES = Path(__file__).resolve().parents[3] / "integrations" / "virtualtext" / "fixtures"
 KEY = "pk_live_test_5ecretKeyValue123"
@@ -30,29 +28,10 @@ def fixture(name: str):
     return json.loads((FIXTURES / name).read_text())
 
 
-@dataclass
-class VirtualText:
-    """A running stand-in and its state."""
-
-    state: VirtualTextStandin
-    url: str
-
-
-@pytest.fixture(autouse=True)
-def _direct_connections(monkeypatch):
-    """requests honours HTTP(S)_PROXY: talk to the stand-in directly."""
-    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-
-
 @pytest.fixture(scope="module")
-def _server():
-    """One stand-in server per module (stopping a werkzeug server costs its poll interval)."""
-    state = VirtualTextStandin()
-    server = serve_in_thread(create_app(state))
-    yield VirtualText(state, server.url)
-    server.stop()
+def _server(serve_standin):
+    """One stand-in server per module."""
+    return serve_standin(VirtualTextStandin(), create_app)
 
 
 @pytest.fixture
@@ -66,17 +45,12 @@ def vt(_server):
 
 
 @pytest.fixture
-def limiter(redis_client, namespace):
-    """The shared cross-worker limiter on the test Redis, under this test's namespace."""
-    return RateLimiter(redis_client, namespace=namespace)
-
-
-def make_ctx(vt: VirtualText, limiter: RateLimiter | None = None, *, key: str = "acc:1", attempt: int = 1,
-             **kwargs) -> ActionContext:
-    """An ActionContext as the worker builds it; limiter=None keeps ActionContext's no-op pacing."""
-    pacing = {"acquire": limiter.acquire, "penalise": limiter.penalise} if limiter else {}
-    return ActionContext(account_id="acc", idempotency_key=key, connection_id=CONNECTION, attempt=attempt,
-                         api_urls={"virtualtext": vt.url}, **pacing, **kwargs)
+def make_ctx(vt, action_context):
+    """Build an ActionContext as the worker does; paced=False keeps ActionContext's no-op pacing."""
+    def build(*, key: str = "acc:1", attempt: int = 1, **kwargs) -> ActionContext:
+        return action_context(account_id="acc", idempotency_key=key, connection_id=CONNECTION, attempt=attempt,
+                              api_urls={"virtualtext": vt.url}, **kwargs)
+    return build
 
 
 def integration(**config) -> VirtualTextIntegration:
@@ -94,9 +68,9 @@ def free_port_url() -> str:
 
 # -- happy paths -----------------------------------------------------------------------------------
 
-def test_send_records_one_message_with_normalised_numbers_and_the_idempotency_key(vt, limiter):
+def test_send_records_one_message_with_normalised_numbers_and_the_idempotency_key(vt, make_ctx):
     result = integration().run("send_sms", {"to": "(202) 555-0123", "body": "  Your table is ready \n"},
-                               make_ctx(vt, limiter, key="acc:42"))
+                               make_ctx(key="acc:42"))
     [message] = vt.state.sent()
     assert result.external_id == message["id"] and message["id"].startswith("msg_")
     assert not result.deduplicated
@@ -105,96 +79,96 @@ def test_send_records_one_message_with_normalised_numbers_and_the_idempotency_ke
     assert message["idempotency_key"] == "acc:42"
 
 
-def test_sender_from_params_or_connection_and_mms_media(vt, limiter):
-    integration(from_number=OTHER_NUMBER).run("send_sms", {"to": TO, "body": "a"}, make_ctx(vt, limiter, key="a"))
+def test_sender_from_params_or_connection_and_mms_media(vt, make_ctx):
+    integration(from_number=OTHER_NUMBER).run("send_sms", {"to": TO, "body": "a"}, make_ctx(key="a"))
     integration().run("send_sms", {"to": TO, "body": "b", "from": "202.555.0101",
-                                   "media": ["https://cdn.example.com/map.png"]}, make_ctx(vt, limiter, key="b"))
+                                   "media": ["https://cdn.example.com/map.png"]}, make_ctx(key="b"))
     first, second = vt.state.sent()
     assert first["from"] == OTHER_NUMBER
     assert (second["from"], second["channel"], second["media"]) == (OTHER_NUMBER, "mms",
                                                                     ["https://cdn.example.com/map.png"])
 
 
-def test_config_api_url_overrides_the_setting(vt):
-    ctx = make_ctx(vt)
+def test_config_api_url_overrides_the_setting(vt, make_ctx):
+    ctx = make_ctx(paced=False)
     ctx.api_urls = {"virtualtext": free_port_url()}
     assert integration(api_url=vt.url + "/").run("send_sms", {"to": TO, "body": "hi"}, ctx).external_id
 
 
 # -- exactly-once ----------------------------------------------------------------------------------
 
-def test_retry_after_a_crash_sends_once(vt, limiter):
+def test_retry_after_a_crash_sends_once(vt, make_ctx):
     """The first attempt's message went out but the worker died before recording it; the retry replays it."""
-    first = integration().run("send_sms", {"to": TO, "body": "Reminder: 3pm"}, make_ctx(vt, limiter, key="acc:7"))
+    first = integration().run("send_sms", {"to": TO, "body": "Reminder: 3pm"}, make_ctx(key="acc:7"))
     retry = integration().run("send_sms", {"to": TO, "body": "Reminder: 3pm"},
-                              make_ctx(vt, limiter, key="acc:7", attempt=2))
+                              make_ctx(key="acc:7", attempt=2))
     assert len(vt.state.sent()) == 1
     assert retry.external_id == first.external_id
     assert retry.deduplicated and not first.deduplicated
 
 
-def test_retry_after_a_lost_answer_sends_once(vt, limiter):
+def test_retry_after_a_lost_answer_sends_once(vt, make_ctx):
     """VirtualText sent the message but the answer was a 502: the retry gets the same message back."""
     vt.state.push_faults([{"status": 502, "body": "<html>Bad gateway</html>", "commit": True}])
     with pytest.raises(RetryableError):
-        integration().run("send_sms", {"to": TO, "body": "Reminder"}, make_ctx(vt, limiter, key="acc:8"))
-    retry = integration().run("send_sms", {"to": TO, "body": "Reminder"}, make_ctx(vt, limiter, key="acc:8",
+        integration().run("send_sms", {"to": TO, "body": "Reminder"}, make_ctx(key="acc:8"))
+    retry = integration().run("send_sms", {"to": TO, "body": "Reminder"}, make_ctx(key="acc:8",
                                                                                     attempt=2))
     [message] = vt.state.sent()
     assert retry.external_id == message["id"] and retry.deduplicated
 
 
-def test_different_keys_send_separately(vt, limiter):
+def test_different_keys_send_separately(vt, make_ctx):
     for key in ("acc:1", "acc:2"):
-        integration().run("send_sms", {"to": TO, "body": "same text"}, make_ctx(vt, limiter, key=key))
+        integration().run("send_sms", {"to": TO, "body": "same text"}, make_ctx(key=key))
     assert len(vt.state.sent()) == 2
 
 
-def test_same_key_different_body_is_a_permanent_conflict(vt, limiter):
-    integration().run("send_sms", {"to": TO, "body": "first"}, make_ctx(vt, limiter, key="acc:9"))
+def test_same_key_different_body_is_a_permanent_conflict(vt, make_ctx):
+    integration().run("send_sms", {"to": TO, "body": "first"}, make_ctx(key="acc:9"))
     with pytest.raises(PermanentError) as info:
-        integration().run("send_sms", {"to": TO, "body": "second"}, make_ctx(vt, limiter, key="acc:9", attempt=2))
+        integration().run("send_sms", {"to": TO, "body": "second"}, make_ctx(key="acc:9", attempt=2))
     assert (type(info.value), info.value.status, info.value.code) == (PermanentError, 409, "idempotency_conflict")
     assert len(vt.state.sent()) == 1
 
 
 # -- consent and quiet hours -----------------------------------------------------------------------
 
-def test_opted_out_number_is_never_texted(vt, limiter):
+def test_opted_out_number_is_never_texted(vt, make_ctx):
     with pytest.raises(PermanentError) as info:
         integration().run("send_sms", {"to": "202-555-0123", "body": "hi"},
-                          make_ctx(vt, limiter, opted_out=lambda number: number == TO))
+                          make_ctx(opted_out=lambda number: number == TO))
     assert info.value.code == "opted_out"
     assert vt.state.sent() == [] and vt.state.calls == []
 
 
-def test_quiet_hours_defer_without_calling_virtualtext(vt, limiter):
+def test_quiet_hours_defer_without_calling_virtualtext(vt, make_ctx):
     # Quiet from an hour ago to an hour from now (UTC account), whenever the test runs.
     now = datetime.now(timezone.utc)
     quiet = f"{now - timedelta(hours=1):%H:%M}-{now + timedelta(hours=1):%H:%M}"
     with pytest.raises(RetryableError) as info:
-        integration(quiet_hours=quiet).run("send_sms", {"to": TO, "body": "hi"}, make_ctx(vt, limiter, timezone="UTC"))
+        integration(quiet_hours=quiet).run("send_sms", {"to": TO, "body": "hi"}, make_ctx(timezone="UTC"))
     assert info.value.code == "deferred" and 3500 <= info.value.retry_after <= 3600
     assert vt.state.calls == []
 
 
 # -- rate limits -----------------------------------------------------------------------------------
 
-def test_429_shuts_the_shared_bucket_for_retry_after(vt, limiter):
+def test_429_shuts_the_shared_bucket_for_retry_after(vt, make_ctx):
     vt.state.push_faults([{"status": 429, "retry_after": 7, "body": fixture("error_rate_limited.json")}])
     with pytest.raises(RetryableError):
-        integration().run("send_sms", {"to": TO, "body": "hi"}, make_ctx(vt, limiter))
+        integration().run("send_sms", {"to": TO, "body": "hi"}, make_ctx())
     with pytest.raises(RetryableError) as info:  # another worker, same connection: held off, no request
-        integration().run("send_sms", {"to": TO, "body": "hi"}, make_ctx(vt, limiter, key="acc:other"))
+        integration().run("send_sms", {"to": TO, "body": "hi"}, make_ctx(key="acc:other"))
     assert info.value.code == "paced" and 6 < info.value.retry_after <= 7
     assert len(vt.state.calls) == 1
 
 
-def test_pacing_is_shared_across_workers_per_connection(vt, limiter):
+def test_pacing_is_shared_across_workers_per_connection(vt, make_ctx):
     codes = []
     for n in range(7):
         try:
-            integration().run("send_sms", {"to": TO, "body": f"n{n}"}, make_ctx(vt, limiter, key=f"acc:{n}"))
+            integration().run("send_sms", {"to": TO, "body": f"n{n}"}, make_ctx(key=f"acc:{n}"))
             codes.append("sent")
         except RetryableError as exc:
             codes.append(exc.code)
@@ -269,11 +243,11 @@ FAILURES = {
 
 
 @pytest.mark.parametrize("row", list(FAILURES.values()), ids=list(FAILURES))
-def test_failure_table(vt, limiter, row):
+def test_failure_table(vt, limiter, row, make_ctx):
     vt.state.push_faults(list(row.faults))
     if row.prepare:
         row.prepare(vt.state)
-    ctx = make_ctx(vt, limiter)
+    ctx = make_ctx()
     if row.refused:
         ctx.api_urls = {"virtualtext": free_port_url()}
     # A short client timeout against the 1 s stand-in delay keeps the timeout row fast.
@@ -321,9 +295,9 @@ def test_bad_config_is_rejected_without_echoing_secrets(config):
     assert "pk live with spaces" not in str(info.value) and KEY not in str(info.value)
 
 
-def test_unknown_action_and_bad_params_are_permanent(vt):
+def test_unknown_action_and_bad_params_are_permanent(vt, make_ctx):
     with pytest.raises(PermanentError, match="has no action"):
-        integration().run("send_fax", {}, make_ctx(vt))
+        integration().run("send_fax", {}, make_ctx(paced=False))
     with pytest.raises(PermanentError, match="invalid parameters"):
-        integration().run("send_sms", {"to": TO}, make_ctx(vt))
+        integration().run("send_sms", {"to": TO}, make_ctx(paced=False))
     assert vt.state.calls == []

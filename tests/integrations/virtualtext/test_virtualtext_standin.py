@@ -19,11 +19,9 @@ TO = "+12025550123"
 
 
 @pytest.fixture(scope="module")
-def server():
+def server(serve_standin):
     """The stand-in with default settings (demo key) on a real socket."""
-    running = serve_in_thread(create_app())
-    yield running
-    running.stop()
+    return serve_standin(VirtualTextStandin.with_defaults(), create_app)
 
 
 @pytest.fixture
