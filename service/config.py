@@ -66,6 +66,11 @@ class Settings(BaseSettings):
         return value.rstrip("/")
 
     @property
+    def claim_lease_seconds(self) -> int:
+        """How long one attempt holds a delivery: its hard time limit plus a margin to record the outcome."""
+        return self.action_timeout_seconds + 15
+
+    @property
     def effective_database_url(self) -> str:
         """The configured database URL, or SQLite under var_dir."""
         if self.database_url:

@@ -47,8 +47,14 @@ def make_celery(settings: Settings) -> Celery:
                      "pbxrelay.requeue_stale": {"queue": queues["ingest"]},
                      "pbxrelay.reconcile": {"queue": queues["ingest"]},
                      "pbxrelay.reenable_hooks": {"queue": queues["ingest"]}},
+        # A task whose pool process died is re-sent after default_retry_delay (Celery's default: 180 s). An
+        # action comes back as its claim lease (Settings.claim_lease_seconds) runs out; ingest
+        # and finalize are idempotent and come back at once, before the call's settle window closes.
         task_annotations={"pbxrelay.run_action": {"time_limit": settings.action_timeout_seconds,
-                                                  "soft_time_limit": max(1, settings.action_timeout_seconds - 5)}},
+                                                  "soft_time_limit": max(1, settings.action_timeout_seconds - 5),
+                                                  "default_retry_delay": settings.claim_lease_seconds},
+                          "pbxrelay.ingest": {"default_retry_delay": 0},
+                          "pbxrelay.finalize_call": {"default_retry_delay": 0}},
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
         beat_schedule={

@@ -334,12 +334,22 @@ def _claim(session: Session, delivery_id: int, lease: timedelta) -> Delivery | N
     return session.get(Delivery, delivery_id) if result.rowcount == 1 else None
 
 
-def retry_delay(rt: Runtime, attempt: int, retry_after: float | None) -> float:
+# Integration error codes of a request whose fate is unknown (timed out or cut off after it was sent).
+IN_DOUBT_CODES = frozenset({"network", "timeout"})
+
+
+def retry_delay(rt: Runtime, attempt: int, retry_after: float | None, code: str | None = None) -> float:
     """Seconds before the next attempt: the vendor's Retry-After if given, else capped backoff with full jitter."""
     cap = rt.settings.retry_max_countdown_seconds
     if retry_after is not None and retry_after > 0:
-        return min(cap, retry_after + random.uniform(0, 1))
-    return random.uniform(0, min(cap, rt.settings.retry_base_seconds * 2 ** max(0, attempt - 1)))
+        delay = min(cap, retry_after + random.uniform(0, 1))
+    else:
+        delay = random.uniform(0, min(cap, rt.settings.retry_base_seconds * 2 ** max(0, attempt - 1)))
+    if code in IN_DOUBT_CODES:
+        # The request may have reached the vendor and still take effect after the client gave up; the
+        # next attempt's duplicate check (e.g. Slack's history lookup) must come after that, not before it.
+        delay = max(delay, rt.settings.action_timeout_seconds)
+    return delay
 
 
 # Retry reasons that are waiting, not trying: nothing reached the vendor, so no attempt is counted.
@@ -359,7 +369,7 @@ def execute_delivery(rt: Runtime, delivery_id: int) -> str:
     with rt.sessions.begin() as session:
         # One attempt may hold the delivery for its time limit plus a margin; after that a re-sent
         # copy of the task (its worker was killed mid-action) may take over.
-        delivery = _claim(session, delivery_id, timedelta(seconds=rt.settings.action_timeout_seconds + 15))
+        delivery = _claim(session, delivery_id, timedelta(seconds=rt.settings.claim_lease_seconds))
         if delivery is None:
             current = session.get(Delivery, delivery_id)
             if current is None:

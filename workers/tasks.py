@@ -7,6 +7,7 @@ from datetime import datetime, timedelta, timezone
 
 import redis
 from celery.exceptions import SoftTimeLimitExceeded
+from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy.exc import OperationalError
 
 from integrations.base import PermanentError, RetryableError
@@ -19,9 +20,7 @@ log = logging.getLogger(__name__)
 _runtime: Runtime | None = None
 
 # Infrastructure hiccups (Redis or the database briefly away) are retried, never dropped.
-INFRA_ERRORS = (redis.RedisError, OperationalError)
-# Integration error codes of a request whose fate is unknown (timed out or cut off after it was sent).
-IN_DOUBT_CODES = frozenset({"network", "timeout"})
+INFRA_ERRORS = (redis.RedisError, OperationalError, BrokerError)
 
 
 def runtime() -> Runtime:
@@ -77,11 +76,7 @@ def run_action(self, delivery_id: int) -> str:
     try:
         return pipeline.execute_delivery(rt, delivery_id)
     except RetryableError as exc:
-        delay = pipeline.retry_delay(rt, self.request.retries + 1, exc.retry_after)
-        if exc.code in IN_DOUBT_CODES:
-            # The request may have reached the vendor and still take effect after the client gave up; the
-            # next attempt's duplicate check (Slack's history lookup) must come after that, not before it.
-            delay = max(delay, rt.settings.action_timeout_seconds)
+        delay = pipeline.retry_delay(rt, self.request.retries + 1, exc.retry_after, code=exc.code)
         raise self.retry(countdown=delay, exc=exc, max_retries=None)
     except INFRA_ERRORS as exc:
         raise self.retry(countdown=pipeline.retry_delay(rt, self.request.retries + 1, None),

@@ -1,0 +1,185 @@
+"""Fault injection: simulated calls through real Redis, web and workers; every call-level effect exactly once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from integrations.virtualpbx.simulator import SimulatedCall, Step
+from tests.faults.rig import ACCOUNT, SETTINGS, Rig, expected_effects
+from tests.harness import wait_for
+
+pytestmark = pytest.mark.faults
+CALLS = 20
+
+
+@pytest.fixture
+def make_rig(tmp_path):
+    """Build this test's Rig (``make_rig(seed=..., ...)``); stop all of it afterwards."""
+    rigs: list[Rig] = []
+
+    def make(**kwargs) -> Rig:
+        rigs.append(Rig(tmp_path, **kwargs))
+        return rigs[-1]
+
+    yield make
+    for rig in rigs:
+        rig.close()
+
+
+def in_time_order(calls: list[SimulatedCall]) -> list[Step]:
+    """Every hook of every call as the PBX would send them: by simulated time, calls overlapping."""
+    return sorted((step for call in calls for step in call.steps), key=lambda step: step.at)
+
+
+def a_leg_destroy(call: SimulatedCall) -> Step:
+    """The step that ends the call (the A-leg's channel_destroy)."""
+    return next(s for s in call.steps if s.hook_type == "channel_destroy" and s.payload["call_id"] == call.a_leg.call_id)
+
+
+def finish(rig: Rig, report, scenario: str, expected: set[str], started: float) -> None:
+    """Wait for the scenario to settle, report its row, and hold it to 0 lost and 0 duplicated."""
+    rig.settle(expected, started)
+    row, offending = rig.tally(scenario, expected, started)
+    report(row)
+    assert not rig.refused(), f"the receiver did not answer 200: {rig.refused()[:5]}"
+    assert (row.lost, row.duplicated) == (0, 0), f"{offending}\n{rig.evidence()}"
+    log = rig.service.deliveries(ACCOUNT)
+    assert sorted(d["status"] for d in log) == ["succeeded"] * len(expected), rig.evidence()
+
+
+def test_each_hook_delivered_two_to_five_times(make_rig, report):
+    """Kazoo re-sends: 2-5 copies of every hook, some back to back, some after later legs."""
+    rig = make_rig(seed=11)
+    calls = rig.calls(CALLS)
+    keyed = []
+    for index, step in enumerate(in_time_order(calls)):
+        copies = rig.rng.randint(2, 5)
+        keyed.append((index, step))
+        keyed += [(index + rig.rng.uniform(0, 8), step) for _ in range(copies - 1)]
+    steps = [step for _, step in sorted(keyed, key=lambda pair: pair[0])]
+    started = time.monotonic()
+    rig.deliver(steps)
+    expected = expected_effects(calls)
+    finish(rig, report, "duplicates x2-5", expected, started)
+    duplicates = [q for q in rig.service.quarantine(ACCOUNT) if q["reason"].startswith("duplicate")]
+    assert len(duplicates) == len(steps) - sum(len(c.steps) for c in calls), "every extra copy is kept as a duplicate"
+
+
+def test_legs_shuffled_a_leg_destroy_last(make_rig, report):
+    """Legs of overlapping calls in random order; each call's A-leg destroy still comes after its other hooks."""
+    rig = make_rig(seed=12, hook_format="form-data")
+    calls = rig.calls(CALLS)
+    others = [step for call in calls for step in call.steps if step is not a_leg_destroy(call)]
+    rig.rng.shuffle(others)
+    call_of = {id(step): call for call in calls for step in call.steps}
+    last_position = {id(call_of[id(step)]): position for position, step in enumerate(others)}
+    ends_after = {position: [a_leg_destroy(call) for call in calls if last_position[id(call)] == position]
+                  for position in last_position.values()}
+    steps = [s for position, step in enumerate(others) for s in [step, *ends_after.get(position, [])]]
+    started = time.monotonic()
+    rig.deliver(steps)
+    finish(rig, report, "out of order, A-destroy last", expected_effects(calls), started)
+
+
+def test_a_leg_destroy_first_late_legs_within_settle_window(make_rig, report):
+    """The A-leg's destroy arrives first; its other legs follow at once, well inside call_settle_seconds.
+
+    The documented bound: call.ended/call.missed are decided call_settle_seconds after the A-leg's destroy is
+    ingested, so legs ingested later than that are not reflected (an answered call would be reported missed).
+    """
+    settle = 3.0
+    rig = make_rig(seed=13, env={"PBXRELAY_CALL_SETTLE_SECONDS": str(settle)})
+    calls = rig.calls(CALLS)
+    started = time.monotonic()
+    for call in calls:
+        end = a_leg_destroy(call)
+        rest = [s for s in call.steps if s is not end]
+        rig.rng.shuffle(rest)
+        sent_at = time.monotonic()
+        rig.deliver([end, *rest])
+        assert time.monotonic() - sent_at < settle / 2, "the late legs must arrive well within the settle window"
+    finish(rig, report, "out of order, A-destroy first", expected_effects(calls), started)
+
+
+def test_vendor_storm_of_429_5xx_timeouts_and_lost_replies(make_rig, report):
+    """Slack answers 429 (Retry-After 1), 500, 503, hangs past the client timeout (posting late or never), or posts then 500s."""
+    rig = make_rig(seed=14)
+    storm = ([{"status": 429, "retry_after": 1}] * 10 + [{"status": 500}] * 8 + [{"status": 503}] * 8
+             + [{"delay": 6}] * 6 + [{"delay": 6, "status": 503}] * 4 + [{"status": 500, "commit": True}] * 8
+             + [{}] * 30)
+    rig.rng.shuffle(storm)
+    # Open with timeouts while the queue is still short, so retries come back fast: a timed-out post that
+    # commits after the client gave up must not be posted again by a retry that checked history too early.
+    rig.push_faults([{"delay": 6}] + [{}] * 6 + storm)
+    calls = rig.calls(CALLS)
+    started = time.monotonic()
+    rig.deliver(in_time_order(calls))
+    finish(rig, report, "vendor storm", expected_effects(calls), started)
+    assert not rig.slack.faults, "the whole storm was served"
+    deduplicated = [d for d in rig.service.deliveries(ACCOUNT) if (d["error"] or "").startswith("deduplicated")]
+    assert deduplicated, "posts whose reply was lost were found again instead of re-posted"
+
+
+def pool_children(pid: int) -> list[int]:
+    """The pool processes of a Celery worker (children of its main process)."""
+    return [int(child) for task in Path(f"/proc/{pid}/task").iterdir()
+            for child in (task / "children").read_text().split()]
+
+
+def test_kill_9_in_the_middle_of_actions(make_rig, report):
+    """SIGKILL one worker's pool children and a whole second worker while Slack posts are in flight."""
+    # INFO logs show each WorkerLostError re-send and its countdown: the evidence when this scenario fails.
+    rig = make_rig(seed=15, workers=("w1", "w2"), env={"PBXRELAY_LOG_LEVEL": "INFO"})
+    # Slow replies (still inside the 2 s client timeout) keep actions in flight when the kill lands.
+    rig.push_faults([{"delay": 1.5}] * 40)
+    calls = rig.calls(CALLS)
+    started = time.monotonic()
+    rig.deliver(in_time_order(calls))
+
+    def post_in_flight():
+        with rig.slack.lock:
+            recent = [c for c in rig.slack.calls if c["endpoint"] == "chat.postMessage" and c["at"] > time.time() - 0.7]
+        return len(rig.slack.messages_in("C0STARTED")) >= 3 and recent
+
+    wait_for(post_in_flight, timeout=60, interval=0.05, message="a Slack post in flight")
+    w1 = rig.service.processes["w1"].pid
+    for child in pool_children(w1):
+        os.kill(child, signal.SIGKILL)
+    killed_at = time.monotonic()
+    rig.service.stop("w2", signal.SIGKILL)
+    assert rig.service.processes["w1"].poll() is None, "the main process survives its children"
+    # kombu hands out a dead consumer's unacked messages once they are visibility_timeout old, on a consumer's
+    # first poll (then only every ~100 s): a replacement started after that window picks them up at once.
+    time.sleep(max(0.0, killed_at + float(SETTINGS["PBXRELAY_VISIBILITY_TIMEOUT_SECONDS"]) + 1 - time.monotonic()))
+    rig.service.start_worker("w3", concurrency=2)
+    finish(rig, report, "kill -9 mid-action", expected_effects(calls), started)
+    log = rig.service.deliveries(ACCOUNT)
+    assert any(d["attempts"] > 1 for d in log), "some action was interrupted and run again"
+    assert any((d["error"] or "").startswith("deduplicated") for d in log), \
+        "a killed attempt's post landed and its re-run found it instead of posting again"
+
+
+def test_redis_restart_during_ingest(make_rig, report):
+    """Redis stops (SIGTERM, append-only file kept) while hooks arrive, and comes back on the same socket."""
+    rig = make_rig(seed=16)
+    calls = rig.calls(CALLS)
+    steps = in_time_order(calls)
+    third = len(steps) // 3
+    started = time.monotonic()
+    rig.deliver(steps[:third])
+    rig.redis.stop()
+    down_at = time.monotonic()
+    for step in steps[third:2 * third]:
+        rig.deliver([step])
+        time.sleep(0.03)  # spread the outage's hooks over a few seconds, as real calls would be
+    time.sleep(max(0.0, down_at + 4 - time.monotonic()))
+    spooled = len(list((rig.service.var_dir / "spool").glob("*.json")))
+    rig.redis.start()
+    rig.deliver(steps[2 * third:])
+    assert spooled > 0, "hooks received while Redis was away were spooled"
+    finish(rig, report, "redis restart during ingest", expected_effects(calls), started)
