@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 
-import redis
+import redis as redis_py
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.calls import CallCorrelator
@@ -28,7 +28,7 @@ class Runtime:
         return session_factory(self.settings.effective_database_url)
 
     @cached_property
-    def redis(self) -> redis.Redis:
+    def redis(self) -> redis_py.Redis:
         """Redis client for correlation windows, limits and caches."""
         return make_redis(self.settings.effective_redis_url)
 

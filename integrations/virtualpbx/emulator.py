@@ -28,7 +28,6 @@ from urllib.parse import unquote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from flask import Flask, Response, request
-from werkzeug.serving import make_server
 
 from service.events import GREGORIAN_UNIX_OFFSET
 
@@ -36,7 +35,7 @@ from .client import merge_patch
 from .state import (HOOK_TYPES, Account, EmulatorOptions, EmulatorState, TokenInfo, new_id, normalise_webhook,
                     webhook_errors)
 
-__all__ = ["EmulatorOptions", "EmulatorState", "create_app", "run_sandbox"]
+__all__ = ["EmulatorOptions", "EmulatorState", "create_app"]
 
 API_VERSION = "4.3.0"
 NODE = "emulator@virtualpbx.test"
@@ -746,20 +745,3 @@ def demo_state() -> EmulatorState:
     state.add_message(account.id, box["id"], caller_id_number="+15555550123", caller_id_name="Pat Patient",
                       call_id="demo-call-0001", length_ms=4580, transcription="Hi, I need to move my appointment.")
     return state
-
-
-def run_sandbox(host: str, port: int) -> None:
-    """Serve a seeded emulator on host:port forever, printing the account id and API key to use."""
-    state = demo_state()
-    account = state.accounts[DEMO_ACCOUNT_ID]
-    server = make_server(host, port, create_app(state), threaded=True)
-    base = f"http://{host}:{server.server_port}"
-    print(f"VirtualPBX sandbox at {base}/v2", flush=True)
-    print(f"  account id : {account.id}", flush=True)
-    print(f"  API key    : {account.api_key}", flush=True)
-    print(f"  users      : " + ", ".join(f"{u['first_name']} ({u['presence_id']}, {u['id']})"
-                                         for u in account.users.values()), flush=True)
-    print(f"  devices    : " + ", ".join(d["id"] for d in account.devices.values()), flush=True)
-    print(f"  vmbox      : {next(iter(account.vmboxes))}", flush=True)
-    print(f"  control    : POST {base}/_emulator/simulate {{\"scenario\": \"mixed_hour\", \"seed\": 1}}", flush=True)
-    server.serve_forever()

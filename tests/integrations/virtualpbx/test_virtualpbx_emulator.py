@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -76,15 +77,19 @@ def test_control_surface_seeds_simulates_and_injects_faults(receiver):
         server.stop()
 
 
-def test_sandbox_prints_its_credentials_and_serves_them():
+def test_sandbox_command_prints_its_credentials_and_serves_them(tmp_path):
+    """`pbxrelay sandbox` serves the seeded VirtualPBX, prints what it accepts and writes sandbox.env."""
     port = free_port()
-    code = f"from integrations.virtualpbx.emulator import run_sandbox; run_sandbox('127.0.0.1', {port})"
-    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    env = {**os.environ, "PBXRELAY_VAR_DIR": str(tmp_path)}
+    process = subprocess.Popen([sys.executable, "-m", "service.cli", "sandbox", "--port", str(port)],
+                               stdout=subprocess.PIPE, text=True, env=env)
     try:
-        banner = [process.stdout.readline() for _ in range(3)]
-        assert DEMO_ACCOUNT_ID in banner[1] and DEMO_API_KEY in banner[2]
+        banner = [process.stdout.readline() for _ in range(2)]
+        assert DEMO_ACCOUNT_ID in banner[1] and DEMO_API_KEY in banner[1]
         client = VirtualPBXClient(f"http://127.0.0.1:{port}", account_id=DEMO_ACCOUNT_ID, api_key=DEMO_API_KEY)
         assert len(client.list_vmboxes()) == 1 and len(client.list_devices()) == 3
+        written = (tmp_path / "sandbox.env").read_text()
+        assert "PBXRELAY_VIRTUALPBX_API_URL=" in written and DEMO_API_KEY in written
     finally:
         process.terminate()
         process.wait(timeout=10)
