@@ -519,8 +519,8 @@ def connections_resume(account_id: str, name: str) -> None:
 
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
-@click.option("--port", default=9000, show_default=True, type=click.IntRange(1, 65535),
-              help="First port: VirtualPBX; the other stand-ins take the next ports.")
+@click.option("--port", default=9000, show_default=True, type=click.IntRange(0, 65535),
+              help="First port: VirtualPBX; the other stand-ins take the next ports (0: any free ports).")
 def sandbox(host: str, port: int) -> None:
     """Run a local VirtualPBX and every vendor stand-in, and print the settings that point pbxrelay at them."""
     from service.sandbox import run

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -14,7 +15,6 @@ from integrations.virtualpbx.client import VirtualPBXClient
 from integrations.virtualpbx.emulator import DEMO_ACCOUNT_ID, DEMO_API_KEY, create_app
 from integrations.virtualpbx.errors import ServerError
 from integrations.virtualpbx.state import EmulatorState
-from tests.harness import free_port
 
 
 def test_kazoo_envelopes_request_id_echo_and_error_shape(emulator):
@@ -79,14 +79,15 @@ def test_control_surface_seeds_simulates_and_injects_faults(receiver):
 
 def test_sandbox_command_prints_its_credentials_and_serves_them(tmp_path):
     """`pbxrelay sandbox` serves the seeded VirtualPBX, prints what it accepts and writes sandbox.env."""
-    port = free_port()
     env = {**os.environ, "PBXRELAY_VAR_DIR": str(tmp_path)}
-    process = subprocess.Popen([sys.executable, "-m", "service.cli", "sandbox", "--port", str(port)],
+    # Port 0: every stand-in on a free port (a fixed first port could collide with a busy next one).
+    process = subprocess.Popen([sys.executable, "-m", "service.cli", "sandbox", "--port", "0"],
                                stdout=subprocess.PIPE, text=True, env=env)
     try:
         banner = [process.stdout.readline() for _ in range(2)]
         assert DEMO_ACCOUNT_ID in banner[1] and DEMO_API_KEY in banner[1]
-        client = VirtualPBXClient(f"http://127.0.0.1:{port}", account_id=DEMO_ACCOUNT_ID, api_key=DEMO_API_KEY)
+        base = re.search(r"(http://127\.0\.0\.1:\d+)/v2", banner[1]).group(1)
+        client = VirtualPBXClient(base, account_id=DEMO_ACCOUNT_ID, api_key=DEMO_API_KEY)
         assert len(client.list_vmboxes()) == 1 and len(client.list_devices()) == 3
         written = (tmp_path / "sandbox.env").read_text()
         assert "PBXRELAY_VIRTUALPBX_API_URL=" in written and DEMO_API_KEY in written
