@@ -183,3 +183,22 @@ def test_redis_restart_during_ingest(make_rig, report):
     rig.deliver(steps[2 * third:])
     assert spooled > 0, "hooks received while Redis was away were spooled"
     finish(rig, report, "redis restart during ingest", expected_effects(calls), started)
+
+
+def test_sigterm_mid_action_loses_nothing(make_rig, report):
+    """A deploy: SIGTERM a worker while posts and countdown retries are in flight; a new worker takes over at once."""
+    rig = make_rig(seed=17, workers=("w1",), env={"PBXRELAY_LOG_LEVEL": "INFO"})
+    rig.push_faults([{"delay": 1.5}] * 20 + [{"status": 503}] * 10)
+    calls = rig.calls(CALLS)
+    started = time.monotonic()
+    rig.deliver(in_time_order(calls))
+    wait_for(lambda: len(rig.slack.messages_in("C0STARTED")) >= 3, timeout=60, interval=0.05,
+             message="some posts done")
+    stopping = time.monotonic()
+    rig.service.stop("w1", signal.SIGTERM)  # warm shutdown: finish running tasks, hand the rest back to Redis
+    stopped_in = time.monotonic() - stopping
+    rig.service.start_worker("w2", concurrency=2)
+    finish(rig, report, "SIGTERM mid-action", expected_effects(calls), started)
+    assert stopped_in < float(SETTINGS["PBXRELAY_VISIBILITY_TIMEOUT_SECONDS"]), "the old worker shut down promptly"
+    assert time.monotonic() - stopping < float(SETTINGS["PBXRELAY_VISIBILITY_TIMEOUT_SECONDS"]), \
+        "the handed-back tasks ran without waiting for the visibility timeout"
