@@ -170,6 +170,9 @@ class Integration:
     actions: ClassVar[dict[str, type[BaseModel]]]
     # The setting in service.config.Settings that holds this vendor's base URL, if any.
     api_url_setting: ClassVar[str | None] = None
+    # Applied to event values rendered into this integration's params (e.g. Slack's mrkdwn control
+    # characters); the rule's own template text is left alone.
+    template_escape: ClassVar[Callable[[str], str] | None] = None
 
     def __init__(self, config: BaseModel) -> None:
         self.config = config

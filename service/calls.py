@@ -11,9 +11,10 @@ unique (account, key) constraint makes it happen at most once, even across Redis
 Semantics (the README repeats them):
 
 - ``call.started``: the first leg hook of a call (normally the A-leg's ``channel_create``).
-- ``call.answered``: the first ``channel_bridge`` of the call, or a ``channel_answer`` on a leg other
-  than the A-leg (a phone or the far end picked up). An A-leg answer alone is the PBX answering
-  (voicemail, IVR) and is not a person.
+- ``call.answered``: the first ``channel_bridge`` or ``channel_answer`` of a leg other than the A-leg
+  (a phone or the far end picked up), or an A-leg ``channel_bridge`` once its B-leg was seen; a call
+  bridged only by A-leg hooks gets it at ``call.ended`` time. An A-leg answer alone is the PBX
+  answering (voicemail, IVR) and is not a person.
 - ``call.ended``: once, ``call_settle_seconds`` after the A-leg's ``channel_destroy`` (late legs and
   the voicemail notification arrive inside that window), with direction from the user's view,
   caller, callee, who answered, duration, talk time and outcome.
@@ -273,7 +274,13 @@ class CallCorrelator:
         events: list[Event] = []
         person_answered = hook == "channel_bridge" or (hook == "channel_answer" and not is_a_leg)
         if hook == "channel_create" or person_answered:
-            summary = summarize_call(call_key, self._facts(raw.account_id, call_key))
+            facts = self._facts(raw.account_id, call_key)
+            # An A-leg bridge names the B-leg, but the B-leg's own hooks (who picked up) may still be in
+            # another worker's hands: then wait for them, or for finalize(), rather than answer anonymously.
+            other = f":{data.get('other_leg_call_id')}"
+            if person_answered and is_a_leg and not any(field.endswith(other) for field in facts):
+                return Correlation(events=[], finalize_call=None)
+            summary = summarize_call(call_key, facts)
             kind = "call.answered" if person_answered else "call.started"
             events.append(self._event(raw, kind, call_key, summary))
         finalize = call_key if hook == "channel_destroy" and is_a_leg else None
@@ -308,6 +315,11 @@ class CallCorrelator:
         occurred = datetime.fromisoformat(ended_at) if ended_at else datetime.now().astimezone()
         events = [Event(type="call.ended", account_id=account_id, key=f"call.ended:{call_key}",
                         occurred_at=occurred, data=summary)]
+        if summary["outcome"] == "answered":
+            # Normally emitted when the B-leg answered; proposed again here (the store keeps one) for a
+            # call whose only bridge hook came from the A-leg.
+            events.insert(0, Event(type="call.answered", account_id=account_id, key=f"call.answered:{call_key}",
+                                   occurred_at=occurred, data=summary))
         if summary["direction"] == "inbound" and summary["outcome"] != "answered":
             events.append(Event(type="call.missed", account_id=account_id, key=f"call.missed:{call_key}",
                                 occurred_at=occurred, data=summary))

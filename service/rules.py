@@ -668,6 +668,17 @@ def redact_connection(spec: ConnectionSpec, config_model: type[BaseModel]) -> di
 # --- Matching and planning ---------------------------------------------------------------------
 
 
+def _escaped(value: Any, escape: Callable[[str], str]) -> Any:
+    """``value`` with ``escape`` applied to every string inside it."""
+    if isinstance(value, str):
+        return escape(value)
+    if isinstance(value, dict):
+        return {key: _escaped(item, escape) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_escaped(item, escape) for item in value]
+    return value
+
+
 @dataclass(frozen=True)
 class PlannedAction:
     """One action an event triggers: which rule and step, which connection, and its unrendered params."""
@@ -831,10 +842,18 @@ def plan(rules_file: RulesFile, event: Event) -> list[PlannedAction]:
     return planned
 
 
-def render_action(planned: PlannedAction, event: Event, account: AccountSpec) -> dict[str, Any]:
-    """Render every string in the action's params; a broken template is a PermanentError naming rule and param."""
+def render_action(planned: PlannedAction, event: Event, account: AccountSpec,
+                  escape: Callable[[str], str] | None = None) -> dict[str, Any]:
+    """Render every string in the action's params; a broken template is a PermanentError naming rule and param.
+
+    ``escape`` (the integration's ``template_escape``) is applied to every string the event supplies,
+    not to the rule's own text: a caller named ``<!channel>`` must not ping a Slack channel, while a
+    rule may still write ``<@U123>`` on purpose.
+    """
     context = templating.event_context(event, account_id=account.id, account_name=account.name,
                                        timezone=account.timezone)
+    if escape is not None:
+        context = _escaped(context, escape)
 
     def render(value: Any, path: str) -> Any:
         if isinstance(value, str):

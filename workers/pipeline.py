@@ -268,7 +268,8 @@ def _plan(session: Session, ruleset, account: Account, event: Event) -> list[int
                             connection=planned.connection, integration=planned.integration,
                             action=planned.action, status="pending", params={})
         try:
-            delivery.params = rules_mod.render_action(planned, event, ruleset.account)
+            delivery.params = rules_mod.render_action(planned, event, ruleset.account,
+                                                      escape=_template_escape(planned.integration))
         except PermanentError as exc:
             delivery.status = "failed"
             delivery.last_error = scrub(str(exc))[:2000]
@@ -280,6 +281,14 @@ def _plan(session: Session, ruleset, account: Account, event: Event) -> list[int
         if delivery.status == "pending":
             ids.append(delivery.id)
     return ids
+
+
+def _template_escape(integration: str) -> Callable[[str], str] | None:
+    """The escaping an integration wants for event values in its templates."""
+    from integrations import REGISTRY
+
+    cls = REGISTRY.get(integration)
+    return cls.template_escape if cls else None
 
 
 def dry_run(rt: Runtime, account_id: str, payload: dict[str, Any]) -> dict[str, Any]:
@@ -314,7 +323,8 @@ def dry_run(rt: Runtime, account_id: str, payload: dict[str, Any]) -> dict[str, 
             entry = {"event": event.type, "rule": planned.rule_name, "use": planned.connection,
                      "integration": planned.integration, "action": planned.action}
             try:
-                entry["with"] = rules_mod.render_action(planned, event, ruleset.account)
+                entry["with"] = rules_mod.render_action(planned, event, ruleset.account,
+                                                        escape=_template_escape(planned.integration))
             except PermanentError as exc:
                 entry["error"] = str(exc)
             actions.append(entry)

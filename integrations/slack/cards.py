@@ -46,12 +46,12 @@ def _call_card(etype: str, data: Mapping[str, Any]) -> list[dict[str, Any]]:
     else:
         title = _TITLES[etype]
     fields = [("Caller", _party(data.get("caller"))), ("Callee", _party(data.get("callee"))),
-              ("Direction", _escape(direction))]
+              ("Direction", escape_mrkdwn(direction))]
     if etype in ("call.answered", "call.ended") and data.get("answered_by"):
         fields.append(("Answered by", _party(data.get("answered_by"))))
     if etype in ("call.missed", "call.ended"):
         fields.append(("Duration", _duration(data.get("duration"))))
-        fields.append(("Outcome", _escape(_text(data.get("outcome")) or "unknown")))
+        fields.append(("Outcome", escape_mrkdwn(_text(data.get("outcome")) or "unknown")))
     if etype == "call.ended":
         fields.append(("Talk time", _duration(data.get("talk_time"))))
     if etype == "call.missed":
@@ -67,10 +67,10 @@ def _voicemail_card(data: Mapping[str, Any]) -> list[dict[str, Any]]:
     if isinstance(mailbox, Mapping):  # the mailbox may arrive as {id, name, mailbox} or as a plain id
         mailbox = mailbox.get("name") or mailbox.get("mailbox") or mailbox.get("id")
     mailbox = _text(mailbox) or _text(data.get("vmbox_id")) or "unknown"
-    fields = [("From", _party(data.get("caller"))), ("Mailbox", _escape(mailbox)),
+    fields = [("From", _party(data.get("caller"))), ("Mailbox", escape_mrkdwn(mailbox)),
               ("Length", _duration(data.get("length_seconds")))]
     transcript = _text(data.get("transcript"))
-    body = "*Transcript*\n" + (_quote(_escape(transcript)) if transcript else "_No transcript available._")
+    body = "*Transcript*\n" + (_quote(escape_mrkdwn(transcript)) if transcript else "_No transcript available._")
     return [_header(_TITLES["voicemail.new"]), _fields_section(fields),
             {"type": "section", "text": {"type": "mrkdwn", "text": _clip(body, SECTION_TEXT_MAX)}},
             _context(f"Voicemail ID: {_text(data.get('voicemail_id')) or 'unknown'}")]
@@ -86,7 +86,7 @@ def _fields_section(fields: list[tuple[str, str]]) -> dict[str, Any]:
 
 
 def _context(text: str) -> dict[str, Any]:
-    return {"type": "context", "elements": [{"type": "mrkdwn", "text": _clip(_escape(text), FIELD_MAX)}]}
+    return {"type": "context", "elements": [{"type": "mrkdwn", "text": _clip(escape_mrkdwn(text), FIELD_MAX)}]}
 
 
 def _text(value: Any) -> str:
@@ -103,8 +103,8 @@ def _party(value: Any) -> str:
     else:
         name, number = "", _text(value)
     if name and number and name != number:
-        return f"{_escape(name)} ({_escape(number)})"
-    return _escape(name or number) or "Unknown"
+        return f"{escape_mrkdwn(name)} ({escape_mrkdwn(number)})"
+    return escape_mrkdwn(name or number) or "Unknown"
 
 
 def _duration(value: Any) -> str:
@@ -130,14 +130,14 @@ def _when(value: Any) -> str:
     try:
         moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
     except ValueError:
-        return _escape(raw)
+        return escape_mrkdwn(raw)
     if moment.tzinfo is None:  # our events carry UTC; a naive value must not be read as server-local time
-        return _escape(raw)
+        return escape_mrkdwn(raw)
     fallback = moment.strftime("%Y-%m-%d %H:%M UTC") if moment.utcoffset().total_seconds() == 0 else raw
-    return f"<!date^{int(moment.timestamp())}^{{date_short_pretty}} {{time}}|{_escape(fallback)}>"
+    return f"<!date^{int(moment.timestamp())}^{{date_short_pretty}} {{time}}|{escape_mrkdwn(fallback)}>"
 
 
-def _escape(text: str) -> str:
+def escape_mrkdwn(text: str) -> str:
     """Escape the three characters Slack's mrkdwn treats as control (so '<!channel>' stays literal)."""
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 

@@ -30,7 +30,7 @@ from slack_sdk.webhook import WebhookClient, WebhookResponse
 
 from integrations.base import (ActionContext, ActionResult, AuthError, ConfigModel, Integration, IntegrationError,
                                ParamsModel, PermanentError, RetryableError, excerpt, scrub)
-from integrations.slack.cards import call_card
+from integrations.slack.cards import call_card, escape_mrkdwn
 
 DEFAULT_API_URL = "https://slack.com/api/"
 
@@ -189,6 +189,8 @@ class SlackIntegration(Integration):
     Config = SlackConfig
     actions = {"post_message": PostMessageParams}
     api_url_setting = "slack_api_url"
+    # Event values (a caller ID name like "<!channel>") must not become Slack mentions or links.
+    template_escape = staticmethod(escape_mrkdwn)
 
     def secrets(self) -> list[str]:
         """The token or webhook URL, plus the webhook's path and secret part, which proxies echo on their own."""

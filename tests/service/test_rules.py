@@ -652,3 +652,17 @@ def test_valid_rules_plan_and_render(rules, event_type, data, moment):
             assert str(error).startswith(f"rule {action.rule_name!r}: do[{action.index}].with.")
         else:
             assert set(rendered) == {"channel", "text"}
+
+
+def test_event_values_are_escaped_for_the_integration_but_rule_text_is_not():
+    """A caller named '<!channel>' stays literal in Slack text; the rule's own '<@U123>' mention still works."""
+    from integrations.slack import SlackIntegration
+
+    planned = PlannedAction(rule_name="r", index=0, connection="chat", integration="slack", action="post_message",
+                            params_template={"text": "<@U123> call from {{ caller.name }} & {{ caller.number }}"})
+    event = Event(type="call.missed", account_id="a" * 32, key="k", occurred_at=datetime(2026, 1, 1, tzinfo=timezone.utc),
+                  data={"caller": {"name": "<!channel> & co", "number": "+15551230000"}})
+    account = AccountSpec(id="a" * 32, name="Acme", timezone="UTC")
+    escaped = render_action(planned, event, account, escape=SlackIntegration.template_escape)
+    assert escaped["text"] == "<@U123> call from &lt;!channel&gt; &amp; co & +15551230000"
+    assert render_action(planned, event, account)["text"] == "<@U123> call from <!channel> & co & +15551230000"
