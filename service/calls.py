@@ -315,9 +315,9 @@ class CallCorrelator:
         occurred = datetime.fromisoformat(ended_at) if ended_at else datetime.now().astimezone()
         events = [Event(type="call.ended", account_id=account_id, key=f"call.ended:{call_key}",
                         occurred_at=occurred, data=summary)]
-        if summary["outcome"] == "answered":
-            # Normally emitted when the B-leg answered; proposed again here (the store keeps one) for a
-            # call whose only bridge hook came from the A-leg.
+        b_leg_seen = any(field.startswith("channel_") and field.split(":", 1)[1] != call_key for field in facts)
+        if summary["outcome"] == "answered" and not b_leg_seen:
+            # Normally emitted when the B-leg answered; here for a call bridged only in A-leg hooks.
             events.insert(0, Event(type="call.answered", account_id=account_id, key=f"call.answered:{call_key}",
                                    occurred_at=occurred, data=summary))
         if summary["direction"] == "inbound" and summary["outcome"] != "answered":
