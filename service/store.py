@@ -163,6 +163,16 @@ def make_engine(url: str) -> sa.Engine:
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
 
+        @sa_event.listens_for(engine, "savepoint")
+        def _begin_before_first_savepoint(conn, _name):
+            # pysqlite's legacy transaction control emits BEGIN only before INSERT/UPDATE/DELETE. A SAVEPOINT
+            # sent first opens the transaction itself, and releasing it then COMMITs everything so far: an
+            # ingest killed after storing its hook but before the call events would lose them for good.
+            # SQLAlchemy's SQLite docs describe this ("Serializable isolation / Savepoints / Transactional DDL").
+            dbapi_conn = conn.connection.dbapi_connection
+            if not dbapi_conn.in_transaction:
+                dbapi_conn.execute("BEGIN IMMEDIATE")  # a savepoint is opened to write: take the lock now
+
         return engine
     return sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
 

@@ -8,7 +8,7 @@ from cryptography.fernet import Fernet
 
 from service import accounts
 from service.secrets import SecretBox, SecretsError
-from service.store import Connection, migrate, session_factory
+from service.store import Connection, StoredEvent, migrate, session_factory, utcnow
 
 ACCOUNT = "91eb05e5c68d7ca05e7618b6821d2d16"
 BOX = SecretBox([Fernet.generate_key().decode()])
@@ -30,6 +30,27 @@ def test_migrations_create_every_table(database_url):
     inspector = sa.inspect(sa.create_engine(database_url))
     assert {"accounts", "connections", "rulesets", "events", "quarantine", "deliveries",
             "alembic_version"} <= set(inspector.get_table_names())
+
+
+def test_a_failed_transaction_keeps_nothing_from_its_released_savepoints(sessions):
+    """Rows written in a savepoint are discarded with the transaction around it (pysqlite would commit them)."""
+
+    class Failure(Exception):
+        pass
+
+    with pytest.raises(Failure):
+        with sessions.begin() as session:
+            session.execute(sa.select(1))
+            with session.begin_nested():
+                session.add(StoredEvent(account_id=ACCOUNT, key="k1", type="t", occurred_at=utcnow(), data={}))
+            raise Failure()
+    with sessions() as session:
+        assert session.scalars(sa.select(StoredEvent)).all() == []
+    with sessions.begin() as session:
+        with session.begin_nested():
+            session.add(StoredEvent(account_id=ACCOUNT, key="k2", type="t", occurred_at=utcnow(), data={}))
+    with sessions() as session:
+        assert session.scalars(sa.select(StoredEvent.key)).all() == ["k2"]
 
 
 def test_add_account_and_find_it_by_token(sessions):
