@@ -88,18 +88,21 @@ def parse_envelope(envelope: dict[str, Any]) -> Event:
 
 
 def ingest(rt: Runtime, envelope: dict[str, Any],
-           schedule_finalize: Callable[[str, str], None] = lambda account_id, call_key: None) -> IngestOutcome:
+           schedule_finalize: Callable[[str, str], None] = lambda account_id, call_key: None,
+           *, rerun: bool = False) -> IngestOutcome:
     """Process one authenticated delivery: store or quarantine it, correlate, and plan deliveries.
 
     ``schedule_finalize`` is called before the transaction commits, so a crash after the commit
     cannot lose the call's ``call.ended`` (finalising twice is harmless: event keys are unique).
+    ``rerun`` says this envelope's task ran before (its worker died or it was retried): if that run
+    committed, the deliveries it planned but may never have enqueued are returned again.
     """
     with rt.sessions.begin() as session:
         account = session.get(Account, envelope["account_id"])
         if account is None:
             return IngestOutcome(status="quarantined", reason="account no longer exists")
         if envelope.get("source") == "crm":
-            return _ingest_crm(session, rt, account, envelope)
+            return _ingest_crm(session, rt, account, envelope, rerun=rerun)
         hook_account = (envelope.get("headers") or {}).get("x-account-id")
         try:
             raw = parse_envelope(envelope)
@@ -116,6 +119,12 @@ def ingest(rt: Runtime, envelope: dict[str, Any],
             _quarantine(session, envelope, "unknown hook type (no hook_event, event_name or object fields)")
             return IngestOutcome(status="quarantined", event_key=raw.key, reason="unknown hook type")
         if not _store_event(session, raw):
+            if rerun:
+                # Most likely our own earlier run, killed between its commit and its enqueues (if it was
+                # another copy from Kazoo, re-enqueueing unstarted deliveries is still harmless).
+                keys = [raw.key, *(event.key for event in rt.correlator.observe(raw).events)]
+                return IngestOutcome(status="duplicate", event_key=raw.key, reason="re-run",
+                                     deliveries=_unstarted(session, account.id, keys))
             _quarantine(session, envelope, f"duplicate of event {raw.key}")
             return IngestOutcome(status="duplicate", event_key=raw.key, reason="duplicate")
 
@@ -132,7 +141,8 @@ def ingest(rt: Runtime, envelope: dict[str, Any],
     return outcome
 
 
-def _ingest_crm(session: Session, rt: Runtime, account: Account, envelope: dict[str, Any]) -> IngestOutcome:
+def _ingest_crm(session: Session, rt: Runtime, account: Account, envelope: dict[str, Any], *,
+                rerun: bool) -> IngestOutcome:
     """A CRM webhook: map it to crm.event, honour an opt-out flag, de-duplicate, plan deliveries."""
     try:
         payload = parse_delivery(method=envelope.get("method", "POST"), content_type=envelope.get("content_type", ""),
@@ -145,6 +155,9 @@ def _ingest_crm(session: Session, rt: Runtime, account: Account, envelope: dict[
                           received_at=datetime.fromisoformat(envelope["received_at"]),
                           webhook_id=(envelope.get("headers") or {}).get("webhook-id"))
     if not _store_event(session, event):
+        if rerun:
+            return IngestOutcome(status="duplicate", event_key=event.key, reason="re-run",
+                                 deliveries=_unstarted(session, account.id, [event.key]))
         _quarantine(session, envelope, f"duplicate of event {event.key}")
         return IngestOutcome(status="duplicate", event_key=event.key, reason="duplicate")
     if event.data.get("opt_out") and ruleset is not None and ruleset.crm is not None:
@@ -154,13 +167,17 @@ def _ingest_crm(session: Session, rt: Runtime, account: Account, envelope: dict[
     return IngestOutcome(status="accepted", event_key=event.key, deliveries=_plan(session, ruleset, account, event))
 
 
-def finalize_call(rt: Runtime, account_id: str, call_key: str) -> list[int]:
+def finalize_call(rt: Runtime, account_id: str, call_key: str, *, rerun: bool = False) -> list[int]:
     """Propose the ended/missed events of a call whose A-leg hung up; plan their deliveries."""
-    return emit_events(rt, account_id, rt.correlator.finalize(account_id, call_key))
+    return emit_events(rt, account_id, rt.correlator.finalize(account_id, call_key), rerun=rerun)
 
 
-def emit_events(rt: Runtime, account_id: str, events: list[Event]) -> list[int]:
-    """Store events that are new (by key) and plan their deliveries; returns the ids to enqueue."""
+def emit_events(rt: Runtime, account_id: str, events: list[Event], *, rerun: bool = False) -> list[int]:
+    """Store events that are new (by key) and plan their deliveries; returns the ids to enqueue.
+
+    With ``rerun`` (the task ran before and may have died after its commit), an event stored
+    already also returns its deliveries that were never started.
+    """
     with rt.sessions.begin() as session:
         account = session.get(Account, account_id)
         if account is None:
@@ -170,7 +187,16 @@ def emit_events(rt: Runtime, account_id: str, events: list[Event]) -> list[int]:
         for event in events:
             if _store_event(session, event):
                 planned.extend(_plan(session, ruleset, account, event))
+            elif rerun:
+                planned.extend(_unstarted(session, account_id, [event.key]))
         return planned
+
+
+def _unstarted(session: Session, account_id: str, event_keys: list[str]) -> list[int]:
+    """Deliveries of these events still pending and never attempted (their enqueue may have been lost)."""
+    return list(session.scalars(sa.select(Delivery.id).where(
+        Delivery.account_id == account_id, Delivery.event_key.in_([key[:300] for key in event_keys]),
+        Delivery.status == "pending", Delivery.attempts == 0).order_by(Delivery.id)))
 
 
 def pbx_accounts(rt: Runtime) -> list[str]:

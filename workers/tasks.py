@@ -40,6 +40,11 @@ def reset_runtime() -> None:
     session_factory.cache_clear()
 
 
+def is_rerun(request) -> bool:
+    """Whether this task ran before: retried (also after its worker died) or redelivered by the broker."""
+    return bool(request.retries) or bool((request.delivery_info or {}).get("redelivered"))
+
+
 @app.task(name="pbxrelay.ingest", bind=True, max_retries=None, autoretry_for=INFRA_ERRORS,
           retry_backoff=1, retry_backoff_max=60, retry_jitter=True, soft_time_limit=30, time_limit=60)
 def ingest(self, envelope: dict) -> str:
@@ -48,7 +53,8 @@ def ingest(self, envelope: dict) -> str:
     try:
         outcome = pipeline.ingest(rt, envelope, schedule_finalize=lambda account_id, call_key:
                                   finalize_call.apply_async((account_id, call_key),
-                                                            countdown=rt.settings.call_settle_seconds))
+                                                            countdown=rt.settings.call_settle_seconds),
+                                  rerun=is_rerun(self.request))
     except SoftTimeLimitExceeded:
         # A pathological rule template can outrun any in-process guard; keep the event, don't loop on it.
         pipeline.quarantine(rt, envelope, "processing exceeded the 30 s time limit (check the rules' templates)")
@@ -62,7 +68,7 @@ def ingest(self, envelope: dict) -> str:
           retry_backoff=1, retry_backoff_max=60, retry_jitter=True)
 def finalize_call(self, account_id: str, call_key: str) -> int:
     """Emit a finished call's call.ended / call.missed and enqueue their actions."""
-    planned = pipeline.finalize_call(runtime(), account_id, call_key)
+    planned = pipeline.finalize_call(runtime(), account_id, call_key, rerun=is_rerun(self.request))
     for delivery_id in planned:
         run_action.delay(delivery_id)
     return len(planned)

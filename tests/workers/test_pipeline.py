@@ -16,7 +16,9 @@ from integrations.standin import serve_in_thread
 from service import accounts
 from service.config import Settings
 from service.runtime import Runtime
-from service.store import AuditEntry, Connection, Delivery, migrate, utcnow
+from service.events import Event
+from service.store import (AuditEntry, Connection, Delivery, QuarantinedDelivery, StoredEvent, migrate,
+                           utcnow)
 from service.web import make_envelope
 from tests.conftest import FIXTURES
 from workers import pipeline
@@ -80,6 +82,61 @@ def ingest_parking(rt, call_id: str) -> list[int]:
     outcome = pipeline.ingest(rt, envelope)
     assert outcome.status == "accepted"
     return outcome.deliveries
+
+
+class KilledMidTask(BaseException):
+    """Stands in for SIGKILL: the ingest stops where it is and its transaction never commits."""
+
+
+def test_an_ingest_killed_after_storing_its_hook_keeps_nothing_and_its_rerun_derives_the_call(rt, monkeypatch):
+    """A kill between storing the hook and deriving call.started must not leave the hook stored (the re-run
+    would call it a duplicate and call.started would never happen: the loss seen in the kill -9 fault scenario)."""
+    payload = json.loads((FIXTURES / "kazoo/webhook_channel_create.json").read_text())
+    envelope = make_envelope(source="virtualpbx", account_id=ACCOUNT, method="POST", content_type="application/json",
+                             query_string="", body=json.dumps(payload).encode(), headers={})
+    observe = rt.correlator.observe
+
+    def killed(_raw):
+        raise KilledMidTask()
+
+    monkeypatch.setattr(rt.correlator, "observe", killed)
+    with pytest.raises(KilledMidTask):
+        pipeline.ingest(rt, envelope)
+    with rt.sessions() as session:
+        assert session.scalars(sa.select(StoredEvent.key)).all() == []
+    monkeypatch.setattr(rt.correlator, "observe", observe)
+    outcome = pipeline.ingest(rt, envelope)
+    assert outcome.status == "accepted"
+    with rt.sessions() as session:
+        types = sorted(session.scalars(sa.select(StoredEvent.type)))
+    assert types == ["call.started", "virtualpbx.channel_create"]
+
+
+def test_a_rerun_enqueues_again_what_a_run_killed_after_its_commit_planned(rt):
+    """Committed, then killed before enqueueing: the task's re-run returns the unstarted deliveries once more."""
+    payload = json.loads((FIXTURES / "kazoo/webhook_parking_park_parked.json").read_text())
+    envelope = make_envelope(source="virtualpbx", account_id=ACCOUNT, method="POST", content_type="application/json",
+                             query_string="", body=json.dumps(payload).encode(), headers={})
+    planned = pipeline.ingest(rt, envelope).deliveries
+    assert len(planned) == 1
+    rerun = pipeline.ingest(rt, envelope, rerun=True)
+    assert (rerun.status, rerun.reason, rerun.deliveries) == ("duplicate", "re-run", planned)
+    with rt.sessions() as session:
+        assert session.scalars(sa.select(QuarantinedDelivery)).all() == [], "a re-run is not a duplicate from Kazoo"
+    copy = pipeline.ingest(rt, envelope)
+    assert (copy.status, copy.deliveries) == ("duplicate", [])
+    assert execute(rt, planned[0]) == "succeeded"
+    assert pipeline.ingest(rt, envelope, rerun=True).deliveries == [], "a started delivery is not enqueued again"
+
+
+def test_a_rerun_of_emit_events_returns_the_unstarted_deliveries_of_events_stored_before(rt):
+    """finalize_call's re-run after a commit finds its events stored and hands back their unstarted deliveries."""
+    event = Event(type="virtualpbx.parking", account_id=ACCOUNT, key="parking:rerun", occurred_at=utcnow(),
+                  data={"call_id": "call-rerun"})
+    planned = pipeline.emit_events(rt, ACCOUNT, [event])
+    assert len(planned) == 1
+    assert pipeline.emit_events(rt, ACCOUNT, [event]) == []
+    assert pipeline.emit_events(rt, ACCOUNT, [event], rerun=True) == planned
 
 
 def execute(rt, delivery_id: int) -> str:
