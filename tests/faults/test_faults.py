@@ -131,8 +131,6 @@ def pool_children(pid: int) -> list[int]:
             for child in (task / "children").read_text().split()]
 
 
-@pytest.mark.xfail(strict=False, reason="known bug: in 1 of 6 CI runs one call.started was lost after a pool "
-                                       "process was killed mid-task (cause not found yet; see the issue note)")
 def test_kill_9_in_the_middle_of_actions(make_rig, report):
     """SIGKILL one worker's pool children and a whole second worker while Slack posts are in flight."""
     # INFO logs show each WorkerLostError re-send and its countdown: the evidence when this scenario fails.
