@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import pytest
@@ -131,15 +133,42 @@ def pool_children(pid: int) -> list[int]:
             for child in (task / "children").read_text().split()]
 
 
+@contextmanager
+def killing_pool_children(rig: Rig, name: str, every: float):
+    """SIGKILL worker ``name``'s pool processes every ``every`` seconds while the block runs; yields the kills."""
+    # Killed before the worker is ready, a pool child takes the whole worker down ("Could not start worker processes").
+    wait_for(lambda: " ready." in rig.service.log(name), timeout=60, message=f"worker {name} ready")
+    main, stop, kills = rig.service.processes[name].pid, threading.Event(), []
+
+    def loop():
+        while not stop.wait(every):
+            for child in pool_children(main):
+                with suppress(ProcessLookupError):
+                    os.kill(child, signal.SIGKILL)
+                    kills.append(child)
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield kills
+    finally:
+        stop.set()
+        thread.join()
+
+
 def test_kill_9_in_the_middle_of_actions(make_rig, report):
-    """SIGKILL one worker's pool children and a whole second worker while Slack posts are in flight."""
+    """SIGKILL pool children over and over while hooks are ingested, then one worker's children and a whole
+    second worker while Slack posts are in flight."""
     # INFO logs show each WorkerLostError re-send and its countdown: the evidence when this scenario fails.
     rig = make_rig(seed=15, workers=("w1", "w2"), env={"PBXRELAY_LOG_LEVEL": "INFO"})
     # Slow replies (still inside the 2 s client timeout) keep actions in flight when the kill lands.
     rig.push_faults([{"delay": 1.5}] * 40)
     calls = rig.calls(CALLS)
-    started = time.monotonic()
-    rig.deliver(in_time_order(calls))
+    with killing_pool_children(rig, "w1", every=0.5) as kills:
+        started = time.monotonic()
+        rig.deliver(in_time_order(calls))
+        time.sleep(2.0)  # the queued hooks are still being ingested
+    assert kills, "pool processes were killed during ingest"
 
     def post_in_flight():
         with rig.slack.lock:
