@@ -103,13 +103,18 @@ def database_urls(tmp_path: Path) -> dict[str, str]:
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request, tmp_path) -> str:
     """A migrated, empty database, once on SQLite and once on PostgreSQL."""
+    return database_url_for(request, tmp_path, request.param)
+
+
+def database_url_for(request, tmp_path: Path, kind: str) -> str:
+    """An empty database of ``kind``: SQLite under tmp_path, or a PostgreSQL schema of the test's own."""
     urls = database_urls(tmp_path)
-    if request.param not in urls:
+    if kind not in urls:
         if os.environ.get("CI"):
             pytest.fail("PostgreSQL is required on CI but 127.0.0.1:5432 does not answer")
         pytest.skip("PostgreSQL not reachable; set PBXRELAY_TEST_POSTGRES_URL")
-    url = urls[request.param]
-    if request.param == "postgresql":
+    url = urls[kind]
+    if kind == "postgresql":
         url = _fresh_postgres_schema(url, request)
     return url
 

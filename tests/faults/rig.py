@@ -96,11 +96,11 @@ class Row:
 
     def line(self) -> str:
         """The row formatted for the table."""
-        return (f"{self.scenario:<28}{self.events_sent:>8}{self.actions_expected:>10}{self.effects_observed:>10}"
+        return (f"{self.scenario:<34}{self.events_sent:>8}{self.actions_expected:>10}{self.effects_observed:>10}"
                 f"{self.lost:>7}{self.duplicated:>7}{self.seconds:>9.1f}")
 
 
-TABLE_HEADER = f"{'scenario':<28}{'sent':>8}{'expected':>10}{'observed':>10}{'lost':>7}{'dup':>7}{'seconds':>9}"
+TABLE_HEADER = f"{'scenario':<34}{'sent':>8}{'expected':>10}{'observed':>10}{'lost':>7}{'dup':>7}{'seconds':>9}"
 
 
 def rules_yaml() -> str:
@@ -143,8 +143,11 @@ class Rig:
     """One deployment under test: private Redis, web, workers, a Slack stand-in and a simulated PBX."""
 
     def __init__(self, tmp_path: Path, *, seed: int, workers: tuple[str, ...] = ("worker",),
-                 env: dict[str, str] | None = None, hook_format: str = "json") -> None:
+                 env: dict[str, str] | None = None, hook_format: str = "json",
+                 database_url: str | None = None) -> None:
         self.rng = random.Random(seed)
+        # SQLite under the service's var dir unless a database URL is given (PostgreSQL, as in production).
+        self.database = "postgresql" if (database_url or "").startswith("postgresql") else "sqlite"
         self.slack = SlackStandin()
         self.slack.add_token(BOT_TOKEN)
         for channel in CHANNELS.values():
@@ -155,7 +158,7 @@ class Rig:
         (tmp_path / "redis").mkdir()
         self.redis = PrivateRedis(tmp_path / "redis")
         self.redis.start()
-        self.service = Service(tmp_path, redis_url=self.redis.url, namespace="faults",
+        self.service = Service(tmp_path, redis_url=self.redis.url, namespace="faults", database_url=database_url,
                                env={**SETTINGS, "PBXRELAY_SLACK_API_URL": f"{self.slack_server.url}/api/",
                                     "FAULTS_SLACK_TOKEN": BOT_TOKEN, **(env or {})})
         self.service.cli("migrate")
@@ -227,6 +230,8 @@ class Rig:
         lost = sorted(expected - set(observed))
         extra = {text: n - 1 if text in expected else n for text, n in observed.items()
                  if n > 1 or text not in expected}
+        if self.database == "postgresql":
+            scenario += " [pg]"
         row = Row(scenario, self.sent(), len(expected), sum(observed.values()), len(lost), sum(extra.values()),
                   time.monotonic() - started)
         return row, {**{text: 0 for text in lost}, **extra}

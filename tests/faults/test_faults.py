@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from integrations.virtualpbx.simulator import SimulatedCall, Step
+from tests.conftest import database_url_for
 from tests.faults.rig import ACCOUNT, SETTINGS, Rig, expected_effects
 from tests.harness import wait_for
 
@@ -20,12 +21,16 @@ CALLS = 20
 
 
 @pytest.fixture
-def make_rig(tmp_path):
-    """Build this test's Rig (``make_rig(seed=..., ...)``); stop all of it afterwards."""
+def make_rig(tmp_path, request):
+    """Build this test's Rig (``make_rig(seed=..., database="postgresql", ...)``); stop all of it afterwards.
+
+    Scenarios run on SQLite (the embedded default) or PostgreSQL (production); kill -9 runs on both.
+    """
     rigs: list[Rig] = []
 
-    def make(**kwargs) -> Rig:
-        rigs.append(Rig(tmp_path, **kwargs))
+    def make(*, database: str = "sqlite", **kwargs) -> Rig:
+        url = database_url_for(request, tmp_path, database) if database == "postgresql" else None
+        rigs.append(Rig(tmp_path, database_url=url, **kwargs))
         return rigs[-1]
 
     yield make
@@ -74,7 +79,7 @@ def test_each_hook_delivered_two_to_five_times(make_rig, report):
 
 def test_legs_shuffled_a_leg_destroy_last(make_rig, report):
     """Legs of overlapping calls in random order; each call's A-leg destroy still comes after its other hooks."""
-    rig = make_rig(seed=12, hook_format="form-data")
+    rig = make_rig(seed=12, hook_format="form-data", database="postgresql")
     calls = rig.calls(CALLS)
     others = [step for call in calls for step in call.steps if step is not a_leg_destroy(call)]
     rig.rng.shuffle(others)
@@ -110,7 +115,7 @@ def test_a_leg_destroy_first_late_legs_within_settle_window(make_rig, report):
 
 def test_vendor_storm_of_429_5xx_timeouts_and_lost_replies(make_rig, report):
     """Slack answers 429 (Retry-After 1), 500, 503, hangs past the client timeout (posting late or never), or posts then 500s."""
-    rig = make_rig(seed=14)
+    rig = make_rig(seed=14, database="postgresql")
     storm = ([{"status": 429, "retry_after": 1}] * 10 + [{"status": 500}] * 8 + [{"status": 503}] * 8
              + [{"delay": 6}] * 6 + [{"delay": 6, "status": 503}] * 4 + [{"status": 500, "commit": True}] * 8
              + [{}] * 30)
@@ -156,11 +161,12 @@ def killing_pool_children(rig: Rig, name: str, every: float):
         thread.join()
 
 
-def test_kill_9_in_the_middle_of_actions(make_rig, report):
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_kill_9_in_the_middle_of_actions(make_rig, report, database):
     """SIGKILL pool children over and over while hooks are ingested, then one worker's children and a whole
     second worker while Slack posts are in flight."""
     # INFO logs show each WorkerLostError re-send and its countdown: the evidence when this scenario fails.
-    rig = make_rig(seed=15, workers=("w1", "w2"), env={"PBXRELAY_LOG_LEVEL": "INFO"})
+    rig = make_rig(seed=15, workers=("w1", "w2"), env={"PBXRELAY_LOG_LEVEL": "INFO"}, database=database)
     # Slow replies (still inside the 2 s client timeout) keep actions in flight when the kill lands.
     rig.push_faults([{"delay": 1.5}] * 40)
     calls = rig.calls(CALLS)
@@ -221,7 +227,7 @@ def test_sigterm_mid_action_loses_nothing(make_rig, report):
     warm shutdown: running tasks finish, the rest is handed back to Redis. w2 gets it as systemd's default
     KillMode=control-group sends it: to the whole process group, so its pool children die mid-task.
     """
-    rig = make_rig(seed=17, workers=("w1", "w2"), env={"PBXRELAY_LOG_LEVEL": "INFO"})
+    rig = make_rig(seed=17, workers=("w1", "w2"), env={"PBXRELAY_LOG_LEVEL": "INFO"}, database="postgresql")
     rig.push_faults([{"delay": 1.5}] * 20 + [{"status": 503}] * 10)
     calls = rig.calls(CALLS)
     started = time.monotonic()
