@@ -49,6 +49,10 @@ class Settings(BaseSettings):
     # Hard time limit of one action attempt; a claim on a delivery lasts this plus 15 s, after which a
     # re-sent task (worker killed mid-action) may take the delivery over.
     action_timeout_seconds: int = Field(default=60, ge=5, le=3600)
+    # The scheduler re-enqueues an action whose task message vanished (kombu's Redis transport pops a message
+    # before recording it as unacked, so a worker killed in between loses it): never attempted for this long,
+    # retrying this long past the longest countdown, or claimed this long past its lease.
+    stale_after_seconds: int = Field(default=120, ge=5)
     # Must exceed the longest countdown plus the longest action, or Redis redelivers (duplicates).
     visibility_timeout_seconds: int = Field(default=3600, ge=60)
     # Worker pool size (threads: actions are I/O bound).

@@ -82,6 +82,10 @@ class Service:
         """Start a Celery worker process."""
         return self._spawn(name, "worker", "--pool", pool, "--concurrency", str(concurrency))
 
+    def start_scheduler(self) -> subprocess.Popen:
+        """Start the periodic jobs (Celery beat), as production runs them."""
+        return self._spawn("scheduler", "scheduler")
+
     def log(self, name: str) -> str:
         """What a process printed so far."""
         path = self.logs / f"{name}.log"

@@ -58,7 +58,8 @@ def make_celery(settings: Settings) -> Celery:
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
         beat_schedule={
-            "requeue-stale-deliveries": {"task": "pbxrelay.requeue_stale", "schedule": 60.0},
+            "requeue-stale-deliveries": {"task": "pbxrelay.requeue_stale",
+                                         "schedule": min(60.0, settings.stale_after_seconds / 2)},
             "reconcile-cdrs": {"task": "pbxrelay.reconcile", "schedule": 600.0},
             "reenable-disabled-hooks": {"task": "pbxrelay.reenable_hooks", "schedule": 300.0},
         },

@@ -608,9 +608,17 @@ def replay(rt: Runtime, *, delivery_ids: list[int]) -> list[int]:
     return ids
 
 
-def stale_pending(rt: Runtime, older_than: timedelta) -> list[int]:
-    """Deliveries planned but never attempted (their task was lost between commit and enqueue)."""
-    cutoff = utcnow() - older_than
+def stale_deliveries(rt: Runtime, overdue: timedelta) -> list[int]:
+    """Deliveries whose task message must have been lost: never attempted, or retrying or running, and overdue.
+
+    A retrying delivery is overdue once ``overdue`` past the longest countdown since its last attempt, a running
+    one once ``overdue`` past its claim. A second message for a delivery is harmless: attempts claim it.
+    """
+    now = utcnow()
+    cutoff = now - overdue
+    retry_cutoff = cutoff - timedelta(seconds=rt.settings.retry_max_countdown_seconds)
     with rt.sessions() as session:
-        return list(session.scalars(sa.select(Delivery.id).where(Delivery.status == "pending",
-                                                                 Delivery.created_at < cutoff).limit(1000)))
+        return list(session.scalars(sa.select(Delivery.id).where(sa.or_(
+            sa.and_(Delivery.status == "pending", Delivery.created_at < cutoff),
+            sa.and_(Delivery.status == "retrying", Delivery.updated_at < retry_cutoff),
+            sa.and_(Delivery.status == "running", Delivery.claimed_until < cutoff))).order_by(Delivery.id).limit(1000)))

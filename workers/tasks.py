@@ -97,8 +97,9 @@ pipeline.set_enqueue(lambda delivery_id: run_action.delay(delivery_id))
 
 @app.task(name="pbxrelay.requeue_stale")
 def requeue_stale() -> int:
-    """Re-enqueue deliveries planned but never attempted (their enqueue was lost)."""
-    ids = pipeline.stale_pending(runtime(), timedelta(minutes=2))
+    """Re-enqueue deliveries whose task message was lost (never attempted, or overdue retrying or running)."""
+    rt = runtime()
+    ids = pipeline.stale_deliveries(rt, timedelta(seconds=rt.settings.stale_after_seconds))
     for delivery_id in ids:
         run_action.delay(delivery_id)
     return len(ids)

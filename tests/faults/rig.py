@@ -46,6 +46,8 @@ SETTINGS = {
     # The smallest allowed: above the longest countdown (10 s, the in-doubt floor) plus a 10 s action, so no early
     # redelivery; it also bounds how long messages reserved by a SIGKILLed worker stay invisible.
     "PBXRELAY_VISIBILITY_TIMEOUT_SECONDS": "60",
+    # The scheduler's sweep for actions whose task message was lost (a worker SIGKILLed as it received it).
+    "PBXRELAY_STALE_AFTER_SECONDS": "15",
 }
 
 
@@ -168,6 +170,7 @@ class Rig:
         self.service.start_web()
         for name in workers:
             self.service.start_worker(name, concurrency=2)
+        self.service.start_scheduler()
         self.pbx = demo_state()
         self.pbx.add_webhook(ACCOUNT, {"name": "pbxrelay", "hook": "all", "uri": hook_url, "format": hook_format})
         self.simulator = CallSimulator(self.pbx, ACCOUNT, sender=WebhookSender(self.pbx, retry_interval=0.5),

@@ -249,11 +249,23 @@ def test_pacing_is_not_an_attempt(rt, slack):
     assert (row.status, row.attempts) == ("retrying", 0)
 
 
-def test_stale_pending_deliveries_are_found(rt):
-    """A delivery planned but never enqueued shows up for the scheduler's re-enqueue."""
-    (delivery_id,) = ingest_parking(rt, "call-stale")
-    assert delivery_id not in pipeline.stale_pending(rt, timedelta(minutes=2))
-    with rt.sessions.begin() as session:
-        session.execute(sa.update(Delivery).where(Delivery.id == delivery_id).values(
-            created_at=utcnow() - timedelta(minutes=5)))
-    assert delivery_id in pipeline.stale_pending(rt, timedelta(minutes=2))
+def test_deliveries_whose_task_message_was_lost_are_found_once_overdue(rt):
+    """Never attempted, retrying past the longest countdown, or running past the claim: the scheduler re-enqueues."""
+    overdue = timedelta(minutes=2)
+    longest = timedelta(seconds=rt.settings.retry_max_countdown_seconds)
+    cases = {  # status: (column, value when just in time, value when overdue)
+        "pending": ("created_at", utcnow() - overdue + timedelta(seconds=30), utcnow() - overdue * 2),
+        "retrying": ("updated_at", utcnow() - longest, utcnow() - longest - overdue * 2),
+        "running": ("claimed_until", utcnow() - overdue + timedelta(seconds=30), utcnow() - overdue * 2),
+    }
+    ids = {}
+    for status, (column, in_time, _late) in cases.items():
+        (ids[status],) = ingest_parking(rt, f"call-stale-{status}")
+        with rt.sessions.begin() as session:
+            session.execute(sa.update(Delivery).where(Delivery.id == ids[status]).values(status=status,
+                                                                                        **{column: in_time}))
+    assert not set(ids.values()) & set(pipeline.stale_deliveries(rt, overdue))
+    for status, (column, _in_time, late) in cases.items():
+        with rt.sessions.begin() as session:
+            session.execute(sa.update(Delivery).where(Delivery.id == ids[status]).values(**{column: late}))
+    assert set(ids.values()) <= set(pipeline.stale_deliveries(rt, overdue))
