@@ -119,14 +119,8 @@ def ingest(rt: Runtime, envelope: dict[str, Any],
             _quarantine(session, envelope, "unknown hook type (no hook_event, event_name or object fields)")
             return IngestOutcome(status="quarantined", event_key=raw.key, reason="unknown hook type")
         if not _store_event(session, raw):
-            if rerun:
-                # Most likely our own earlier run, killed between its commit and its enqueues (if it was
-                # another copy from Kazoo, re-enqueueing unstarted deliveries is still harmless).
-                keys = [raw.key, *(event.key for event in rt.correlator.observe(raw).events)]
-                return IngestOutcome(status="duplicate", event_key=raw.key, reason="re-run",
-                                     deliveries=_unstarted(session, account.id, keys))
-            _quarantine(session, envelope, f"duplicate of event {raw.key}")
-            return IngestOutcome(status="duplicate", event_key=raw.key, reason="duplicate")
+            derived = [event.key for event in rt.correlator.observe(raw).events] if rerun else []
+            return _stored_before(session, envelope, account.id, [raw.key, *derived], rerun=rerun)
 
         ruleset = _ruleset(session, rt, account.id)
         if raw.type == "virtualpbx.sms":
@@ -155,16 +149,27 @@ def _ingest_crm(session: Session, rt: Runtime, account: Account, envelope: dict[
                           received_at=datetime.fromisoformat(envelope["received_at"]),
                           webhook_id=(envelope.get("headers") or {}).get("webhook-id"))
     if not _store_event(session, event):
-        if rerun:
-            return IngestOutcome(status="duplicate", event_key=event.key, reason="re-run",
-                                 deliveries=_unstarted(session, account.id, [event.key]))
-        _quarantine(session, envelope, f"duplicate of event {event.key}")
-        return IngestOutcome(status="duplicate", event_key=event.key, reason="duplicate")
+        return _stored_before(session, envelope, account.id, [event.key], rerun=rerun)
     if event.data.get("opt_out") and ruleset is not None and ruleset.crm is not None:
         number = crm.to_e164(event.data.get(ruleset.crm.phone_field), ruleset.account.region)
         if number:
             crm.add_opt_out(session, account.id, number, "crm")
     return IngestOutcome(status="accepted", event_key=event.key, deliveries=_plan(session, ruleset, account, event))
+
+
+def _stored_before(session: Session, envelope: dict[str, Any], account_id: str, keys: list[str], *,
+                   rerun: bool) -> IngestOutcome:
+    """An envelope whose event (``keys[0]``) was stored before; ``keys`` also names the events it derives.
+
+    A re-run is most likely our own earlier run, killed between its commit and its enqueues: its
+    unstarted deliveries are returned again (harmless if it was another copy from Kazoo after all).
+    Otherwise it is a duplicate from the sender, kept in the quarantine with that reason.
+    """
+    if rerun:
+        return IngestOutcome(status="duplicate", event_key=keys[0], reason="re-run",
+                             deliveries=_unstarted(session, account_id, keys))
+    _quarantine(session, envelope, f"duplicate of event {keys[0]}")
+    return IngestOutcome(status="duplicate", event_key=keys[0], reason="duplicate")
 
 
 def finalize_call(rt: Runtime, account_id: str, call_key: str, *, rerun: bool = False) -> list[int]:
@@ -184,11 +189,14 @@ def emit_events(rt: Runtime, account_id: str, events: list[Event], *, rerun: boo
             return []
         ruleset = _ruleset(session, rt, account_id)
         planned: list[int] = []
+        stored_before: list[str] = []
         for event in events:
             if _store_event(session, event):
                 planned.extend(_plan(session, ruleset, account, event))
-            elif rerun:
-                planned.extend(_unstarted(session, account_id, [event.key]))
+            else:
+                stored_before.append(event.key)
+        if rerun and stored_before:
+            planned.extend(_unstarted(session, account_id, stored_before))
         return planned
 
 
