@@ -13,9 +13,9 @@ import sqlalchemy as sa
 import yaml
 from sqlalchemy.orm import Session
 
-from service import rules as rules_mod
+from service.rules import schema as rules_mod
 from service.secrets import SecretBox
-from service.store import Account, Connection, RuleSet, hash_token
+from service.store.models import Account, Connection, RuleSet, hash_token
 
 ACCOUNT_ID = re.compile(r"^[0-9a-f]{32}$")
 

@@ -19,8 +19,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.events import Event
-from service.rules import CrmSpec, lookup_path
-from service.store import OptOut
+from service.rules.schema import CrmSpec, lookup_path
+from service.store.models import OptOut
 
 # Replies that opt a number out of (or back into) texts: the CTIA keywords carriers honour.
 STOP_WORDS = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "OPTOUT", "REVOKE"})

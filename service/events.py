@@ -6,24 +6,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-# Kazoo counts seconds from 0000-01-01 UTC (Gregorian seconds); Python's datetime starts at year 1.
-GREGORIAN_UNIX_OFFSET = 62167219200
-
-
-def gregorian_to_datetime(value: int | float | str) -> datetime:
-    """Convert Kazoo Gregorian seconds to an aware UTC datetime; ValueError when it is not a sane time."""
-    seconds = float(value)
-    unix = seconds - GREGORIAN_UNIX_OFFSET
-    if not 0 <= unix < 32503680000:  # 1970 .. 3000: anything else is not a Gregorian timestamp
-        raise ValueError(f"not a Gregorian timestamp: {value!r}")
-    return datetime.fromtimestamp(unix, tz=timezone.utc)
-
-
-def datetime_to_gregorian(moment: datetime) -> int:
-    """Convert an aware datetime to Kazoo Gregorian seconds."""
-    return int(moment.timestamp()) + GREGORIAN_UNIX_OFFSET
-
-
 # Event types users write rules against (rules may also use `virtualpbx.<hook>` and `crm.event`).
 CALL_EVENT_TYPES = ("call.started", "call.answered", "call.ended", "call.missed", "voicemail.new")
 
@@ -53,3 +35,8 @@ class Event:
         """Rebuild an Event from :meth:`to_json` output."""
         return cls(type=doc["type"], account_id=doc["account_id"], key=doc["key"],
                    occurred_at=datetime.fromisoformat(doc["occurred_at"]), data=dict(doc.get("data") or {}))
+
+
+def aware(moment: datetime) -> datetime:
+    """A datetime read back from the database as aware UTC (SQLite hands back naive ones even for aware columns)."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)

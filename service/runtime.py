@@ -8,12 +8,13 @@ from functools import cached_property
 import redis as redis_py
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.calls import CallCorrelator
+from integrations import REGISTRY
+from service.pbx.calls import CallCorrelator, RedisCallWindow
 from service.config import Settings
-from service.ratelimit import RateLimiter
+from integrations.ratelimit import RateLimiter
 from service.redisconn import make_redis
 from service.secrets import SecretBox, secret_box
-from service.store import session_factory
+from service.store.models import session_factory
 
 
 @dataclass
@@ -45,14 +46,12 @@ class Runtime:
     @cached_property
     def correlator(self) -> CallCorrelator:
         """Legs-to-calls correlation window."""
-        return CallCorrelator(self.redis, namespace=self.settings.namespace,
-                              window_seconds=self.settings.call_window_seconds)
+        return CallCorrelator(RedisCallWindow(self.redis, namespace=self.settings.namespace,
+                                              window_seconds=self.settings.call_window_seconds))
 
     @cached_property
     def registry(self) -> dict:
-        """The integration registry."""
-        from integrations import REGISTRY
-
+        """The integration registry (the one way engine code reaches it)."""
         return REGISTRY
 
     def api_urls(self) -> dict[str, str]:

@@ -21,9 +21,9 @@ from service import accounts
 from service.config import Settings
 from service.runtime import Runtime
 from service.secrets import secret_box
-from service.store import QuarantinedDelivery, StoredEvent, migrate, session_factory
+from service.store.models import QuarantinedDelivery, StoredEvent, migrate, session_factory
 from service.web import create_app, make_envelope
-from workers import pipeline
+from service import engine
 
 ACCOUNT = "91eb05e5c68d7ca05e7618b6821d2d16"
 CRM_SECRET = "whsec_" + base64.b64encode(b"campaign-secret-0123456789abcdef").decode()
@@ -84,7 +84,7 @@ def test_receiver_never_answers_5xx_to_an_authenticated_hook(deployment, form, p
     if form == "json":
         response = client.post(url, data=json.dumps(payload), content_type="application/json")
     elif form == "form":
-        from integrations.virtualpbx.sender import encode_kazoo_form
+        from service.sandbox.virtualpbx.sender import encode_kazoo_form
 
         try:
             body = encode_kazoo_form(payload)
@@ -108,7 +108,7 @@ def test_worker_ingest_never_crashes_and_keeps_every_delivery(deployment, payloa
         envelope = make_envelope(source="virtualpbx", account_id=ACCOUNT, method="POST",
                                  content_type="application/json" if as_json else "application/octet-stream",
                                  query_string="", body=body, headers={})
-        outcome = pipeline.ingest(rt, envelope)
+        outcome = engine.ingest(rt, envelope)
         assert outcome.status in ("accepted", "duplicate", "quarantined")
         if outcome.status != "accepted":
             assert outcome.reason
@@ -127,7 +127,7 @@ def test_crm_endpoint_refuses_unsigned_bodies_cleanly(deployment, body, headers)
 
 def test_a_signed_crm_event_is_accepted_once(deployment):
     """A correctly signed CRM body gets 200; the worker stores one crm.event for two copies."""
-    from service.signing import sign
+    from service.web.signing import sign
 
     client, token, rt = deployment
     body = json.dumps({"id": "evt_" + uuid.uuid4().hex, "contact": {"phone": "+15551230000"}}).encode()
@@ -138,7 +138,7 @@ def test_a_signed_crm_event_is_accepted_once(deployment):
                        content_type="application/json").status_code == 200
     envelope = make_envelope(source="crm", account_id=ACCOUNT, method="POST", content_type="application/json",
                              query_string="", body=body, headers={"webhook-id": "msg_1"})
-    first, second = pipeline.ingest(rt, envelope), pipeline.ingest(rt, dict(envelope))
+    first, second = engine.ingest(rt, envelope), engine.ingest(rt, dict(envelope))
     assert (first.status, second.status) == ("accepted", "duplicate")
     assert len(first.deliveries) == 1
     with rt.sessions() as session:

@@ -29,8 +29,8 @@ from urllib.parse import quote
 import requests
 
 from integrations.base import scrub
-from service.events import datetime_to_gregorian
-from service.ratelimit import RateLimiter
+from integrations.virtualpbx.gregorian import datetime_to_gregorian
+from integrations.ratelimit import RateLimiter
 
 from . import errors as E
 

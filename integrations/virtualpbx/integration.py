@@ -34,7 +34,7 @@ from pydantic import ConfigDict, Field, SecretStr, model_validator
 from integrations.base import ActionContext, ActionResult, ConfigModel, Integration, PermanentError
 from integrations.sms import (DASH_MAX_BODY, E164Number, PreparedSms, QuietHours, SendSmsParams,
                               normalise_number, prepare_sms)
-from service.events import datetime_to_gregorian
+from integrations.virtualpbx.gregorian import datetime_to_gregorian
 
 from . import errors as E
 from .client import VirtualPBXClient

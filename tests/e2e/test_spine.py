@@ -9,9 +9,9 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
-from integrations.slack.standin import SlackStandin, create_app as slack_app
-from integrations.standin import serve_in_thread
-from integrations.virtualpbx.sender import encode_kazoo_form
+from service.sandbox.standins.slack import SlackStandin, create_app as slack_app
+from service.sandbox.standins.base import serve_in_thread
+from service.sandbox.virtualpbx.sender import encode_kazoo_form
 from tests.conftest import FIXTURES
 from tests.harness import Service, wait_for
 

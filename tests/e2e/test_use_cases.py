@@ -20,16 +20,16 @@ import pytest
 import requests
 
 from integrations.google_sheets.columns import ALL_COLUMNS
-from integrations.google_sheets.standin import DEFAULT_SPREADSHEET_ID
-from integrations.slack.standin import DEFAULT_CHANNEL_ID
-from integrations.trello.standin import DEFAULT_LISTS
-from integrations.virtualpbx.emulator import DEMO_ACCOUNT_ID
-from integrations.virtualpbx.sender import WebhookSender
-from integrations.virtualpbx.simulator import CallSimulator
+from service.sandbox.standins.google_sheets import DEFAULT_SPREADSHEET_ID
+from service.sandbox.standins.slack import DEFAULT_CHANNEL_ID
+from service.sandbox.standins.trello import DEFAULT_LISTS
+from service.sandbox.virtualpbx.emulator import DEMO_ACCOUNT_ID
+from service.sandbox.virtualpbx.sender import WebhookSender
+from service.sandbox.virtualpbx.simulator import CallSimulator
 from service import sandbox
-from service.events import GREGORIAN_UNIX_OFFSET
-from service.signing import sign
-from service.templating import render_template
+from integrations.virtualpbx.gregorian import GREGORIAN_UNIX_OFFSET
+from service.web.signing import sign
+from service.rules.templating import render_template
 from tests.harness import Service, wait_for
 
 pytestmark = pytest.mark.e2e

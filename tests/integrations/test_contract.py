@@ -10,9 +10,11 @@ import pytest
 import integrations
 from integrations import REGISTRY
 from integrations.base import AuthError, ConfigModel, Integration, ParamsModel, PermanentError, RetryableError
+from service import sandbox
 from service.config import Settings
 
 ROOT = Path(integrations.__file__).parent
+SANDBOX = Path(sandbox.__file__).parent
 FOLDERS = sorted(p.name for p in ROOT.iterdir() if p.is_dir() and (p / "__init__.py").exists())
 
 
@@ -29,14 +31,15 @@ def test_every_integration_folder_with_actions_is_registered():
 
 @pytest.mark.parametrize("key", sorted(REGISTRY))
 def test_contract_shape(key):
-    """Key, name, Config, actions with params models, a vendor URL setting and a stand-in + fixtures."""
+    """Key, name, Config, actions with params models, a vendor URL setting, integration.py, a stand-in and fixtures."""
     cls = REGISTRY[key]
     assert cls.name and issubclass(cls.Config, ConfigModel)
     assert cls.actions, f"{key} offers no action"
     for action, model in cls.actions.items():
         assert issubclass(model, ParamsModel) and callable(getattr(cls, action)), action
     assert cls.api_url_setting in Settings.model_fields, f"{key}: no setting {cls.api_url_setting}"
-    assert (ROOT / key / "standin.py").exists() or key == "virtualpbx", f"{key} has no stand-in"
+    assert (ROOT / key / "integration.py").exists(), f"{key}: the Integration lives in integration.py"
+    assert (SANDBOX / "standins" / f"{key}.py").exists() or key == "virtualpbx", f"{key} has no stand-in"
     assert any((ROOT / key / "fixtures").glob("*.json")) or key == "virtualpbx", f"{key} has no fixtures"
 
 

@@ -7,8 +7,9 @@ import random
 
 import pytest
 
-from service.calls import CallCorrelator, call_key_for_leg, summarize_call
-from service.events import Event, gregorian_to_datetime
+from service.pbx.calls import CallCorrelator, RedisCallWindow, call_key_for_leg, summarize_call
+from service.events import Event
+from integrations.virtualpbx.gregorian import gregorian_to_datetime
 
 T0 = 63_900_000_000  # a Gregorian second in 2025
 A = "a-leg-call-id"
@@ -85,7 +86,7 @@ def run_call(correlator: CallCorrelator, payloads: list[dict]) -> list[Event]:
 @pytest.fixture
 def correlator(redis_client, namespace):
     """A correlator on the real test Redis."""
-    return CallCorrelator(redis_client, namespace=namespace, window_seconds=600)
+    return CallCorrelator(RedisCallWindow(redis_client, namespace=namespace, window_seconds=600))
 
 
 def test_call_key_of_a_b_and_internal_legs():
@@ -136,8 +137,8 @@ def test_duplicated_and_shuffled_legs_give_the_same_call(redis_client, namespace
     rng.shuffle(noisy)
     # The A-leg destroy must still come last for finalize to see everything: the settle window's job.
     noisy.sort(key=lambda p: p["hook"] == "channel_destroy" and p["call_id"] == A)
-    reference = CallCorrelator(redis_client, namespace=namespace + "ref", window_seconds=600)
-    shuffled = CallCorrelator(redis_client, namespace=namespace, window_seconds=600)
+    reference = CallCorrelator(RedisCallWindow(redis_client, namespace=namespace + "ref", window_seconds=600))
+    shuffled = CallCorrelator(RedisCallWindow(redis_client, namespace=namespace, window_seconds=600))
     expected = {e.type: e.data for e in run_call(reference, payloads) if e.type == "call.ended"}
     got = {e.type: e.data for e in run_call(shuffled, noisy) if e.type == "call.ended"}
     assert got == expected
@@ -188,7 +189,7 @@ def test_every_permutation_of_a_short_call_agrees(redis_client, namespace):
     payloads.append(inbound_answered()[-1])
     results = []
     for i, order in enumerate(itertools.permutations(payloads)):
-        c = CallCorrelator(redis_client, namespace=f"{namespace}p{i}", window_seconds=600)
+        c = CallCorrelator(RedisCallWindow(redis_client, namespace=f"{namespace}p{i}", window_seconds=600))
         results.append(next(e.data for e in run_call(c, list(order)) if e.type == "call.ended"))
     assert all(r == results[0] for r in results)
     assert results[0]["outcome"] == "answered"

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from service import crm
-from service.rules import CrmSpec
-from service.signing import SignatureError, sign, verify
-from service.store import migrate, session_factory
+from service.rules.schema import CrmSpec
+from service.web.signing import SignatureError, sign, verify
+from service.store.models import migrate, session_factory
 
 SECRET = "whsec_" + base64.b64encode(b"a-32-byte-long-shared-secret!!!!").decode()
 NOW = datetime(2026, 11, 27, 15, 0, tzinfo=timezone.utc)

@@ -10,8 +10,8 @@ from urllib.parse import urlencode
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from service.events import gregorian_to_datetime
-from service.kazoo import MalformedPayload, parse_bracket_pairs, parse_delivery, to_hook_event
+from integrations.virtualpbx.gregorian import gregorian_to_datetime
+from service.pbx.payloads import MalformedPayload, parse_bracket_pairs, parse_delivery, to_hook_event
 from tests.conftest import FIXTURES
 
 WEBHOOK_FIXTURES = sorted((FIXTURES / "kazoo").glob("webhook_*.json"))

@@ -1,4 +1,4 @@
-"""service.onboarding against the VirtualPBX emulator over real HTTP: required hooks, connect, re-enable."""
+"""service.pbx.onboarding against the VirtualPBX emulator over real HTTP: required hooks, connect, re-enable."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ from flask import Flask, request
 from pydantic import SecretStr
 
 from integrations.base import ConfigModel, Integration, ParamsModel
-from integrations.standin import serve_in_thread
+from service.sandbox.standins.base import serve_in_thread
 from integrations.virtualpbx.client import VirtualPBXClient
-from integrations.virtualpbx.emulator import create_app
-from integrations.virtualpbx.sender import DISABLE_REASON, WebhookSender
-from integrations.virtualpbx.state import EmulatorOptions, EmulatorState
-from service.onboarding import HookSpec, ReenabledHook, connect_account, reenable_disabled, required_hooks
-from service.rules import load_rules
+from service.sandbox.virtualpbx.emulator import create_app
+from service.sandbox.virtualpbx.sender import DISABLE_REASON, WebhookSender
+from service.sandbox.virtualpbx.state import EmulatorOptions, EmulatorState
+from service.pbx.onboarding import HookSpec, ReenabledHook, connect_account, reenable_disabled, required_hooks
+from service.rules.schema import load_rules
 
 CHANNEL_NAMES = ["pbxrelay: channel_create", "pbxrelay: channel_answer", "pbxrelay: channel_bridge",
                  "pbxrelay: channel_destroy"]

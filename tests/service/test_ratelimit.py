@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.ratelimit import RateLimiter
+from integrations.ratelimit import RateLimiter
 from service.redisconn import make_redis
 
 

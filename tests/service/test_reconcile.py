@@ -1,4 +1,4 @@
-"""service.reconcile: CDR rows from the emulator (real HTTP) agree with the webhook path (real Redis)."""
+"""service.pbx.reconcile: CDR rows from the emulator (real HTTP) agree with the webhook path (real Redis)."""
 
 from __future__ import annotations
 
@@ -7,15 +7,15 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from integrations.standin import serve_in_thread
+from service.sandbox.standins.base import serve_in_thread
 from integrations.virtualpbx.client import VirtualPBXClient
-from integrations.virtualpbx.emulator import create_app
-from integrations.virtualpbx.simulator import CallSimulator, SimulatedCall
-from integrations.virtualpbx.state import EmulatorState
-from service.calls import CallCorrelator
+from service.sandbox.virtualpbx.emulator import create_app
+from service.sandbox.virtualpbx.simulator import CallSimulator, SimulatedCall
+from service.sandbox.virtualpbx.state import EmulatorState
+from service.pbx.calls import CallCorrelator, RedisCallWindow
 from service.events import Event
-from service.kazoo import to_hook_event
-from service.reconcile import calls_from_cdrs, fetch_cdr_calls, missing_call_events, reconcile_window
+from service.pbx.payloads import to_hook_event
+from service.pbx.reconcile import calls_from_cdrs, fetch_cdr_calls, missing_call_events, reconcile_window
 
 START = datetime(2025, 3, 3, 15, 0, tzinfo=timezone.utc)
 SCENARIOS = ("inbound_answered", "inbound_missed", "ring_group", "voicemail", "outbound", "internal",
@@ -57,7 +57,7 @@ def webhook_events(call: SimulatedCall, account_id: str, correlator: CallCorrela
 def by_webhook(world, redis_client, namespace) -> dict[str, Event]:
     """Every call's webhook-path end events, keyed by event key."""
     _, account, calls, _ = world
-    correlator = CallCorrelator(redis_client, namespace=namespace, window_seconds=600)
+    correlator = CallCorrelator(RedisCallWindow(redis_client, namespace=namespace, window_seconds=600))
     return {key: event for call in calls for key, event in webhook_events(call, account.id, correlator).items()}
 
 
@@ -130,7 +130,7 @@ def test_reconcile_windows(caplog, world):
     assert reconcile_window(None, now) == (now - timedelta(hours=1), now - timedelta(minutes=2))
     last = now - timedelta(minutes=15)
     assert reconcile_window(last, now) == (last - timedelta(minutes=5), now - timedelta(minutes=2))
-    with caplog.at_level(logging.WARNING, logger="service.reconcile"):
+    with caplog.at_level(logging.WARNING, logger="service.pbx.reconcile"):
         created_from, created_to = reconcile_window(now - timedelta(days=40), now)
     assert created_to - created_from == timedelta(days=31)
     assert "longer than Kazoo's 31 days" in caplog.text

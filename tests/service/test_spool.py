@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from service.spool import Spool, SpoolFull
+from service.web.spool import Spool, SpoolFull
 
 
 def test_put_then_drain_in_arrival_order(tmp_path):

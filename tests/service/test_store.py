@@ -8,7 +8,7 @@ from cryptography.fernet import Fernet
 
 from service import accounts
 from service.secrets import SecretBox, SecretsError
-from service.store import Connection, StoredEvent, migrate, session_factory, utcnow
+from service.store.models import Connection, StoredEvent, migrate, session_factory, utcnow
 
 ACCOUNT = "91eb05e5c68d7ca05e7618b6821d2d16"
 BOX = SecretBox([Fernet.generate_key().decode()])

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from integrations.base import PermanentError
-from service import templating
+from service.rules import templating
 from service.events import Event
-from service.templating import TemplateError, compile_check, event_context, render_template
+from service.rules.templating import TemplateError, compile_check, event_context, render_template
 
 CONTEXT = {
     "caller": {"name": "Bob Smith", "number": "15551234567"},

@@ -12,7 +12,7 @@ from cryptography.fernet import Fernet
 from service import accounts
 from service.config import Settings
 from service.secrets import secret_box
-from service.store import migrate, session_factory
+from service.store.models import migrate, session_factory
 from service.web import create_app
 from tests.conftest import load_fixture
 from tests.harness import free_port
@@ -77,7 +77,7 @@ def test_malformed_bodies_still_get_200_and_are_kept(receiver, redis_client, nam
     response = client.post(f"/hooks/virtualpbx/{token}", data=body, content_type=content_type)
     assert response.status_code == 200
     (envelope,) = queued(redis_client, namespace)
-    from workers.pipeline import envelope_body
+    from service.engine import envelope_body
 
     assert envelope_body(envelope) == body
 

@@ -11,17 +11,17 @@ import sqlalchemy as sa
 from cryptography.fernet import Fernet
 
 from integrations.base import AuthError, PermanentError, RetryableError
-from integrations.slack.standin import SlackStandin, create_app as slack_app
-from integrations.standin import serve_in_thread
+from service.sandbox.standins.slack import SlackStandin, create_app as slack_app
+from service.sandbox.standins.base import serve_in_thread
 from service import accounts
 from service.config import Settings
 from service.runtime import Runtime
 from service.events import Event
-from service.store import (AuditEntry, Connection, Delivery, QuarantinedDelivery, StoredEvent, migrate,
-                           utcnow)
+from service.store.models import AuditEntry, Connection, Delivery, QuarantinedDelivery, StoredEvent, migrate, utcnow
 from service.web import make_envelope
 from tests.conftest import FIXTURES
-from workers import pipeline
+from service import engine
+from service.engine import planning
 
 ACCOUNT = "91eb05e5c68d7ca05e7618b6821d2d16"
 TOKEN = "xoxb-pipeline-test-token"
@@ -63,11 +63,9 @@ rules:
     with runtime.sessions.begin() as session:
         accounts.add_account(session, ACCOUNT, name="Pipeline", box=runtime.box)
         accounts.apply_rules_file(session, rules, registry=runtime.registry, box=runtime.box)
-    pipeline._RULES_CACHE.clear()
+    planning._RULES_CACHE.clear()
     slack.reset()
-    enqueued: list[int] = []
-    monkeypatch.setattr(pipeline, "_enqueue_hook", enqueued.append)
-    runtime.enqueued = enqueued
+    runtime.enqueued = []  # what failures asked to enqueue (the circuit's alert): see execute()
     yield runtime
     runtime.sessions.kw["bind"].dispose()
 
@@ -79,7 +77,7 @@ def ingest_parking(rt, call_id: str) -> list[int]:
     envelope = make_envelope(source="virtualpbx", account_id=ACCOUNT, method="POST",
                              content_type="application/json", query_string="", body=json.dumps(payload).encode(),
                              headers={})
-    outcome = pipeline.ingest(rt, envelope)
+    outcome = engine.ingest(rt, envelope)
     assert outcome.status == "accepted"
     return outcome.deliveries
 
@@ -101,11 +99,11 @@ def test_an_ingest_killed_after_storing_its_hook_keeps_nothing_and_its_rerun_der
 
     monkeypatch.setattr(rt.correlator, "observe", killed)
     with pytest.raises(KilledMidTask):
-        pipeline.ingest(rt, envelope)
+        engine.ingest(rt, envelope)
     with rt.sessions() as session:
         assert session.scalars(sa.select(StoredEvent.key)).all() == []
     monkeypatch.setattr(rt.correlator, "observe", observe)
-    outcome = pipeline.ingest(rt, envelope)
+    outcome = engine.ingest(rt, envelope)
     assert outcome.status == "accepted"
     with rt.sessions() as session:
         types = sorted(session.scalars(sa.select(StoredEvent.type)))
@@ -117,37 +115,40 @@ def test_a_rerun_enqueues_again_what_a_run_killed_after_its_commit_planned(rt):
     payload = json.loads((FIXTURES / "kazoo/webhook_parking_park_parked.json").read_text())
     envelope = make_envelope(source="virtualpbx", account_id=ACCOUNT, method="POST", content_type="application/json",
                              query_string="", body=json.dumps(payload).encode(), headers={})
-    planned = pipeline.ingest(rt, envelope).deliveries
+    planned = engine.ingest(rt, envelope).deliveries
     assert len(planned) == 1
-    rerun = pipeline.ingest(rt, envelope, rerun=True)
+    rerun = engine.ingest(rt, envelope, rerun=True)
     assert (rerun.status, rerun.reason, rerun.deliveries) == ("duplicate", "re-run", planned)
     with rt.sessions() as session:
         assert session.scalars(sa.select(QuarantinedDelivery)).all() == [], "a re-run is not a duplicate from Kazoo"
-    copy = pipeline.ingest(rt, envelope)
+    copy = engine.ingest(rt, envelope)
     assert (copy.status, copy.deliveries) == ("duplicate", [])
     assert execute(rt, planned[0]) == "succeeded"
-    assert pipeline.ingest(rt, envelope, rerun=True).deliveries == [], "a started delivery is not enqueued again"
+    assert engine.ingest(rt, envelope, rerun=True).deliveries == [], "a started delivery is not enqueued again"
 
 
 def test_a_rerun_of_emit_events_returns_the_unstarted_deliveries_of_events_stored_before(rt):
     """finalize_call's re-run after a commit finds its events stored and hands back their unstarted deliveries."""
     event = Event(type="virtualpbx.parking", account_id=ACCOUNT, key="parking:rerun", occurred_at=utcnow(),
                   data={"call_id": "call-rerun"})
-    planned = pipeline.emit_events(rt, ACCOUNT, [event])
+    planned = engine.emit_events(rt, ACCOUNT, [event])
     assert len(planned) == 1
-    assert pipeline.emit_events(rt, ACCOUNT, [event]) == []
-    assert pipeline.emit_events(rt, ACCOUNT, [event], rerun=True) == planned
+    assert engine.emit_events(rt, ACCOUNT, [event]) == []
+    assert engine.emit_events(rt, ACCOUNT, [event], rerun=True) == planned
 
 
 def execute(rt, delivery_id: int) -> str:
     """Run a delivery as Celery would, waiting out rate-limit pacing (which is not an attempt)."""
     for _ in range(20):
         try:
-            return pipeline.execute_delivery(rt, delivery_id)
+            return engine.execute_delivery(rt, delivery_id)
         except RetryableError as exc:
             if exc.code != "paced":
                 raise
             time.sleep(exc.retry_after)
+        except PermanentError as exc:
+            rt.enqueued.extend(engine.follow_ups(exc))
+            raise
     raise AssertionError("still paced after 20 waits")
 
 
@@ -211,7 +212,7 @@ def test_past_the_horizon_an_action_is_dead_and_can_be_replayed(rt, slack):
     with pytest.raises(PermanentError, match="retry horizon"):
         execute(rt, delivery_id)
     assert delivery(rt, delivery_id).status == "dead"
-    assert pipeline.replay(rt, delivery_ids=[delivery_id]) == [delivery_id]
+    assert engine.replay(rt, delivery_ids=[delivery_id]) == [delivery_id]
     assert execute(rt, delivery_id) == "succeeded"
 
 
@@ -231,7 +232,7 @@ def test_repeated_auth_failures_pause_the_connection_alert_and_resume_replays(rt
     assert len(rt.enqueued) == 1  # the alert to the `ops` connection
     assert execute(rt, rt.enqueued[0]) == "succeeded"
     assert "paused connection 'chat'" in slack.messages_in("C2")[-1]["text"]
-    replayed = pipeline.resume_connection(rt, ACCOUNT, "chat")
+    replayed = engine.resume_connection(rt, ACCOUNT, "chat")
     assert sorted(replayed) == sorted(ids)
     for delivery_id in replayed:
         assert execute(rt, delivery_id) == "succeeded"
@@ -241,9 +242,9 @@ def test_repeated_auth_failures_pause_the_connection_alert_and_resume_replays(rt
 def test_pacing_is_not_an_attempt(rt, slack):
     """Two posts to one channel at once: the second waits for a token without counting an attempt."""
     first, second = ingest_parking(rt, "call-pace-1")[0], ingest_parking(rt, "call-pace-2")[0]
-    assert pipeline.execute_delivery(rt, first) == "succeeded"
+    assert engine.execute_delivery(rt, first) == "succeeded"
     with pytest.raises(RetryableError) as info:
-        pipeline.execute_delivery(rt, second)
+        engine.execute_delivery(rt, second)
     assert info.value.code == "paced"
     row = delivery(rt, second)
     assert (row.status, row.attempts) == ("retrying", 0)
@@ -264,8 +265,8 @@ def test_deliveries_whose_task_message_was_lost_are_found_once_overdue(rt):
         with rt.sessions.begin() as session:
             session.execute(sa.update(Delivery).where(Delivery.id == ids[status]).values(status=status,
                                                                                         **{column: in_time}))
-    assert not set(ids.values()) & set(pipeline.stale_deliveries(rt, overdue))
+    assert not set(ids.values()) & set(engine.stale_deliveries(rt, overdue))
     for status, (column, _in_time, late) in cases.items():
         with rt.sessions.begin() as session:
             session.execute(sa.update(Delivery).where(Delivery.id == ids[status]).values(**{column: late}))
-    assert set(ids.values()) <= set(pipeline.stale_deliveries(rt, overdue))
+    assert set(ids.values()) <= set(engine.stale_deliveries(rt, overdue))

@@ -8,14 +8,15 @@ import pytest
 import sqlalchemy as sa
 from cryptography.fernet import Fernet
 
-from integrations.standin import serve_in_thread
-from integrations.virtualpbx import emulator
-from integrations.virtualpbx.simulator import CallSimulator
+from service.sandbox.standins.base import serve_in_thread
+from service.sandbox.virtualpbx import emulator
+from service.sandbox.virtualpbx.simulator import CallSimulator
 from service import accounts
 from service.config import Settings
 from service.runtime import Runtime
-from service.store import Account, AuditEntry, Delivery, migrate
-from workers import pipeline
+from service.store.models import Account, AuditEntry, Delivery, migrate
+from service import engine
+from service.engine import planning
 
 ACCOUNT = emulator.DEMO_ACCOUNT_ID
 
@@ -44,7 +45,7 @@ rules:
     with rt.sessions.begin() as session:
         accounts.add_account(session, ACCOUNT, name="Demo", box=rt.box)
         accounts.apply_rules_file(session, rules, registry=rt.registry, box=rt.box)
-    pipeline._RULES_CACHE.clear()
+    planning._RULES_CACHE.clear()
     yield rt, state
     server.stop()
     rt.sessions.kw["bind"].dispose()
@@ -59,13 +60,13 @@ def audit(rt, kind: str) -> list[str]:
 def test_connect_registers_the_hooks_the_rules_need_once(world):
     """accounts connect creates the channel and voicemail hooks at the account's URL; a second run changes nothing."""
     rt, state = world
-    first = pipeline.connect_account(rt, ACCOUNT)
+    first = engine.connect_account(rt, ACCOUNT)
     hooks = state.accounts[ACCOUNT].webhooks.values()
     assert {h["hook"] for h in hooks} == {"channel_create", "channel_answer", "channel_bridge", "channel_destroy",
                                           "notifications"}
     assert all(h["uri"].startswith("https://relay.example.test/hooks/virtualpbx/") for h in hooks)
     assert len(first.created) == 5 and first.body_format == "json"
-    second = pipeline.connect_account(rt, ACCOUNT)
+    second = engine.connect_account(rt, ACCOUNT)
     assert not second.changed_anything and len(second.unchanged) == 5
     assert len(audit(rt, "connected")) == 2
 
@@ -73,12 +74,12 @@ def test_connect_registers_the_hooks_the_rules_need_once(world):
 def test_disabled_hooks_are_reenabled_only_when_the_receiver_is_healthy(world):
     """A hook Kazoo disabled comes back once our receiver answers, and that is recorded."""
     rt, state = world
-    pipeline.connect_account(rt, ACCOUNT)
+    engine.connect_account(rt, ACCOUNT)
     hook = next(iter(state.accounts[ACCOUNT].webhooks.values()))
     hook.update(enabled=False, disable_reason="too many failed attempts")
-    assert pipeline.reenable_account_hooks(rt, ACCOUNT, receiver_healthy=False) == 0
+    assert engine.reenable_account_hooks(rt, ACCOUNT, receiver_healthy=False) == 0
     assert hook["enabled"] is False
-    assert pipeline.reenable_account_hooks(rt, ACCOUNT, receiver_healthy=True) == 1
+    assert engine.reenable_account_hooks(rt, ACCOUNT, receiver_healthy=True) == 1
     assert state.accounts[ACCOUNT].webhooks[hook["id"]]["enabled"] is True
     assert "too many failed attempts" in audit(rt, "hook_reenabled")[0]
 
@@ -89,14 +90,14 @@ def test_reconciliation_emits_calls_whose_hooks_never_arrived_once(world):
     now = datetime.now(timezone.utc)
     simulator = CallSimulator(state, ACCOUNT, seed=3, start=now - timedelta(minutes=50))
     calls = [simulator.run(scenario) for scenario in ("inbound_answered", "inbound_missed", "outbound", "voicemail")]
-    planned = pipeline.reconcile_account(rt, ACCOUNT, now)
+    planned = engine.reconcile_account(rt, ACCOUNT, now)
     with rt.sessions() as session:
         keys = sorted(session.scalars(sa.select(Delivery.event_key).where(Delivery.id.in_(planned))))
     ended = [f"call.ended:{c.a_leg.call_id}" for c in calls]
     missed = [f"call.missed:{c.a_leg.call_id}" for c in calls if c.scenario in ("inbound_missed", "voicemail")]
     assert keys == sorted(ended + missed)
-    assert pipeline.reconcile_account(rt, ACCOUNT, now + timedelta(minutes=1)) == []
+    assert engine.reconcile_account(rt, ACCOUNT, now + timedelta(minutes=1)) == []
     with rt.sessions.begin() as session:
         session.get(Account, ACCOUNT).reconciled_until = None  # forget the cursor: the store still dedupes
-    assert pipeline.reconcile_account(rt, ACCOUNT, now) == []
+    assert engine.reconcile_account(rt, ACCOUNT, now) == []
     assert audit(rt, "reconciled")

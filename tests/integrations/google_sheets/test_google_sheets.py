@@ -23,9 +23,9 @@ from pydantic import ValidationError
 
 from integrations.base import ActionContext, AuthError, PermanentError, RetryableError
 from integrations.google_sheets import ALL_COLUMNS, GoogleSheetsConfig, GoogleSheetsIntegration
-from integrations.google_sheets.client import ACCOUNT_BURST, ACCOUNT_PER_SECOND
+from integrations.google_sheets.integration import ACCOUNT_BURST, ACCOUNT_PER_SECOND
 from integrations.google_sheets.columns import CELL_MAX, row_values
-from integrations.google_sheets.standin import SheetsStandin, create_app, service_account_json
+from service.sandbox.standins.google_sheets import SheetsStandin, create_app, service_account_json
 
 FIXTURES = Path(__file__).resolve().parents[3] / "integrations" / "google_sheets" / "fixtures"
 SHEET_ID = "1TestCallLogSpreadsheet00000000000000000000"

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from integrations.base import ActionContext, AuthError, PermanentError, RetryableError
 from integrations.slack import SlackConfig, SlackIntegration
 from integrations.slack.cards import FIELD_MAX, FIELDS_MAX, HEADER_MAX, SECTION_TEXT_MAX, call_card
-from integrations.slack.standin import SlackStandin, create_app
+from service.sandbox.standins.slack import SlackStandin, create_app
 
 FIXTURES = Path(__file__).resolve().parents[3] / "integrations" / "slack" / "fixtures"
 TOKEN = "xoxb-1111-2222-testsecrettoken"

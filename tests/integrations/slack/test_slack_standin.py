@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from integrations.slack.standin import (DEFAULT_CHANNEL_ID, DEFAULT_TOKEN, DEFAULT_WEBHOOK_PATH, SlackStandin,
-                                        create_app)
+from service.sandbox.standins.slack import (DEFAULT_CHANNEL_ID, DEFAULT_TOKEN, DEFAULT_WEBHOOK_PATH, SlackStandin, create_app)
 
 FIXTURES = Path(__file__).resolve().parents[3] / "integrations" / "slack" / "fixtures"
 TOKEN = "xoxb-5555-standin-test"

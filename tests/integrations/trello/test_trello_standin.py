@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from integrations.trello.standin import (DEFAULT_BOARD, DEFAULT_KEY, DEFAULT_LABELS, DEFAULT_LISTS, DEFAULT_MEMBER,
-                                         DEFAULT_TOKEN, TrelloStandin, create_app)
+from service.sandbox.standins.trello import (DEFAULT_BOARD, DEFAULT_KEY, DEFAULT_LABELS, DEFAULT_LISTS, DEFAULT_MEMBER, DEFAULT_TOKEN, TrelloStandin, create_app)
 
 FIXTURES = Path(__file__).resolve().parents[3] / "integrations" / "trello" / "fixtures"
 LIST = next(iter(DEFAULT_LISTS))

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from flask import Flask, request
 
-from integrations.standin import RunningServer, serve_in_thread
+from service.sandbox.standins.base import RunningServer, serve_in_thread
 from integrations.virtualpbx.client import VirtualPBXClient
-from integrations.virtualpbx.emulator import create_app
-from integrations.virtualpbx.state import Account, EmulatorOptions, EmulatorState
+from service.sandbox.virtualpbx.emulator import create_app
+from service.sandbox.virtualpbx.state import Account, EmulatorOptions, EmulatorState
 
 
 @dataclass

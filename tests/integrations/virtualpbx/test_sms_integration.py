@@ -14,8 +14,8 @@ from integrations.base import ActionContext, PermanentError, RetryableError
 from integrations.virtualpbx import VirtualPBXConfig, VirtualPBXIntegration
 from integrations.virtualpbx import errors as E
 from integrations.virtualpbx.integration import DEDUPE_PAGE_SIZE
-from service.events import GREGORIAN_UNIX_OFFSET
-from service.ratelimit import RateLimiter
+from integrations.virtualpbx.gregorian import GREGORIAN_UNIX_OFFSET
+from integrations.ratelimit import RateLimiter
 from tests.harness import free_port
 
 TO = "+12025550123"

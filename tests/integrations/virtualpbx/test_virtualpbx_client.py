@@ -10,12 +10,12 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from integrations.base import AuthError, PermanentError, RetryableError
-from integrations.standin import serve_in_thread
+from service.sandbox.standins.base import serve_in_thread
 from integrations.virtualpbx import errors as E
 from integrations.virtualpbx.client import Envelope, VirtualPBXClient
-from integrations.virtualpbx.emulator import create_app
-from service.events import GREGORIAN_UNIX_OFFSET
-from service.ratelimit import RateLimiter
+from service.sandbox.virtualpbx.emulator import create_app
+from integrations.virtualpbx.gregorian import GREGORIAN_UNIX_OFFSET
+from integrations.ratelimit import RateLimiter
 from tests.harness import free_port
 
 
@@ -330,7 +330,7 @@ def test_server_rejects_a_cdr_range_over_31_days_and_an_hour(make_client):
 
 
 def test_cdrs_listing_legs_detail_and_csv(emulator, make_client):
-    from integrations.virtualpbx.simulator import CallSimulator
+    from service.sandbox.virtualpbx.simulator import CallSimulator
 
     start = datetime(2026, 5, 6, 8, 0, tzinfo=timezone.utc)
     simulator = CallSimulator(emulator.state, emulator.account.id, seed=3, start=start)

@@ -10,11 +10,11 @@ import sys
 import pytest
 import requests
 
-from integrations.standin import serve_in_thread
+from service.sandbox.standins.base import serve_in_thread
 from integrations.virtualpbx.client import VirtualPBXClient
-from integrations.virtualpbx.emulator import DEMO_ACCOUNT_ID, DEMO_API_KEY, create_app
+from service.sandbox.virtualpbx.emulator import DEMO_ACCOUNT_ID, DEMO_API_KEY, create_app
 from integrations.virtualpbx.errors import ServerError
-from integrations.virtualpbx.state import EmulatorState
+from service.sandbox.virtualpbx.state import EmulatorState
 
 
 def test_kazoo_envelopes_request_id_echo_and_error_shape(emulator):

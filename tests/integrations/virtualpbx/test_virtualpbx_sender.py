@@ -10,8 +10,8 @@ from urllib.parse import unquote, unquote_plus
 
 from hypothesis import given, settings, strategies as st
 
-from integrations.virtualpbx.sender import DISABLE_REASON, WebhookSender, encode_kazoo_form
-from integrations.virtualpbx.state import EmulatorOptions, EmulatorState
+from service.sandbox.virtualpbx.sender import DISABLE_REASON, WebhookSender, encode_kazoo_form
+from service.sandbox.virtualpbx.state import EmulatorOptions, EmulatorState
 from tests.conftest import load_fixture
 from tests.harness import free_port
 

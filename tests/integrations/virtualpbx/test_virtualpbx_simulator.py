@@ -8,11 +8,11 @@ from datetime import datetime, timezone
 
 import pytest
 
-from integrations.virtualpbx.emulator import DEMO_ACCOUNT_ID, demo_state
-from integrations.virtualpbx.media import FRAME_BYTES, silent_mp3
-from integrations.virtualpbx.sender import WebhookSender
-from integrations.virtualpbx.simulator import CallSimulator, SimulatedCall
-from service.events import GREGORIAN_UNIX_OFFSET
+from service.sandbox.virtualpbx.emulator import DEMO_ACCOUNT_ID, demo_state
+from service.sandbox.virtualpbx.media import FRAME_BYTES, silent_mp3
+from service.sandbox.virtualpbx.sender import WebhookSender
+from service.sandbox.virtualpbx.simulator import CallSimulator, SimulatedCall
+from integrations.virtualpbx.gregorian import GREGORIAN_UNIX_OFFSET
 from tests.conftest import load_fixture
 
 START = datetime(2026, 5, 6, 9, 0, tzinfo=timezone.utc)

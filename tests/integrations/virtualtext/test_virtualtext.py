@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from integrations.base import ActionContext, AuthError, PermanentError, RetryableError
 from integrations.virtualtext import VirtualTextConfig, VirtualTextIntegration
-from integrations.virtualtext.standin import VirtualTextStandin, create_app
+from service.sandbox.standins.virtualtext import VirtualTextStandin, create_app
 
 FIXTURES = Path(__file__).resolve().parents[3] / "integrations" / "virtualtext" / "fixtures"
 KEY = "pk_live_test_5ecretKeyValue123"

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from integrations.standin import serve_in_thread
-from integrations.virtualtext.standin import DEFAULT_API_KEY, DEFAULT_NUMBER, VirtualTextStandin, create_app
+from service.sandbox.standins.base import serve_in_thread
+from service.sandbox.standins.virtualtext import DEFAULT_API_KEY, DEFAULT_NUMBER, VirtualTextStandin, create_app
 
 FIXTURES = Path(__file__).resolve().parents[3] / "integrations" / "virtualtext" / "fixtures"
 KEY = "pk_live_standin_test_key_0001"

@@ -76,7 +76,7 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
 from pydantic.fields import FieldInfo
 
 from integrations.base import Integration
-from service import templating
+from service.rules import templating
 from service.events import CALL_EVENT_TYPES, Event
 
 MAX_RULES_BYTES = 1024 * 1024

@@ -15,7 +15,8 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import parse_qsl
 
-from service.events import Event, gregorian_to_datetime
+from service.events import Event
+from integrations.virtualpbx.gregorian import gregorian_to_datetime
 
 MAX_DEPTH = 8
 MAX_KEYS = 2000

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from service.events import GREGORIAN_UNIX_OFFSET, datetime_to_gregorian
+from integrations.virtualpbx.gregorian import GREGORIAN_UNIX_OFFSET, datetime_to_gregorian
 
 from .sender import WebhookSender
 from .state import EmulatorState

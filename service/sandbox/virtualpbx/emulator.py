@@ -29,9 +29,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from flask import Flask, Response, request
 
-from service.events import GREGORIAN_UNIX_OFFSET
+from integrations.virtualpbx.gregorian import GREGORIAN_UNIX_OFFSET
 
-from .client import merge_patch
+from integrations.virtualpbx.client import merge_patch
 from .state import (HOOK_TYPES, Account, EmulatorOptions, EmulatorState, TokenInfo, new_id, normalise_webhook,
                     webhook_errors)
 

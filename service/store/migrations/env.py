@@ -2,7 +2,7 @@
 
 from alembic import context
 
-from service.store import Base, make_engine
+from service.store.models import Base, make_engine
 
 config = context.config
 engine = make_engine(config.get_main_option("sqlalchemy.url"))

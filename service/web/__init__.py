@@ -21,11 +21,13 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from integrations.base import IntegrationError, PermanentError
-from service import accounts, media
+from service import accounts
+from service.pbx import media
 from service.config import Settings, get_settings
+from service.queue import INGEST, TaskQueue
 from service.runtime import Runtime
-from service.signing import SignatureError, verify
-from service.spool import Spool, SpoolFull
+from service.web.signing import SignatureError, verify
+from service.web.spool import Spool, SpoolFull
 
 log = logging.getLogger(__name__)
 TOKEN_CACHE_SECONDS = 30.0
@@ -37,21 +39,10 @@ class Receiver:
     """Authenticates hook tokens, builds envelopes and queues them, spooling when Redis is down."""
 
     def __init__(self, settings: Settings, runtime: Runtime, registry: CollectorRegistry) -> None:
-        from workers.celery_app import make_celery, queue_names
-
         self.settings = settings
         self.runtime = runtime
-        self.celery = make_celery(settings)
-        self.celery.conf.broker_connection_timeout = 1
-        self.celery.conf.broker_transport_options = {**self.celery.conf.broker_transport_options,
-                                                     "socket_timeout": 1, "socket_connect_timeout": 1,
-                                                     # fail at once when Redis is away: the spool takes over
-                                                     "max_retries": 0, "connect_retries_timeout": 1}
-        self.ingest_queue = queue_names(settings)["ingest"]
-        # One producer (connection + channel) per request thread, kept for the thread's life: taking
-        # one from the pool per request cost 0.2-0.35 ms (bench/ingest). One per thread, plus the drainer.
-        self.celery.conf.broker_pool_limit = settings.web_threads + 2
-        self._local = threading.local()
+        # Fails at once when Redis is away (the spool takes over); one producer per request thread.
+        self.queue = TaskQueue(settings, fail_fast=True)
         self.spool = Spool(settings.var_dir / "spool", max_events=settings.spool_max_events)
         self._tokens: dict[str, tuple[str, str | None, float]] = {}
         self._lock = threading.Lock()
@@ -83,21 +74,7 @@ class Receiver:
 
     def publish(self, envelope: dict[str, Any]) -> None:
         """Put one envelope on the ingest queue (raises when Redis is unreachable)."""
-        producer = getattr(self._local, "producer", None)
-        if producer is None:
-            producer = self._local.producer = self.celery.producer_pool.acquire(block=True, timeout=1)
-        try:
-            # argsrepr given: otherwise Celery copies a repr of the whole envelope (caller data) into the
-            # message headers, which costs ~0.15 ms and duplicates personal data.
-            self.celery.send_task("pbxrelay.ingest", args=[envelope], queue=self.ingest_queue, retry=False,
-                                  producer=producer, argsrepr="(envelope)", kwargsrepr="{}")
-        except Exception:
-            self._local.producer = None  # reconnect on the next request; the caller spools this one
-            try:
-                producer.release()
-            except Exception:  # the connection is already broken; releasing is best effort
-                log.debug("could not release a broken producer")
-            raise
+        self.queue.send(INGEST, [envelope], argsrepr="(envelope)")
 
     def accept(self, envelope: dict[str, Any]) -> str:
         """Queue the envelope, or spool it durably; returns where it went."""

@@ -30,7 +30,7 @@ from typing import Any
 import requests
 
 from service import sandbox as sandbox_mod
-from service.signing import sign
+from service.web.signing import sign
 
 REPO = Path(__file__).resolve().parent.parent
 RULES_FILE = REPO / "examples" / "demo.yaml"
@@ -153,7 +153,7 @@ def service_env(box: sandbox_mod.Sandbox, var_dir: Path, url: str) -> dict[str, 
 def crm_secret(env: dict[str, str]) -> str | None:
     """The demo rules' CRM signing secret, resolved as `rules apply` resolves it (None when unsigned)."""
     from integrations import REGISTRY
-    from service.rules import load_rules, resolve_crm_secret
+    from service.rules.schema import load_rules, resolve_crm_secret
 
     rules = load_rules(RULES_FILE.read_text(), filename=str(RULES_FILE), registry=REGISTRY)
     return resolve_crm_secret(rules.crm, base_dir=RULES_FILE.parent, environ=env) if rules.crm else None
@@ -199,7 +199,7 @@ def say(text: str) -> None:
 def collect(box: sandbox_mod.Sandbox, account_id: str, calls: list[dict[str, Any]],
             log: list[dict[str, Any]]) -> Outcome:
     """Read what every stand-in recorded."""
-    from integrations.google_sheets.standin import DEFAULT_SPREADSHEET_ID
+    from service.sandbox.standins.google_sheets import DEFAULT_SPREADSHEET_ID
 
     slack, trello, sheets = box.states["slack"], box.states["trello"], box.states["google_sheets"]
     pbx = box.states["virtualpbx"]

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from integrations.base import Media, MediaTooLarge, PermanentError
 from service.events import Event
 from service.secrets import SecretsError
-from service.store import Connection
+from service.store.models import Connection
 
 # How long a voicemail link stays valid (a card may be opened days later).
 LINK_TTL_SECONDS = 30 * 24 * 3600

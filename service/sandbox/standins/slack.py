@@ -32,8 +32,7 @@ from typing import Any
 
 from flask import Flask, Response, request
 
-from integrations.standin import (FaultQueue, add_control_routes, answer_with_fault, fault_response, json_response,
-                                  request_arguments, set_rate_limit)
+from service.sandbox.standins.base import (FaultQueue, add_control_routes, answer_with_fault, fault_response, json_response, request_arguments, set_rate_limit)
 
 DEFAULT_SCOPES = frozenset({"chat:write", "channels:history", "groups:history"})
 # A default workspace so `create_app()` is usable by hand and by the sandbox without any setup.

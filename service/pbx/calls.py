@@ -33,8 +33,9 @@ from typing import Any
 
 import redis
 
-from service.events import Event, gregorian_to_datetime
-from service.kazoo import CHANNEL_HOOKS
+from service.events import Event
+from integrations.virtualpbx.gregorian import gregorian_to_datetime
+from service.pbx.payloads import CHANNEL_HOOKS
 
 # The leg fields kept in the call window: enough to summarise, small enough to store per leg.
 _LEG_FIELDS = (
@@ -225,27 +226,59 @@ class Correlation:
     finalize_call: str | None = None
 
 
-class CallCorrelator:
-    """The per-call window in Redis: stores leg facts and proposes call events (the store de-duplicates)."""
+class RedisCallWindow:
+    """Leg facts per call in a Redis hash shared by every worker, kept for the call window."""
 
     def __init__(self, client: redis.Redis, *, namespace: str, window_seconds: int) -> None:
         self._redis = client
         self._ns = namespace
         self._ttl = window_seconds
 
-    def _state_key(self, account_id: str, call_key: str) -> str:
+    def _key(self, account_id: str, call_key: str) -> str:
         return f"{self._ns}:call:{account_id}:{call_key}"
 
-    def _facts(self, account_id: str, call_key: str) -> dict[str, dict[str, Any]]:
-        raw = self._redis.hgetall(self._state_key(account_id, call_key))
+    def facts(self, account_id: str, call_key: str) -> dict[str, dict[str, Any]]:
+        """Every fact seen for the call, by field."""
+        raw = self._redis.hgetall(self._key(account_id, call_key))
         return {field: json.loads(value) for field, value in raw.items()}
 
-    def _remember(self, account_id: str, call_key: str, field: str, fact: dict[str, Any]) -> None:
-        key = self._state_key(account_id, call_key)
+    def remember(self, account_id: str, call_key: str, field: str, fact: dict[str, Any]) -> None:
+        """Keep a fact (the first copy of a field wins) and extend the window."""
+        key = self._key(account_id, call_key)
         pipe = self._redis.pipeline()
         pipe.hsetnx(key, field, json.dumps(fact, sort_keys=True, default=str))
         pipe.expire(key, self._ttl)
         pipe.execute()
+
+    def exists(self, account_id: str, call_key: str) -> bool:
+        """Whether any fact of the call was seen."""
+        return bool(self._redis.exists(self._key(account_id, call_key)))
+
+
+class MemoryCallWindow:
+    """Leg facts in this process's memory: for the dry run, which must derive exactly what production would."""
+
+    def __init__(self) -> None:
+        self._calls: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+
+    def facts(self, account_id: str, call_key: str) -> dict[str, dict[str, Any]]:
+        """Every fact seen for the call, by field (JSON round-tripped, as Redis would hand it back)."""
+        return {f: json.loads(json.dumps(v, default=str)) for f, v in self._calls.get((account_id, call_key), {}).items()}
+
+    def remember(self, account_id: str, call_key: str, field: str, fact: dict[str, Any]) -> None:
+        """Keep a fact (the first copy of a field wins)."""
+        self._calls.setdefault((account_id, call_key), {}).setdefault(field, fact)
+
+    def exists(self, account_id: str, call_key: str) -> bool:
+        """Whether any fact of the call was seen."""
+        return (account_id, call_key) in self._calls
+
+
+class CallCorrelator:
+    """Stores leg facts in a call window and proposes call events (the store de-duplicates)."""
+
+    def __init__(self, window: RedisCallWindow | MemoryCallWindow) -> None:
+        self._window = window
 
     def _event(self, raw: Event, kind: str, call_key: str, data: dict[str, Any]) -> Event:
         return Event(type=kind, account_id=raw.account_id, key=f"{kind}:{call_key}",
@@ -269,12 +302,12 @@ class CallCorrelator:
         if call_key is None:
             return Correlation(events=[])
         fact = {k: data[k] for k in _LEG_FIELDS if k in data}
-        self._remember(raw.account_id, call_key, f"{hook}:{data['call_id']}", fact)
+        self._window.remember(raw.account_id, call_key, f"{hook}:{data['call_id']}", fact)
         is_a_leg = data["call_id"] == call_key
         events: list[Event] = []
         person_answered = hook == "channel_bridge" or (hook == "channel_answer" and not is_a_leg)
         if hook == "channel_create" or person_answered:
-            facts = self._facts(raw.account_id, call_key)
+            facts = self._window.facts(raw.account_id, call_key)
             # An A-leg bridge names the B-leg, but the B-leg's own hooks (who picked up) may still be in
             # another worker's hands: then wait for them, or for finalize(), rather than answer anonymously.
             other = f":{data.get('other_leg_call_id')}"
@@ -291,7 +324,7 @@ class CallCorrelator:
         vm = voicemail_data(data)
         call_key = data.get("call_id")
         if isinstance(call_key, str) and call_key:
-            self._remember(raw.account_id, call_key, f"voicemail:{vm['voicemail_id']}", vm)
+            self._window.remember(raw.account_id, call_key, f"voicemail:{vm['voicemail_id']}", vm)
         ident = vm["voicemail_id"] or raw.key
         return Correlation(events=[Event(type="voicemail.new", account_id=raw.account_id,
                                          key=f"voicemail.new:{ident}", occurred_at=raw.occurred_at,
@@ -301,13 +334,13 @@ class CallCorrelator:
         call_key = raw.data.get("call_id")
         if not isinstance(call_key, str) or not call_key:
             return Correlation(events=[])
-        if self._redis.exists(self._state_key(raw.account_id, call_key)):
+        if self._window.exists(raw.account_id, call_key):
             return Correlation(events=[])  # legs were seen: finalize() decides, with fuller data
         return Correlation(events=[self._event(raw, "call.missed", call_key, missed_from_notification(raw.data))])
 
     def finalize(self, account_id: str, call_key: str) -> list[Event]:
         """Propose ``call.ended`` (and ``call.missed`` when it applies) from every fact seen."""
-        facts = self._facts(account_id, call_key)
+        facts = self._window.facts(account_id, call_key)
         if not facts:
             return []
         summary = summarize_call(call_key, facts)

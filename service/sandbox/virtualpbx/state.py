@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from service.events import GREGORIAN_UNIX_OFFSET
+from integrations.virtualpbx.gregorian import GREGORIAN_UNIX_OFFSET
 
 from .media import silent_mp3
 

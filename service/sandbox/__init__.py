@@ -16,7 +16,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from integrations.standin import RunningServer, serve_in_thread
+from service.sandbox.standins.base import RunningServer, serve_in_thread
 
 # The demo CRM's Standard Webhooks secret: fixed, like the other demo credentials, so .env survives restarts.
 CRM_SIGNING_SECRET = "whsec_" + base64.b64encode(hashlib.sha256(b"pbxrelay sandbox crm").digest()).decode()
@@ -39,11 +39,11 @@ class Sandbox:
 
 def start(host: str, port: int, *, var_dir: Path) -> Sandbox:
     """Start every stand-in on consecutive ports from ``port`` (0 = free ports) and describe them."""
-    from integrations.google_sheets import standin as sheets
-    from integrations.slack import standin as slack
-    from integrations.trello import standin as trello
-    from integrations.virtualpbx import emulator
-    from integrations.virtualtext import standin as virtualtext
+    from service.sandbox.standins import google_sheets as sheets
+    from service.sandbox.standins import slack as slack
+    from service.sandbox.standins import trello as trello
+    from service.sandbox.virtualpbx import emulator
+    from service.sandbox.standins import virtualtext as virtualtext
 
     box = Sandbox()
 

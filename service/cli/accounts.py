@@ -1,0 +1,86 @@
+"""`pbxrelay accounts`: add, list, connect to VirtualPBX, rotate the hook token."""
+
+from __future__ import annotations
+
+import json
+
+import click
+import sqlalchemy as sa
+
+from service import accounts, engine
+from service.cli.base import fail_on_domain_errors, main, open_runtime
+
+
+# --- accounts ----------------------------------------------------------------------------------------
+
+@main.group("accounts")
+def accounts_group() -> None:
+    """Add and list accounts."""
+
+
+@accounts_group.command("add")
+@click.argument("account_id")
+@click.option("--name", required=True, help="The business name.")
+@click.option("--timezone", "tz", default="UTC", show_default=True, help="IANA time zone, e.g. America/New_York.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@fail_on_domain_errors
+def accounts_add(account_id: str, name: str, tz: str, as_json: bool) -> None:
+    """Add an account and print its hook URL (the token is shown only now)."""
+    rt = open_runtime()
+    with rt.sessions.begin() as session:
+        created = accounts.add_account(session, account_id, name=name, timezone=tz, box=rt.box)
+    url = accounts.hook_url(rt.settings.public_url, created.token)
+    if as_json:
+        click.echo(json.dumps({"account_id": account_id, "name": name, "timezone": tz, "hook_url": url,
+                               "crm_hook_url": accounts.hook_url(rt.settings.public_url, created.token, "crm")}))
+    else:
+        click.echo(f"account {account_id} ({name}) added.\nPoint its VirtualPBX webhooks at:\n  {url}")
+
+
+@accounts_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
+def accounts_list(as_json: bool) -> None:
+    """List accounts (hook tokens are never shown again)."""
+    from service.store.models import Account, RuleSet
+
+    rt = open_runtime()
+    with rt.sessions() as session:
+        rows = session.execute(sa.select(Account, RuleSet.version).outerjoin(RuleSet)).all()
+    for account, version in rows:
+        if as_json:
+            click.echo(json.dumps({"account_id": account.id, "name": account.name, "timezone": account.timezone,
+                                   "rules_version": version}))
+        else:
+            click.echo(f"{account.id}  {account.name}  {account.timezone}  rules v{version or '-'}")
+
+
+@accounts_group.command("connect")
+@click.argument("account_id")
+@fail_on_domain_errors
+def accounts_connect(account_id: str) -> None:
+    """Register, idempotently, the VirtualPBX webhooks the account's rules need (via its virtualpbx connection)."""
+    from integrations.base import IntegrationError
+
+    rt = open_runtime()
+    try:
+        report = engine.connect_account(rt, account_id)
+    except IntegrationError as exc:
+        raise click.ClickException(f"VirtualPBX refused: {exc}") from None
+    for label, hooks in (("created", report.created), ("updated", report.updated),
+                         ("unchanged", report.unchanged), ("deleted", report.deleted),
+                         ("re-enabled", report.reenabled)):
+        for hook in hooks:
+            click.echo(f"{label:<10} {hook.name}  ({hook.hook_id})")
+    click.echo(f"hooks deliver {report.body_format}"
+               + (" (this cluster rejected format: json)" if report.format_rejected else ""))
+
+
+@accounts_group.command("rotate-token")
+@click.argument("account_id")
+@fail_on_domain_errors
+def accounts_rotate(account_id: str) -> None:
+    """Issue a new hook URL for an account (the old one stops working)."""
+    rt = open_runtime()
+    with rt.sessions.begin() as session:
+        token = accounts.rotate_token(session, account_id, box=rt.box)
+    click.echo(accounts.hook_url(rt.settings.public_url, token))

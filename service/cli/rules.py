@@ -1,0 +1,63 @@
+"""`pbxrelay rules`: apply, export and dry-run an account's rules file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from service import accounts, engine
+from service.pbx.payloads import MalformedPayload, parse_delivery
+from service.cli.base import fail_on_domain_errors, main, open_runtime
+
+
+# --- rules -------------------------------------------------------------------------------------------
+
+@main.group("rules")
+def rules_group() -> None:
+    """Apply, export and dry-run rules files."""
+
+
+@rules_group.command("apply")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@fail_on_domain_errors
+def rules_apply(file: Path) -> None:
+    """Validate and apply a rules file atomically (all or nothing)."""
+    rt = open_runtime()
+    with rt.sessions.begin() as session:
+        ruleset = accounts.apply_rules_file(session, file, registry=rt.registry, box=rt.box)
+        click.echo(f"applied {file} to account {ruleset.account_id} (version {ruleset.version})")
+
+
+@rules_group.command("export")
+@click.argument("account_id")
+@fail_on_domain_errors
+def rules_export(account_id: str) -> None:
+    """Print the applied rules file; secrets appear as `stored:`."""
+    rt = open_runtime()
+    with rt.sessions() as session:
+        click.echo(accounts.export_rules(session, account_id), nl=False)
+
+
+@rules_group.command("test")
+@click.argument("account_id")
+@click.argument("event_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@fail_on_domain_errors
+def rules_test(account_id: str, event_file: Path) -> None:
+    """Dry run one hook (a JSON or form body) or a call's hooks in order (a JSON list): no side effect."""
+    rt = open_runtime()
+    body = event_file.read_bytes()
+    try:
+        if body.lstrip()[:1] == b"[":
+            payloads = json.loads(body)
+            if not payloads or not all(isinstance(p, dict) for p in payloads):
+                raise MalformedPayload("a list of hooks must hold one or more JSON objects")
+        else:
+            payloads = [parse_delivery(method="POST", content_type="" if body.lstrip()[:1] == b"{" else
+                                       "application/x-www-form-urlencoded", body=body, query_string="")]
+    except json.JSONDecodeError as exc:
+        raise click.ClickException(f"{event_file}: invalid JSON: {exc}") from None
+    except MalformedPayload as exc:
+        raise click.ClickException(f"{event_file}: {exc}") from None
+    click.echo(json.dumps(engine.dry_run(rt, account_id, payloads), indent=2, default=str))

@@ -1,0 +1,42 @@
+"""`pbxrelay secrets`: generate and rotate the encryption keys."""
+
+from __future__ import annotations
+
+
+import click
+import sqlalchemy as sa
+
+from service.cli.base import fail_on_domain_errors, main, open_runtime
+
+
+# --- secrets -----------------------------------------------------------------------------------------
+
+@main.group("secrets")
+def secrets_group() -> None:
+    """Encryption keys for stored credentials."""
+
+
+@secrets_group.command("generate-key")
+def secrets_generate() -> None:
+    """Print a new Fernet key (put it first in PBXRELAY_SECRET_KEYS to rotate)."""
+    from cryptography.fernet import Fernet
+
+    click.echo(Fernet.generate_key().decode())
+
+
+@secrets_group.command("rotate")
+@fail_on_domain_errors
+def secrets_rotate() -> None:
+    """Re-encrypt every stored credential with the first key of PBXRELAY_SECRET_KEYS."""
+    from service.store.models import Connection
+
+    rt = open_runtime()
+    with rt.sessions.begin() as session:
+        rows = session.scalars(sa.select(Connection)).all()
+        for row in rows:
+            row.config_encrypted = rt.box.rotate(row.config_encrypted)
+    click.echo(f"re-encrypted {len(rows)} connection(s) with the newest key")
+
+
+if __name__ == "__main__":
+    main()

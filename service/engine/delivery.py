@@ -1,0 +1,240 @@
+"""Delivery: run one planned action once, under a claim, and record its outcome.
+
+``deliveries`` has one row per (account, event key, rule, action index), claimed with a lease
+before each attempt, so two copies of an action task never run the same action at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from integrations.base import ActionContext, AuthError, IntegrationError, PermanentError, RetryableError, scrub
+from service import crm
+from service.events import Event, aware
+from service.pbx import media
+from service.runtime import Runtime
+from service.store.models import (Account, AuditEntry, Connection, Delivery, StoredEvent, utcnow)
+from service.engine.ingest import store_event
+from service.engine.planning import ruleset_of
+
+log = logging.getLogger(__name__)
+
+
+def _claim(session: Session, delivery_id: int, lease: timedelta) -> Delivery | None:
+    now = utcnow()
+    result = session.execute(
+        sa.update(Delivery)
+        .where(Delivery.id == delivery_id,
+               sa.or_(Delivery.status.in_(("pending", "retrying")),
+                      sa.and_(Delivery.status == "running", Delivery.claimed_until < now)))
+        .values(status="running", attempts=Delivery.attempts + 1, claimed_until=now + lease,
+                updated_at=now))
+    return session.get(Delivery, delivery_id) if result.rowcount == 1 else None
+
+
+# Integration error codes of a request whose fate is unknown (timed out or cut off after it was sent).
+IN_DOUBT_CODES = frozenset({"network", "timeout"})
+
+
+def retry_delay(rt: Runtime, attempt: int, retry_after: float | None, code: str | None = None) -> float:
+    """Seconds before the next attempt: the vendor's Retry-After if given, else capped backoff with full jitter."""
+    cap = rt.settings.retry_max_countdown_seconds
+    if retry_after is not None and retry_after > 0:
+        delay = min(cap, retry_after + random.uniform(0, 1))
+    else:
+        delay = random.uniform(0, min(cap, rt.settings.retry_base_seconds * 2 ** max(0, attempt - 1)))
+    if code in IN_DOUBT_CODES:
+        # The request may have reached the vendor and still take effect after the client gave up; the
+        # next attempt's duplicate check (e.g. Slack's history lookup) must come after that, not before it.
+        delay = max(delay, rt.settings.action_timeout_seconds)
+    return delay
+
+
+# Retry reasons that are waiting, not trying: nothing reached the vendor, so no attempt is counted.
+WAITING_CODES = frozenset({"paced", "deferred", "queued"})
+# Permanent auth failures of one connection within the window that pause it (the circuit opens).
+CIRCUIT_THRESHOLD = 3
+CIRCUIT_WINDOW_SECONDS = 600
+
+
+def execute_delivery(rt: Runtime, delivery_id: int) -> str:
+    """Run one planned action once; record the attempt; raise RetryableError/PermanentError on failure."""
+    with rt.sessions.begin() as session:
+        # One attempt may hold the delivery for its time limit plus a margin; after that a re-sent
+        # copy of the task (its worker was killed mid-action) may take over.
+        delivery = _claim(session, delivery_id, timedelta(seconds=rt.settings.claim_lease_seconds))
+        if delivery is None:
+            current = session.get(Delivery, delivery_id)
+            if current is None:
+                raise PermanentError(f"delivery {delivery_id} does not exist")
+            if current.status == "running":
+                left = (aware(current.claimed_until) - utcnow()).total_seconds() if current.claimed_until else 1
+                raise RetryableError(f"delivery {delivery_id} is being attempted elsewhere",
+                                     retry_after=max(1.0, left), code="claimed")
+            return current.status  # succeeded, failed, dead, paused, discarded: nothing to do
+        account = session.get(Account, delivery.account_id)
+        connection = session.scalars(sa.select(Connection).where(
+            Connection.account_id == delivery.account_id, Connection.name == delivery.connection)).first()
+        if connection is not None and connection.paused_reason:
+            # The circuit is open: keep the action for `pbxrelay connections resume`, don't attempt it.
+            delivery.status, delivery.attempts, delivery.claimed_until = "paused", delivery.attempts - 1, None
+            delivery.last_error = f"connection paused: {connection.paused_reason}"[:2000]
+            return "paused"
+        stored = session.scalars(sa.select(StoredEvent).where(StoredEvent.account_id == delivery.account_id,
+                                                              StoredEvent.key == delivery.event_key)).first()
+        job = _Job(delivery_id=delivery.id, account_id=delivery.account_id, integration=delivery.integration,
+                   action=delivery.action, connection=delivery.connection, params=dict(delivery.params or {}),
+                   attempt=delivery.attempts, created_at=aware(delivery.created_at),
+                   timezone=account.timezone if account else "UTC", region=_region(session, rt, delivery.account_id),
+                   config=rt.box.decrypt(connection.config_encrypted) if connection else None,
+                   event=(Event(type=stored.type, account_id=stored.account_id, key=stored.key,
+                                occurred_at=aware(stored.occurred_at), data=stored.data) if stored else None))
+
+    secrets_seen: list[str] = []
+    try:
+        integration = _integration(rt, job)
+        secrets_seen = integration.secrets()
+        result = integration.run(job.action, job.params, _context(rt, job))
+    except IntegrationError as exc:
+        _record_failure(rt, job, exc, secrets_seen)
+        raise
+    except Exception as exc:  # an unmapped failure: keep the action (retry), never swallow it
+        log.exception("delivery %s: unexpected %s", delivery_id, type(exc).__name__)
+        wrapped = RetryableError(scrub(f"unexpected {type(exc).__name__}: {exc}", secrets_seen)[:1000])
+        _record_failure(rt, job, wrapped, secrets_seen)
+        raise wrapped from None
+    with rt.sessions.begin() as session:
+        session.execute(sa.update(Delivery).where(Delivery.id == delivery_id).values(
+            status="succeeded", external_id=(result.external_id or "")[:300] or None,
+            last_error=("deduplicated: the effect was already there" if result.deduplicated else
+                        (result.detail[:2000] if result.detail else None)),
+            claimed_until=None, updated_at=utcnow()))
+    return "succeeded"
+
+
+@dataclass
+class _Job:
+    """Everything one attempt needs, read in the claiming transaction."""
+
+    delivery_id: int
+    account_id: str
+    integration: str
+    action: str
+    connection: str
+    params: dict[str, Any]
+    attempt: int
+    created_at: datetime
+    timezone: str
+    region: str
+    config: dict[str, Any] | None
+    event: Event | None
+
+
+def _region(session: Session, rt: Runtime, account_id: str) -> str:
+    """The account's phone-number region, from its stored rules (never from what this process happened to plan)."""
+    ruleset = ruleset_of(session, rt, account_id)
+    return ruleset.account.region if ruleset else "US"
+
+
+def follow_ups(exc: BaseException) -> list[int]:
+    """Deliveries planned while recording a failure (the circuit's alert), which the caller must enqueue."""
+    return list(getattr(exc, "follow_up", None) or [])
+
+
+def _integration(rt: Runtime, job: _Job):
+    """The configured integration object for the job's connection, or PermanentError."""
+    if job.config is None:
+        raise PermanentError(f"connection {job.connection!r} no longer exists for account {job.account_id}")
+    cls = rt.registry.get(job.integration)
+    if cls is None:
+        raise PermanentError(f"integration {job.integration!r} is not installed")
+    try:
+        return cls(cls.Config.model_validate(job.config))
+    except Exception as exc:  # pydantic.ValidationError: the stored config is no longer valid
+        raise PermanentError(f"connection {job.connection!r} is misconfigured: {exc}") from None
+
+
+def _context(rt: Runtime, job: _Job) -> ActionContext:
+    """The ActionContext of one attempt: identity, shared limiter, consent list and voicemail audio."""
+    def opted_out(number: str) -> bool:
+        with rt.sessions() as session:
+            return crm.is_opted_out(session, job.account_id, number)
+
+    return ActionContext(
+        account_id=job.account_id, idempotency_key=f"{job.account_id}:{job.delivery_id}",
+        connection_id=f"{job.account_id}:{job.connection}", attempt=job.attempt, timezone=job.timezone,
+        region=job.region, api_urls=rt.api_urls(), acquire=rt.limiter.acquire, penalise=rt.limiter.penalise,
+        redis=rt.redis, namespace=rt.settings.namespace, event=job.event.to_json() if job.event else {},
+        media=lambda max_bytes: media.voicemail_audio(rt, job.account_id, job.event, max_bytes),
+        opted_out=opted_out)
+
+
+def _record_failure(rt: Runtime, job: _Job, exc: IntegrationError, secrets_seen: list[str]) -> None:
+    """Write the attempt's outcome: retrying, failed (permanent), paused (auth) or dead (past the horizon)."""
+    exc.message = scrub(exc.message, secrets_seen)
+    exc.args = (exc.message,)
+    past_horizon = utcnow() - job.created_at > timedelta(seconds=rt.settings.retry_horizon_seconds)
+    if isinstance(exc, AuthError):
+        status = "paused"  # fixable by the operator: kept for replay when the connection resumes
+    elif exc.retryable:
+        status = "dead" if past_horizon else "retrying"
+    else:
+        status = "failed"
+    values: dict[str, Any] = {"status": status, "claimed_until": None, "updated_at": utcnow()}
+    if exc.code in WAITING_CODES:
+        values["attempts"] = Delivery.attempts - 1
+    else:
+        values["last_error"] = f"{type(exc).__name__}: {exc.message}"[:2000]
+    with rt.sessions.begin() as session:
+        session.execute(sa.update(Delivery).where(Delivery.id == job.delivery_id).values(**values))
+    if isinstance(exc, AuthError):
+        exc.follow_up = _count_auth_failure(rt, job, exc)
+    if status == "dead":
+        raise PermanentError(f"gave up after the retry horizon: {exc.message}") from None
+
+
+def _count_auth_failure(rt: Runtime, job: _Job, exc: AuthError) -> list[int]:
+    """Open the connection's circuit after repeated auth failures; record it; return the alert deliveries."""
+    key = f"{rt.settings.namespace}:authfail:{job.account_id}:{job.connection}"
+    failures = rt.redis.incr(key)
+    rt.redis.expire(key, CIRCUIT_WINDOW_SECONDS)
+    if failures < CIRCUIT_THRESHOLD:
+        return []
+    reason = f"{failures} authentication failures: {exc.message}"[:1000]
+    with rt.sessions.begin() as session:
+        paused = session.execute(sa.update(Connection).where(
+            Connection.account_id == job.account_id, Connection.name == job.connection,
+            Connection.paused_reason.is_(None)).values(paused_reason=reason)).rowcount
+        if not paused:
+            return []
+        session.add(AuditEntry(account_id=job.account_id, kind="connection_paused",
+                               detail=f"{job.connection}: {reason}"))
+        return _plan_alert(session, rt, job.account_id,
+                           f"pbxrelay paused connection '{job.connection}': {reason}. Fix the credentials, "
+                           f"then run `pbxrelay connections resume {job.account_id} {job.connection}`.",
+                           exclude=job.connection)
+
+
+def _plan_alert(session: Session, rt: Runtime, account_id: str, text: str, *, exclude: str) -> list[int]:
+    """Queue a message to the account's alert connection (if any, and not the broken one)."""
+    ruleset = ruleset_of(session, rt, account_id)
+    target = ruleset.account.alert_connection if ruleset else None
+    if not target or target == exclude:
+        return []
+    event = Event(type="pbxrelay.alert", account_id=account_id, key=f"pbxrelay.alert:{utcnow().isoformat()}",
+                  occurred_at=utcnow(), data={"text": text})
+    store_event(session, event)
+    integration = ruleset.connections[target].integration
+    delivery = Delivery(account_id=account_id, event_key=event.key, event_type=event.type, rule_name="(alert)",
+                        action_index=0, connection=target, integration=integration, action="post_message",
+                        status="pending", params={"text": text})
+    session.add(delivery)
+    session.flush()
+    return [delivery.id]

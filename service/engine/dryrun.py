@@ -1,0 +1,63 @@
+"""Dry run: what payloads would do, with no side effect, derived by the same correlator production uses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from integrations.base import PermanentError
+from service import accounts
+from service.engine.planning import ruleset_of, template_escape
+from service.events import Event
+from service.pbx.calls import CallCorrelator, MemoryCallWindow
+from service.pbx.payloads import to_hook_event
+from service.rules import schema as rules_mod
+from service.runtime import Runtime
+
+
+def derive_events(account_id: str, payloads: list[dict[str, Any]]) -> tuple[list[Event], list[Event]]:
+    """(raw hook events, call events) that these payloads give in this order, once each call has settled.
+
+    The correlator is production's, on an in-memory window; events are kept once per key, as the
+    events table keeps them, so a repeated hook or a re-proposed call event counts once.
+    """
+    correlator = CallCorrelator(MemoryCallWindow())
+    seen: set[str] = set()
+    raws: list[Event] = []
+    derived: list[Event] = []
+    to_finalize: list[str] = []
+    for payload in payloads:
+        raw = to_hook_event(payload, account_id=account_id)
+        if raw.key in seen:
+            continue
+        seen.add(raw.key)
+        raws.append(raw)
+        correlation = correlator.observe(raw)
+        derived.extend(event for event in correlation.events if event.key not in seen and not seen.add(event.key))
+        if correlation.finalize_call and correlation.finalize_call not in to_finalize:
+            to_finalize.append(correlation.finalize_call)
+    for call_key in to_finalize:
+        derived.extend(event for event in correlator.finalize(account_id, call_key)
+                       if event.key not in seen and not seen.add(event.key))
+    return raws, derived
+
+
+def dry_run(rt: Runtime, account_id: str, payloads: list[dict[str, Any]]) -> dict[str, Any]:
+    """Show what payloads would do: parsed events, call events, matching rules and rendered actions."""
+    with rt.sessions() as session:
+        account = accounts.get_account(session, account_id)
+        ruleset = ruleset_of(session, rt, account_id)
+    raws, derived = derive_events(account_id, payloads)
+    actions = []
+    for event in [*raws, *derived]:
+        for planned in (rules_mod.plan(ruleset, event) if ruleset else []):
+            entry = {"event": event.type, "rule": planned.rule_name, "use": planned.connection,
+                     "integration": planned.integration, "action": planned.action}
+            try:
+                entry["with"] = rules_mod.render_action(planned, event, ruleset.account,
+                                                        escape=template_escape(rt, planned.integration))
+            except PermanentError as exc:
+                entry["error"] = str(exc)
+            actions.append(entry)
+    return {"account": {"id": account.id, "name": account.name},
+            "event": raws[0].to_json() if len(raws) == 1 else None, "events": [e.to_json() for e in raws],
+            "call_events": [e.to_json() for e in derived], "actions": actions}

@@ -1,0 +1,125 @@
+"""Operations: onboarding, reconciliation, re-enabling hooks, resuming, replaying and the stale sweep."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+
+from service import accounts
+from service.events import aware
+from service.pbx import media, onboarding, reconcile
+from service.runtime import Runtime
+from service.store.models import (Account, AuditEntry, Connection, Delivery, StoredEvent, utcnow)
+from service.engine.ingest import emit_events
+from service.engine.planning import ruleset_of
+
+def pbx_accounts(rt: Runtime) -> list[str]:
+    """Accounts that have a VirtualPBX API connection (for onboarding, re-enabling and reconciliation)."""
+    with rt.sessions() as session:
+        return list(session.scalars(sa.select(Connection.account_id).where(
+            Connection.integration == "virtualpbx").distinct()))
+
+
+def reconcile_account(rt: Runtime, account_id: str, now: datetime) -> list[int]:
+    """Emit call.ended / call.missed for calls in the CDRs whose webhooks never arrived."""
+    client = media.pbx_client(rt, account_id)
+    if client is None:
+        return []
+    with rt.sessions() as session:
+        last_run = session.get(Account, account_id).reconciled_until
+    created_from, created_to = reconcile.reconcile_window(aware(last_run) if last_run else None, now)
+    if created_to <= created_from:
+        return []
+    calls = reconcile.fetch_cdr_calls(client, created_from, created_to)
+    keys = [f"{kind}:{call_key}" for call_key in calls for kind in ("call.ended", "call.missed")]
+    with rt.sessions() as session:
+        known = set(session.scalars(sa.select(StoredEvent.key).where(StoredEvent.account_id == account_id,
+                                                                    StoredEvent.key.in_(keys)))) if keys else set()
+    planned = emit_events(rt, account_id, reconcile.missing_call_events(account_id, calls, known))
+    with rt.sessions.begin() as session:
+        session.get(Account, account_id).reconciled_until = created_to
+        if planned:
+            session.add(AuditEntry(account_id=account_id, kind="reconciled",
+                                   detail=f"{len(planned)} action(s) for calls whose hooks never arrived "
+                                          f"({created_from.isoformat()} .. {created_to.isoformat()})"))
+    return planned
+
+
+def reenable_account_hooks(rt: Runtime, account_id: str, *, receiver_healthy: bool) -> int:
+    """Re-enable pbxrelay's hooks that Kazoo disabled, once the receiver is healthy; audit each."""
+    client = media.pbx_client(rt, account_id)
+    if client is None:
+        return 0
+    hooks = onboarding.reenable_disabled(client, receiver_healthy=receiver_healthy)
+    if hooks:
+        with rt.sessions.begin() as session:
+            for hook in hooks:
+                session.add(AuditEntry(account_id=account_id, kind="hook_reenabled",
+                                       detail=f"{hook.name} ({hook.hook_id}) was disabled: "
+                                              f"{hook.disable_reason or 'no reason given'}"))
+    return len(hooks)
+
+
+def connect_account(rt: Runtime, account_id: str) -> "onboarding.ConnectReport":
+    """Register (idempotently) the VirtualPBX webhooks the account's rules need; audit the result."""
+    client = media.pbx_client(rt, account_id)
+    if client is None:
+        raise accounts.AccountError(f"account {account_id} has no virtualpbx connection in its rules file "
+                                    "(add one with integration: virtualpbx and an api_key)")
+    with rt.sessions() as session:
+        account = accounts.get_account(session, account_id)
+        ruleset = ruleset_of(session, rt, account_id)
+        token = accounts.hook_token(account, rt.box)
+    if ruleset is None:
+        raise accounts.AccountError(f"account {account_id} has no rules yet (apply a file first)")
+    report = onboarding.connect_account(client, hook_url=accounts.hook_url(rt.settings.public_url, token),
+                                        hooks=onboarding.required_hooks(ruleset))
+    with rt.sessions.begin() as session:
+        session.add(AuditEntry(account_id=account_id, kind="connected", detail=(
+            f"created {len(report.created)}, updated {len(report.updated)}, unchanged {len(report.unchanged)}, "
+            f"deleted {len(report.deleted)}, re-enabled {len(report.reenabled)}; format {report.body_format}")))
+    return report
+
+
+def resume_connection(rt: Runtime, account_id: str, name: str) -> list[int]:
+    """Close a connection's circuit and return its paused deliveries, now pending again, for enqueueing."""
+    with rt.sessions.begin() as session:
+        session.execute(sa.update(Connection).where(Connection.account_id == account_id,
+                                                    Connection.name == name).values(paused_reason=None))
+        ids = list(session.scalars(sa.select(Delivery.id).where(
+            Delivery.account_id == account_id, Delivery.connection == name, Delivery.status == "paused")))
+        if ids:
+            session.execute(sa.update(Delivery).where(Delivery.id.in_(ids)).values(
+                status="pending", claimed_until=None, updated_at=utcnow()))
+        session.add(AuditEntry(account_id=account_id, kind="connection_resumed",
+                               detail=f"{name}: {len(ids)} paused action(s) replayed"))
+    rt.redis.delete(f"{rt.settings.namespace}:authfail:{account_id}:{name}")
+    return ids
+
+
+def replay(rt: Runtime, *, delivery_ids: list[int]) -> list[int]:
+    """Put dead, failed or paused deliveries back to pending (their retry horizon restarts now)."""
+    with rt.sessions.begin() as session:
+        ids = list(session.scalars(sa.select(Delivery.id).where(
+            Delivery.id.in_(delivery_ids), Delivery.status.in_(("dead", "failed", "paused", "discarded")))))
+        if ids:
+            session.execute(sa.update(Delivery).where(Delivery.id.in_(ids)).values(
+                status="pending", claimed_until=None, created_at=utcnow(), updated_at=utcnow()))
+    return ids
+
+
+def stale_deliveries(rt: Runtime, overdue: timedelta) -> list[int]:
+    """Deliveries whose task message must have been lost: never attempted, or retrying or running, and overdue.
+
+    A retrying delivery is overdue once ``overdue`` past the longest countdown since its last attempt, a running
+    one once ``overdue`` past its claim. A second message for a delivery is harmless: attempts claim it.
+    """
+    now = utcnow()
+    cutoff = now - overdue
+    retry_cutoff = cutoff - timedelta(seconds=rt.settings.retry_max_countdown_seconds)
+    with rt.sessions() as session:
+        return list(session.scalars(sa.select(Delivery.id).where(sa.or_(
+            sa.and_(Delivery.status == "pending", Delivery.created_at < cutoff),
+            sa.and_(Delivery.status == "retrying", Delivery.updated_at < retry_cutoff),
+            sa.and_(Delivery.status == "running", Delivery.claimed_until < cutoff))).order_by(Delivery.id).limit(1000)))
