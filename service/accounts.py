@@ -13,7 +13,7 @@ import sqlalchemy as sa
 import yaml
 from sqlalchemy.orm import Session
 
-from service.rules import schema as rules_mod
+from service import rules as rules_mod
 from service.secrets import SecretBox
 from service.store.models import Account, Connection, RuleSet, hash_token
 

@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.events import Event
-from service.rules.schema import CrmSpec, lookup_path
+from service.rules import CrmSpec, lookup_path
 from service.store.models import OptOut
 
 # Replies that opt a number out of (or back into) texts: the CTIA keywords carriers honour.

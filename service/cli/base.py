@@ -33,7 +33,7 @@ def fail_on_domain_errors(fn):
     """Turn expected operator errors into a clear message and exit code 1 (no traceback)."""
     import functools
 
-    from service.rules.schema import RulesError
+    from service.rules import RulesError
     from service.secrets import SecretsError
 
     @functools.wraps(fn)

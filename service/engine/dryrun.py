@@ -10,7 +10,7 @@ from service.engine.planning import ruleset_of, template_escape
 from service.events import Event
 from service.pbx.calls import CallCorrelator, MemoryCallWindow
 from service.pbx.payloads import to_hook_event
-from service.rules import schema as rules_mod
+from service import rules as rules_mod
 from service.runtime import Runtime
 
 

@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 
 from integrations.base import PermanentError, scrub
 from service.events import Event
-from service.rules import schema as rules_mod
+from service import rules as rules_mod
 from service.runtime import Runtime
 from service.store.models import (Account, Delivery, RuleSet)
 

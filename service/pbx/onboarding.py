@@ -18,7 +18,7 @@ from integrations.virtualpbx import errors as E
 from integrations.virtualpbx.client import VirtualPBXClient
 from service.events import CALL_EVENT_TYPES
 from service.pbx.payloads import CHANNEL_HOOKS
-from service.rules.schema import KNOWN_EVENT_TYPES, RulesFile
+from service.rules import KNOWN_EVENT_TYPES, RulesFile
 
 log = logging.getLogger(__name__)
 

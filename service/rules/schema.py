@@ -1,4 +1,4 @@
-"""Account rules: the YAML schema, loading and validation, condition matching and action planning.
+"""Account rules: the YAML schema, loading and validation (matching and rendering: ``matching``).
 
 One YAML file per account::
 
@@ -34,7 +34,7 @@ Unknown keys are errors everywhere. Connection values may be literal or referenc
 rules file's directory) or ``stored:`` (keep the value already stored for this connection).
 
 Event types (``on``): call.started, call.answered, call.ended, call.missed, voicemail.new,
-crm.event and virtualpbx.<hook> for each of :data:`VIRTUALPBX_HOOKS`, or fnmatch globs over them.
+crm.event and virtualpbx.<hook> for each of :data:`service.pbx.payloads.KNOWN_HOOKS`, or fnmatch globs over them.
 
 Conditions (``if``): every key must hold. A key is a dotted path into the event data (``event.type``
 and ``event.key`` are there too); a field that is missing never matches, except ``{exists: false}``.
@@ -59,12 +59,10 @@ and dates stay strings.
 
 from __future__ import annotations
 
-import copy
 import fnmatch
 import os
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone as dt_timezone
 from pathlib import Path
 from typing import Annotated, Any, Callable, Iterator, Mapping, get_args
 from zoneinfo import ZoneInfo
@@ -77,15 +75,14 @@ from pydantic.fields import FieldInfo
 
 from integrations.base import Integration
 from service.rules import templating
-from service.events import CALL_EVENT_TYPES, Event
+from service.events import CALL_EVENT_TYPES
+from service.pbx.payloads import KNOWN_HOOKS
 
 MAX_RULES_BYTES = 1024 * 1024
 MAX_NESTING = 32
 MAX_VALUES = 100_000  # after YAML alias expansion: keeps "billion laughs" documents from stalling us
 MAX_REFERENCED_FILE_BYTES = 64 * 1024
-VIRTUALPBX_HOOKS = ("channel_create", "channel_answer", "channel_bridge", "channel_destroy", "notifications",
-                    "parking", "object", "sms")
-KNOWN_EVENT_TYPES = (*CALL_EVENT_TYPES, "crm.event", *(f"virtualpbx.{hook}" for hook in VIRTUALPBX_HOOKS))
+KNOWN_EVENT_TYPES = (*CALL_EVENT_TYPES, "crm.event", *(f"virtualpbx.{hook}" for hook in KNOWN_HOOKS))
 CONDITION_OPERATORS = ("eq", "ne", "gt", "gte", "lt", "lte", "in", "not_in", "glob", "exists")
 BUSINESS_HOURS_KEY = "business_hours"
 STORED_REFERENCE = "stored:"
@@ -95,11 +92,11 @@ _HOURS_RANGE = re.compile(r"^(\d{2}):(\d{2})-(\d{2}):(\d{2})$")
 _FIELD_PATH = re.compile(r"^[^.\s]+(?:\.[^.\s]+)*$")
 _CONNECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_GLOB_CHARS = re.compile(r"[*?\[]")
-_PHONE_LIKE = re.compile(r"^\+?[0-9 ().-]*[0-9][0-9 ().-]*$")
-_PHONE_PATTERN = re.compile(r"^[+0-9 ().*?\[\]!-]*[0-9][+0-9 ().*?\[\]!-]*$")
+GLOB_CHARS = re.compile(r"[*?\[]")
+PHONE_LIKE = re.compile(r"^\+?[0-9 ().-]*[0-9][0-9 ().-]*$")
+PHONE_PATTERN = re.compile(r"^[+0-9 ().*?\[\]!-]*[0-9][+0-9 ().*?\[\]!-]*$")
 # Separators to drop from a phone glob; bracket groups are kept whole so "[0-5]" stays a range.
-_PHONE_PATTERN_SEPARATORS = re.compile(r"(\[[^\]]*\])|[+ ().-]")
+PHONE_PATTERN_SEPARATORS = re.compile(r"(\[[^\]]*\])|[+ ().-]")
 
 # (connection name, config key) -> the value stored for it, or None; supplied by the caller with a DB.
 StoredValueResolver = Callable[[str, str], Any]
@@ -220,7 +217,7 @@ def _one_or_many(value: Any) -> Any:
     return [value] if isinstance(value, str) else value
 
 
-def _weekdays(day_spec: str) -> set[int]:
+def weekdays(day_spec: str) -> set[int]:
     """The weekday numbers (Monday = 0) of "mon", "mon-fri", "sat,sun" or "fri-mon"; ValueError otherwise."""
     days: set[int] = set()
     for part in day_spec.lower().replace(" ", "").split(","):
@@ -234,7 +231,7 @@ def _weekdays(day_spec: str) -> set[int]:
     return days
 
 
-def _minutes_range(hours: str) -> tuple[int, int]:
+def minutes_range(hours: str) -> tuple[int, int]:
     """The (start, end) minutes of day of "HH:MM-HH:MM"; ValueError otherwise."""
     match = _HOURS_RANGE.match(hours.replace(" ", ""))
     if not match:
@@ -249,12 +246,12 @@ def _minutes_range(hours: str) -> tuple[int, int]:
 
 
 def _check_day_spec(day_spec: str) -> str:
-    _weekdays(day_spec)
+    weekdays(day_spec)
     return day_spec
 
 
 def _check_hours(hours: str) -> str:
-    _minutes_range(hours)
+    minutes_range(hours)
     return hours
 
 
@@ -441,7 +438,7 @@ def _connection_key_problems(name: str, spec: ConnectionSpec,
 
 
 def _event_type_problem(pattern: str) -> str | None:
-    if _GLOB_CHARS.search(pattern):
+    if GLOB_CHARS.search(pattern):
         if not any(fnmatch.fnmatchcase(known, pattern) for known in KNOWN_EVENT_TYPES):
             return f"{pattern!r} matches no known event type ({', '.join(KNOWN_EVENT_TYPES)})"
     elif pattern not in KNOWN_EVENT_TYPES:
@@ -453,14 +450,15 @@ def _is_scalar(value: Any) -> bool:
     return value is None or isinstance(value, (str, int, float, bool))
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
+    """Whether a YAML value is a number (booleans are not)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _operator_problem(operator: str, operand: Any) -> str | None:
     if operator not in CONDITION_OPERATORS:
         return f"unknown operator (use {', '.join(CONDITION_OPERATORS)})"
-    if operator in ("gt", "gte", "lt", "lte") and not _is_number(operand):
+    if operator in ("gt", "gte", "lt", "lte") and not is_number(operand):
         return "needs a number"
     if operator in ("in", "not_in") and not (isinstance(operand, list) and operand and all(map(_is_scalar, operand))):
         return "needs a non-empty list of values"
@@ -663,210 +661,3 @@ def redact_connection(spec: ConnectionSpec, config_model: type[BaseModel]) -> di
         is_reference = isinstance(value, str) and value.startswith(("env:", "file:", STORED_REFERENCE))
         exported[key] = STORED_REFERENCE if key in secret_keys and not is_reference else value
     return exported
-
-
-# --- Matching and planning ---------------------------------------------------------------------
-
-
-def _escaped(value: Any, escape: Callable[[str], str]) -> Any:
-    """``value`` with ``escape`` applied to every string inside it."""
-    if isinstance(value, str):
-        return escape(value)
-    if isinstance(value, dict):
-        return {key: _escaped(item, escape) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_escaped(item, escape) for item in value]
-    return value
-
-
-@dataclass(frozen=True)
-class PlannedAction:
-    """One action an event triggers: which rule and step, which connection, and its unrendered params."""
-
-    rule_name: str
-    index: int
-    connection: str
-    integration: str
-    action: str
-    params_template: dict[str, Any]
-
-
-def lookup_path(context: Mapping[str, Any], path: str) -> tuple[bool, Any]:
-    """(found, value) of a dotted path; list items are addressed by index ("legs.0.number")."""
-    current: Any = context
-    for segment in path.split("."):
-        if isinstance(current, dict) and segment in current:
-            current = current[segment]
-        elif isinstance(current, list) and segment.isdigit() and int(segment) < len(current):
-            current = current[int(segment)]
-        else:
-            return False, None
-    return True, current
-
-
-def _as_number(value: Any) -> float | None:
-    if _is_number(value):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return None
-    return None
-
-
-def _phone_forms(text: str, region: str) -> set[str]:
-    """The digits of a phone-like string and, when it is a possible number, its E.164 form."""
-    if not _PHONE_LIKE.match(text):
-        return set()
-    forms = {re.sub(r"\D", "", text)}
-    try:
-        number = phonenumbers.parse(text, region)
-    except phonenumbers.NumberParseException:
-        return forms
-    if phonenumbers.is_possible_number(number):
-        forms.add(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164))
-    return forms
-
-
-def _as_text(value: Any) -> str | None:
-    if isinstance(value, str):
-        return value
-    if _is_number(value):
-        return str(value)
-    return None
-
-
-def _equals(expected: Any, actual: Any, region: str) -> bool:
-    if expected is None or actual is None:
-        return expected is None and actual is None
-    if isinstance(expected, bool):
-        return actual is expected or (isinstance(actual, str) and actual.casefold() == str(expected).casefold())
-    if isinstance(actual, bool):
-        return isinstance(expected, str) and expected.casefold() == str(actual).casefold()
-    if _is_number(expected):
-        number = _as_number(actual)
-        return number is not None and number == expected
-    text = _as_text(actual)
-    if text is None:
-        return False
-    if text.casefold() == expected.casefold():
-        return True
-    return bool(_phone_forms(expected, region) & _phone_forms(text, region))
-
-
-def _glob_matches(pattern: str, actual: Any, region: str) -> bool:
-    text = _as_text(actual)
-    if text is None:
-        return False
-    candidates = {text, *_phone_forms(text, region)}
-    patterns = {pattern}
-    if _PHONE_PATTERN.match(pattern):
-        patterns.add(_PHONE_PATTERN_SEPARATORS.sub(lambda match: match.group(1) or "", pattern))
-    return any(fnmatch.fnmatchcase(candidate.casefold(), each.casefold()) for candidate in candidates
-               for each in patterns)
-
-
-def _value_matches(expected: Any, actual: Any, region: str) -> bool:
-    """A plain condition value: a glob string or an equality."""
-    if isinstance(expected, str) and _GLOB_CHARS.search(expected):
-        return _glob_matches(expected, actual, region)
-    return _equals(expected, actual, region)
-
-
-def _operator_holds(operator: str, operand: Any, actual: Any, region: str) -> bool:
-    if operator == "exists":
-        return operand is True  # the field is present; only exists: false fails here
-    if operator == "eq":
-        return _equals(operand, actual, region)
-    if operator == "ne":
-        return not _equals(operand, actual, region)
-    if operator == "in":
-        return any(_equals(option, actual, region) for option in operand)
-    if operator == "not_in":
-        return not any(_equals(option, actual, region) for option in operand)
-    if operator == "glob":
-        return _glob_matches(operand, actual, region)
-    number = _as_number(actual)
-    if number is None:
-        return False
-    comparisons = {"gt": number > operand, "gte": number >= operand, "lt": number < operand, "lte": number <= operand}
-    return comparisons[operator]
-
-
-def _in_business_hours(account: AccountSpec, moment: datetime) -> bool:
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt_timezone.utc)  # Event promises aware UTC; never read naive as local
-    local = moment.astimezone(ZoneInfo(account.timezone))
-    minute = local.hour * 60 + local.minute
-    for day_spec, ranges in account.business_hours.items():
-        if local.weekday() in _weekdays(day_spec):
-            if any(start <= minute < end for start, end in map(_minutes_range, ranges)):
-                return True
-    return False
-
-
-def _condition_holds(key: str, expected: Any, context: Mapping[str, Any], event: Event, account: AccountSpec) -> bool:
-    if key == BUSINESS_HOURS_KEY:
-        return _in_business_hours(account, event.occurred_at) is expected
-    found, actual = lookup_path(context, key)
-    if isinstance(expected, dict):
-        if not found:
-            return expected == {"exists": False}
-        return all(_operator_holds(operator, operand, actual, account.region) for operator, operand in expected.items())
-    if not found:
-        return False
-    if isinstance(expected, list):
-        return any(_value_matches(option, actual, account.region) for option in expected)
-    return _value_matches(expected, actual, account.region)
-
-
-def matches(rule: Rule, event: Event, account: AccountSpec) -> bool:
-    """Whether the event's type is in the rule's `on` and all its `if` conditions hold (`enabled` is not checked)."""
-    if not any(fnmatch.fnmatchcase(event.type, pattern) for pattern in rule.on):
-        return False
-    context = {**event.data, "event": {"type": event.type, "key": event.key}}
-    return all(_condition_holds(key, expected, context, event, account) for key, expected in (rule.if_ or {}).items())
-
-
-def plan(rules_file: RulesFile, event: Event) -> list[PlannedAction]:
-    """The actions the event triggers: enabled, matching rules in file order, each rule's steps in order."""
-    planned = []
-    for rule in rules_file.rules:
-        if not rule.enabled or not matches(rule, event, rules_file.account):
-            continue
-        for index, action in enumerate(rule.do):
-            planned.append(PlannedAction(rule_name=rule.name, index=index, connection=action.use,
-                                         integration=rules_file.connections[action.use].integration,
-                                         action=action.action, params_template=copy.deepcopy(action.with_)))
-    return planned
-
-
-def render_action(planned: PlannedAction, event: Event, account: AccountSpec,
-                  escape: Callable[[str], str] | None = None) -> dict[str, Any]:
-    """Render every string in the action's params; a broken template is a PermanentError naming rule and param.
-
-    ``escape`` (the integration's ``template_escape``) is applied to every string the event supplies,
-    not to the rule's own text: a caller named ``<!channel>`` must not ping a Slack channel, while a
-    rule may still write ``<@U123>`` on purpose.
-    """
-    context = templating.event_context(event, account_id=account.id, account_name=account.name,
-                                       timezone=account.timezone)
-    if escape is not None:
-        context = _escaped(context, escape)
-
-    def render(value: Any, path: str) -> Any:
-        if isinstance(value, str):
-            try:
-                return templating.render_template(value, context, timezone=account.timezone, region=account.region)
-            except templating.TemplateError as exc:
-                raise templating.TemplateError(
-                    f"rule {planned.rule_name!r}: do[{planned.index}].with.{path}: {exc.message}",
-                    code="template") from None
-        if isinstance(value, dict):
-            return {key: render(item, f"{path}.{key}") for key, item in value.items()}
-        if isinstance(value, list):
-            return [render(item, f"{path}[{index}]") for index, item in enumerate(value)]
-        return value
-
-    return {key: render(value, key) for key, value in planned.params_template.items()}

@@ -153,7 +153,7 @@ def service_env(box: sandbox_mod.Sandbox, var_dir: Path, url: str) -> dict[str, 
 def crm_secret(env: dict[str, str]) -> str | None:
     """The demo rules' CRM signing secret, resolved as `rules apply` resolves it (None when unsigned)."""
     from integrations import REGISTRY
-    from service.rules.schema import load_rules, resolve_crm_secret
+    from service.rules import load_rules, resolve_crm_secret
 
     rules = load_rules(RULES_FILE.read_text(), filename=str(RULES_FILE), registry=REGISTRY)
     return resolve_crm_secret(rules.crm, base_dir=RULES_FILE.parent, environ=env) if rules.crm else None

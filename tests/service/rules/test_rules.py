@@ -14,9 +14,10 @@ from pydantic import SecretStr
 
 from integrations.base import ConfigModel, Integration, ParamsModel, PermanentError
 from service.events import Event
-from service.rules.schema import (KNOWN_EVENT_TYPES, MAX_RULES_BYTES, AccountSpec, ConnectionSpec, PlannedAction, Rule, RulesError, RulesProblem, load_rules, matches, plan, redact_connection, render_action, validate_connection)
+from service.rules.schema import MAX_RULES_BYTES
+from service.rules import (KNOWN_EVENT_TYPES, AccountSpec, ConnectionSpec, PlannedAction, Rule, RulesError, RulesProblem, load_rules, matches, plan, redact_connection, render_action, validate_connection)
 
-FIXTURES = Path(__file__).parent.parent / "fixtures" / "rules"
+FIXTURES = Path(__file__).parents[2] / "fixtures" / "rules"
 ACCOUNT_ID = "91eb05e5c68d7ca05e7618b6821d2d16"
 
 
