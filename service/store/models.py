@@ -178,14 +178,14 @@ def make_engine(url: str) -> sa.Engine:
 
 
 def migrate(url: str) -> None:
-    """Bring the database at ``url`` to the newest schema (Alembic upgrade head)."""
+    """Bring the database at ``url`` to the newest schema (Alembic upgrade heads)."""
     from alembic import command
     from alembic.config import Config
 
     cfg = Config()
     cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-    command.upgrade(cfg, "head")
+    command.upgrade(cfg, "heads")
 
 
 @lru_cache(maxsize=4)
