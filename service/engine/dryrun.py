@@ -21,23 +21,30 @@ def derive_events(account_id: str, payloads: list[dict[str, Any]]) -> tuple[list
     events table keeps them, so a repeated hook or a re-proposed call event counts once.
     """
     correlator = CallCorrelator(MemoryCallWindow())
-    seen: set[str] = set()
+    stored: dict[str, Event] = {}  # by key, as the events table keeps them
     raws: list[Event] = []
     derived: list[Event] = []
     to_finalize: list[str] = []
+
+    def store(event: Event, into: list[Event]) -> bool:
+        if event.key in stored:
+            return False
+        stored[event.key] = event
+        into.append(event)
+        return True
+
     for payload in payloads:
         raw = to_hook_event(payload, account_id=account_id)
-        if raw.key in seen:
+        if not store(raw, raws):
             continue
-        seen.add(raw.key)
-        raws.append(raw)
         correlation = correlator.observe(raw)
-        derived.extend(event for event in correlation.events if event.key not in seen and not seen.add(event.key))
+        for event in correlation.events:
+            store(event, derived)
         if correlation.finalize_call and correlation.finalize_call not in to_finalize:
             to_finalize.append(correlation.finalize_call)
     for call_key in to_finalize:
-        derived.extend(event for event in correlator.finalize(account_id, call_key)
-                       if event.key not in seen and not seen.add(event.key))
+        for event in correlator.finalize(account_id, call_key):
+            store(event, derived)
     return raws, derived
 
 
@@ -50,7 +57,7 @@ def dry_run(rt: Runtime, account_id: str, payloads: list[dict[str, Any]]) -> dic
     actions = []
     for event in [*raws, *derived]:
         for planned in (rules_mod.plan(ruleset, event) if ruleset else []):
-            entry = {"event": event.type, "rule": planned.rule_name, "use": planned.connection,
+            entry: dict[str, Any] = {"event": event.type, "rule": planned.rule_name, "use": planned.connection,
                      "integration": planned.integration, "action": planned.action}
             try:
                 entry["with"] = rules_mod.render_action(planned, event, ruleset.account,
