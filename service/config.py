@@ -8,6 +8,9 @@ from pathlib import Path
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# The longest a voicemail link may be made to live; a revocation is kept this long.
+MAX_MEDIA_LINK_TTL_SECONDS = 7 * 24 * 3600
+
 
 class Settings(BaseSettings):
     """Typed settings; every field is documented in .env.example."""
@@ -31,7 +34,7 @@ class Settings(BaseSettings):
     media_link_keys: SecretStr | None = None
     # How long a voicemail link works. Hours, not days: a link travels in a Trello card, so it can be
     # forwarded or left in a browser history; 6 h covers the working day on which the card is read.
-    media_link_ttl_seconds: int = Field(default=6 * 3600, ge=60, le=7 * 24 * 3600)
+    media_link_ttl_seconds: int = Field(default=6 * 3600, ge=60, le=MAX_MEDIA_LINK_TTL_SECONDS)
     # Events, finished deliveries and quarantined hooks older than this are purged (per account, a rules
     # file's account.retention_days overrides it).
     retention_days: int = Field(default=30, ge=1, le=3650)

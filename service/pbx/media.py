@@ -16,12 +16,10 @@ from typing import Any
 import sqlalchemy as sa
 
 from integrations.base import Media, MediaTooLarge
+from service.config import MAX_MEDIA_LINK_TTL_SECONDS
 from service.events import Event, aware
 from service.secrets import SecretsError
 from service.store.models import Account, Connection
-
-# A revocation outlives every link it revokes: links live at most this long (Settings' upper bound).
-MAX_LINK_TTL_SECONDS = 7 * 24 * 3600
 
 
 class LinkError(Exception):
@@ -89,7 +87,8 @@ def _revoked_key(rt, account_id: str) -> str:
 
 def revoke_links(rt, account_id: str) -> None:
     """Make every voicemail link issued so far for ``account_id`` stop working (new links still work)."""
-    rt.redis.set(_revoked_key(rt, account_id), repr(time.time()), ex=MAX_LINK_TTL_SECONDS)
+    # Kept as long as any link can live, so it outlives every link it revokes.
+    rt.redis.set(_revoked_key(rt, account_id), repr(time.time()), ex=MAX_MEDIA_LINK_TTL_SECONDS)
 
 
 def read_link(rt, token: str) -> tuple[str, str, str]:

@@ -327,3 +327,18 @@ def test_retention_days_out_of_bounds_is_refused_naming_the_field(value):
     with pytest.raises(RulesError) as caught:
         load_rules(json.dumps(doc), filename="r.yaml", registry={})
     assert "retention_days" in str(caught.value)
+
+
+def test_an_account_whose_rules_no_longer_load_keeps_its_data_and_the_others_are_purged(rt):
+    """Its own retention cannot be read, so nothing of it is purged; the purge goes on with the other accounts."""
+    from service.store.models import RuleSet
+
+    fill(rt, GONE)
+    fill(rt, KEPT)
+    for account_id in (GONE, KEPT):
+        age(rt, QuarantinedDelivery, "received_at", account_id, 400)
+    with rt.sessions.begin() as session:
+        ruleset = session.get(RuleSet, GONE)
+        ruleset.source, ruleset.version = ruleset.source.replace("integration: slack", "integration: retired"), 99
+    assert tenant_data.purge_expired(rt)["quarantine"] == 1
+    assert count(rt, QuarantinedDelivery, GONE) == 1 and count(rt, QuarantinedDelivery, KEPT) == 0
