@@ -6,9 +6,12 @@ so ``var/`` is 0700 and files in it 0600, set when they are created (and tighten
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 PRIVATE_UMASK = 0o077
 DIR_MODE = 0o700
@@ -25,7 +28,10 @@ def private_dir(path: Path) -> Path:
     path = Path(path)
     path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
     if stat.S_IMODE(path.stat().st_mode) != DIR_MODE:
-        path.chmod(DIR_MODE)
+        try:
+            path.chmod(DIR_MODE)
+        except PermissionError:  # a mount point owned by someone else: say so, but keep serving
+            log.warning("%s is mode %o and not ours to change; make it 0700", path, stat.S_IMODE(path.stat().st_mode))
     return path
 
 

@@ -1,4 +1,4 @@
-"""`pbxrelay accounts`: add, list, connect to VirtualPBX, rotate the hook token."""
+"""`pbxrelay accounts`: add, list, connect to VirtualPBX, rotate the hook token, export, delete, revoke links."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from service.cli.base import fail_on_domain_errors, main, open_runtime
 
 @main.group("accounts")
 def accounts_group() -> None:
-    """Add and list accounts."""
+    """Add, list, connect, export and delete accounts."""
 
 
 @accounts_group.command("add")
