@@ -181,6 +181,13 @@ class Integration:
         """The plain-text secret values of this connection, for scrubbing error text."""
         return [v.get_secret_value() for v in self.config.__dict__.values() if isinstance(v, SecretStr)]
 
+    def redis_key_patterns(self, namespace: str) -> list[str]:
+        """Glob patterns of the shared-store keys this connection's settings name (not the account's own id).
+
+        Deleting an account deletes them when no other account's connection names them too.
+        """
+        return []
+
     def run(self, action: str, params: dict[str, Any], ctx: ActionContext) -> ActionResult:
         """Validate ``params`` against the action's model and call the method of the same name."""
         model = self.actions.get(action)

@@ -8,6 +8,9 @@ from pathlib import Path
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# The longest a voicemail link may be made to live; a revocation is kept this long.
+MAX_MEDIA_LINK_TTL_SECONDS = 7 * 24 * 3600
+
 
 class Settings(BaseSettings):
     """Typed settings; every field is documented in .env.example."""
@@ -26,6 +29,15 @@ class Settings(BaseSettings):
     # Fernet keys, comma-separated: the first encrypts, all decrypt (rotation). Unset: a key is
     # generated once into var_dir/secret.key.
     secret_keys: SecretStr | None = None
+    # Fernet keys of voicemail links, comma-separated like secret_keys, and never the same keys: a link key
+    # that leaks forges links but decrypts no credential. Unset: generated once into var_dir/media-link.key.
+    media_link_keys: SecretStr | None = None
+    # How long a voicemail link works. Hours, not days: a link travels in a Trello card, so it can be
+    # forwarded or left in a browser history; 6 h covers the working day on which the card is read.
+    media_link_ttl_seconds: int = Field(default=6 * 3600, ge=60, le=MAX_MEDIA_LINK_TTL_SECONDS)
+    # Events, finished deliveries and quarantined hooks older than this are purged (per account, a rules
+    # file's account.retention_days overrides it).
+    retention_days: int = Field(default=30, ge=1, le=3650)
     # The public base URL that VirtualPBX and CRMs reach this service at (used in printed hook URLs).
     public_url: str = "http://127.0.0.1:8000"
 

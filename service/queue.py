@@ -28,9 +28,10 @@ RUN_ACTION = "pbxrelay.run_action"
 REQUEUE_STALE = "pbxrelay.requeue_stale"
 RECONCILE = "pbxrelay.reconcile"
 REENABLE_HOOKS = "pbxrelay.reenable_hooks"
+PURGE = "pbxrelay.purge"
 # Which kind of queue each task goes to: hooks and housekeeping share one, actions have their own.
 QUEUE_KIND = {INGEST: "ingest", FINALIZE_CALL: "ingest", REQUEUE_STALE: "ingest", RECONCILE: "ingest",
-              REENABLE_HOOKS: "ingest", RUN_ACTION: "actions"}
+              REENABLE_HOOKS: "ingest", PURGE: "ingest", RUN_ACTION: "actions"}
 
 
 def queue_names(settings: Settings) -> dict[str, str]:

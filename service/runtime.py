@@ -13,7 +13,7 @@ from service.pbx.calls import CallCorrelator, RedisCallWindow
 from service.config import Settings
 from integrations.ratelimit import RateLimiter
 from service.redisconn import make_redis
-from service.secrets import SecretBox, secret_box
+from service.secrets import SecretBox, media_link_box, secret_box
 from service.store.models import session_factory
 
 
@@ -37,6 +37,11 @@ class Runtime:
     def box(self) -> SecretBox:
         """Encryption of connection credentials."""
         return secret_box(self.settings)
+
+    @cached_property
+    def link_box(self) -> SecretBox:
+        """Sealing of voicemail links, under keys of their own (never the credentials' keys)."""
+        return media_link_box(self.settings)
 
     @cached_property
     def limiter(self) -> RateLimiter:

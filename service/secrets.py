@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
 from service.config import Settings
+from service.datafiles import private_dir, private_file, write_private
 
 
 class SecretsError(Exception):
@@ -19,13 +19,13 @@ class SecretsError(Exception):
 class SecretBox:
     """Encrypts and decrypts JSON documents; rotation re-encrypts with the newest key."""
 
-    def __init__(self, keys: list[str]) -> None:
+    def __init__(self, keys: list[str], *, setting: str = "PBXRELAY_SECRET_KEYS") -> None:
         if not keys:
-            raise SecretsError("no encryption keys configured (PBXRELAY_SECRET_KEYS)")
+            raise SecretsError(f"no encryption keys configured ({setting})")
         try:
             self._fernet = MultiFernet([Fernet(k.strip().encode()) for k in keys])
         except (ValueError, TypeError):
-            raise SecretsError("PBXRELAY_SECRET_KEYS must be comma-separated Fernet keys "
+            raise SecretsError(f"{setting} must be comma-separated Fernet keys "
                                "(generate one with `pbxrelay secrets generate-key`)") from None
 
     def encrypt(self, doc: dict[str, Any]) -> str:
@@ -49,17 +49,27 @@ class SecretBox:
 
 def load_keys(settings: Settings) -> list[str]:
     """The configured keys, or a key generated once into var_dir/secret.key (mode 0600) for local use."""
-    if settings.secret_keys is not None:
-        return [k for k in settings.secret_keys.get_secret_value().split(",") if k.strip()]
-    path = Path(settings.var_dir) / "secret.key"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(Fernet.generate_key().decode())
-    return [path.read_text().strip()]
+    return _keys_or_generated(settings.secret_keys, Path(settings.var_dir) / "secret.key")
+
+
+def load_media_link_keys(settings: Settings) -> list[str]:
+    """Keys of voicemail links (not the credentials' keys), or one generated once into var_dir/media-link.key."""
+    return _keys_or_generated(settings.media_link_keys, Path(settings.var_dir) / "media-link.key")
+
+
+def _keys_or_generated(configured, path: Path) -> list[str]:
+    if configured is not None:
+        return [k for k in configured.get_secret_value().split(",") if k.strip()]
+    private_dir(path.parent)
+    write_private(path, Fernet.generate_key().decode())  # O_EXCL: the first of racing processes wins
+    return [private_file(path).read_text().strip()]
 
 
 def secret_box(settings: Settings) -> SecretBox:
     """The SecretBox for the configured keys."""
     return SecretBox(load_keys(settings))
+
+
+def media_link_box(settings: Settings) -> SecretBox:
+    """The SecretBox that seals voicemail links: a leaked link key forges links but decrypts no credential."""
+    return SecretBox(load_media_link_keys(settings), setting="PBXRELAY_MEDIA_LINK_KEYS")

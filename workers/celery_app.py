@@ -8,9 +8,12 @@ must never land in a result backend.
 from __future__ import annotations
 
 from celery import Celery
+from celery.signals import after_setup_logger
 
 from service import queue
 from service.config import Settings, get_settings
+from service.datafiles import restrict_umask
+from service.logcaps import cap_sdk_loggers
 from service.redisconn import kombu_url
 
 
@@ -50,9 +53,19 @@ def make_celery(settings: Settings) -> Celery:
                                          "schedule": min(60.0, settings.stale_after_seconds / 2)},
             "reconcile-cdrs": {"task": queue.RECONCILE, "schedule": 600.0},
             "reenable-disabled-hooks": {"task": queue.REENABLE_HOOKS, "schedule": 300.0},
+            "purge-past-retention": {"task": queue.PURGE, "schedule": 3600.0},
         },
     )
     return app
 
 
+@after_setup_logger.connect
+def _cap_sdk_loggers(**_kwargs) -> None:
+    """Re-apply the SDK logger caps after Celery configured logging (a worker at DEBUG logs no URLs)."""
+    cap_sdk_loggers()
+
+
+# `celery -A workers.celery_app` run directly gets the same private files and quiet SDKs as `pbxrelay worker`.
+restrict_umask()
+cap_sdk_loggers()
 app = make_celery(get_settings())

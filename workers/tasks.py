@@ -13,7 +13,7 @@ from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy.exc import OperationalError
 
 from integrations.base import PermanentError, RetryableError
-from service import engine, queue
+from service import engine, queue, tenant_data
 from service.config import get_settings
 from service.runtime import Runtime
 from service.store.models import session_factory
@@ -140,3 +140,12 @@ def reenable_hooks() -> int:
         except RetryableError as exc:
             log.warning("re-enabling hooks of %s postponed: %s", account_id, exc)
     return count
+
+
+@app.task(name=queue.PURGE)
+def purge() -> int:
+    """Delete every account's events, finished deliveries and quarantined hooks past its retention."""
+    totals = tenant_data.purge_expired(runtime())
+    if any(totals.values()):
+        log.info("purged past retention: %s", ", ".join(f"{n} {table}" for table, n in sorted(totals.items())))
+    return sum(totals.values())

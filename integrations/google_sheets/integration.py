@@ -343,6 +343,11 @@ class GoogleSheetsIntegration(Integration):
 
     # -- results -------------------------------------------------------------------------------
 
+    def redis_key_patterns(self, namespace: str) -> list[str]:
+        """The keys of this connection's worksheet: queued rows, the written-calls records, lock and header cache."""
+        sheet = _digest(self.client_email, self.config.spreadsheet_id, self.config.worksheet)
+        return [f"{namespace}:gsheets:*:{sheet}", f"{namespace}:gsheets:*:{sheet}:*"]
+
     @staticmethod
     def _recorded(ctx: ActionContext, keys: _Keys, call_id: str) -> dict[str, Any] | None:
         raw = ctx.redis.get(keys.key("done", call_id))

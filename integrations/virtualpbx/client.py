@@ -230,6 +230,37 @@ def _gregorian_range(created_from: datetime, created_to: datetime) -> tuple[int,
     return datetime_to_gregorian(created_from), datetime_to_gregorian(created_to)
 
 
+@dataclass
+class AudioStream:
+    """A voicemail recording being read from VirtualPBX: headers known, body read chunk by chunk."""
+
+    response: requests.Response
+    content_type: str
+    filename: str | None
+    length: int | None  # the declared Content-Length, when VirtualPBX sent one
+    max_bytes: int
+    too_large: Exception
+
+    def chunks(self, size: int = 64 * 1024) -> Iterator[bytes]:
+        """The body in chunks of at most ``size`` bytes; raises ``too_large`` once more than max_bytes arrived."""
+        received = 0
+        for chunk in self.response.iter_content(size):
+            received += len(chunk)
+            if received > self.max_bytes:
+                raise self.too_large
+            yield chunk
+
+    def close(self) -> None:
+        """Release the connection (unread body included)."""
+        self.response.close()
+
+    def __enter__(self) -> "AudioStream":
+        return self
+
+    def __exit__(self, *_exc: Any) -> None:
+        self.close()
+
+
 class VirtualPBXClient:
     """Client for one VirtualPBX account: ``client.list_vmboxes()``, ``client.send_sms(...)``, ..."""
 
@@ -480,25 +511,29 @@ class VirtualPBXClient:
 
     def download_vmbox_message(self, box_id: str, msg_id: str, *, max_bytes: int
                                ) -> tuple[bytes, str, str | None]:
-        """GET .../messages/{msg_id}/raw streamed: (audio bytes, content type, filename); MediaTooLarge past max_bytes."""
+        """GET .../messages/{msg_id}/raw: (audio bytes, content type, filename); MediaTooLarge past max_bytes."""
+        with self.open_vmbox_message(box_id, msg_id, max_bytes=max_bytes) as audio:
+            return b"".join(audio.chunks()), audio.content_type, audio.filename
+
+    def open_vmbox_message(self, box_id: str, msg_id: str, *, max_bytes: int) -> "AudioStream":
+        """GET .../messages/{msg_id}/raw, unread: an AudioStream whose chunks stop with MediaTooLarge past max_bytes.
+
+        Close it (it is a context manager) to release the connection; memory stays at one chunk.
+        """
         path = self.account_path("vmboxes", box_id, "messages", msg_id, "raw")
         response = self._call("GET", path, accept="audio/*", stream=True)
-        with response:
-            too_large = E.MediaTooLarge(f"voicemail {msg_id} is larger than {max_bytes} bytes", status=200,
-                                        code="too_large", request_id=response.headers.get("x-request-id"))
-            declared = response.headers.get("Content-Length")
-            if declared and declared.isdigit() and int(declared) > max_bytes:
-                raise too_large
-            chunks, size = [], 0
-            for chunk in response.iter_content(64 * 1024):
-                size += len(chunk)
-                if size > max_bytes:
-                    raise too_large
-                chunks.append(chunk)
-            content_type = response.headers.get("Content-Type", "application/octet-stream").split(";")[0].strip()
-            disposition = Message()
-            disposition["Content-Disposition"] = response.headers.get("Content-Disposition", "")
-            return b"".join(chunks), content_type, disposition.get_filename()
+        too_large = E.MediaTooLarge(f"voicemail {msg_id} is larger than {max_bytes} bytes", status=200,
+                                    code="too_large", request_id=response.headers.get("x-request-id"))
+        declared = response.headers.get("Content-Length")
+        if declared and declared.isdigit() and int(declared) > max_bytes:
+            response.close()
+            raise too_large
+        content_type = response.headers.get("Content-Type", "application/octet-stream").split(";")[0].strip()
+        disposition = Message()
+        disposition["Content-Disposition"] = response.headers.get("Content-Disposition", "")
+        return AudioStream(response=response, content_type=content_type, filename=disposition.get_filename(),
+                           length=int(declared) if declared and declared.isdigit() else None,
+                           max_bytes=max_bytes, too_large=too_large)
 
     def list_cdrs(self, created_from: datetime, created_to: datetime, *, page_size: int = 50
                   ) -> Iterator[dict[str, Any]]:

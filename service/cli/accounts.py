@@ -1,4 +1,4 @@
-"""`pbxrelay accounts`: add, list, connect to VirtualPBX, rotate the hook token."""
+"""`pbxrelay accounts`: add, list, connect to VirtualPBX, rotate the hook token, export, delete, revoke links."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from service.cli.base import fail_on_domain_errors, main, open_runtime
 
 @main.group("accounts")
 def accounts_group() -> None:
-    """Add and list accounts."""
+    """Add, list, connect, export and delete accounts."""
 
 
 @accounts_group.command("add")
@@ -84,3 +84,61 @@ def accounts_rotate(account_id: str) -> None:
     with rt.sessions.begin() as session:
         token = accounts.rotate_token(session, account_id, box=rt.box)
     click.echo(accounts.hook_url(rt.settings.public_url, token))
+
+
+@accounts_group.command("export")
+@click.argument("account_id")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Write to this file (mode 0600) instead of standard output.")
+@fail_on_domain_errors
+def accounts_export(account_id: str, output: str | None) -> None:
+    """Print everything stored about an account as JSON (credentials masked as stored:; hook tokens left out)."""
+    from service import tenant_data
+    from service.datafiles import private_file
+
+    rt = open_runtime()
+    pieces = tenant_data.export_account(rt, account_id)
+    first = next(pieces)  # raises for an unknown account before anything is written
+    if output is None:
+        click.echo(first, nl=False)
+        for piece in pieces:
+            click.echo(piece, nl=False)
+        return
+    with open(private_file(output), "w") as handle:
+        handle.write(first)
+        for piece in pieces:
+            handle.write(piece)
+
+
+@accounts_group.command("delete")
+@click.argument("account_id")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@fail_on_domain_errors
+def accounts_delete(account_id: str, yes: bool) -> None:
+    """Delete an account and everything of it: rows in every table, Redis keys, spool entries, voicemail links."""
+    from service import tenant_data
+
+    accounts.validate_account_id(account_id)
+    if not yes:
+        click.confirm(f"Delete account {account_id} and all of its data? This cannot be undone", abort=True)
+    rt = open_runtime()
+    result = tenant_data.delete_account(rt, account_id)
+    if not result.found_anything:
+        raise click.ClickException(f"nothing stored for account {account_id}")
+    rows = ", ".join(f"{n} {table}" for table, n in sorted(result.rows.items()) if n)
+    click.echo(f"account {account_id} deleted: {rows or 'no rows'}; {result.redis_keys} Redis key(s); "
+               f"{result.spool_entries} spooled hook(s); its voicemail links no longer open.")
+
+
+@accounts_group.command("revoke-links")
+@click.argument("account_id")
+@fail_on_domain_errors
+def accounts_revoke_links(account_id: str) -> None:
+    """Make every voicemail link issued so far for an account stop working (410)."""
+    from service.pbx import media
+
+    rt = open_runtime()
+    with rt.sessions() as session:
+        accounts.get_account(session, account_id)
+    media.revoke_links(rt, account_id)
+    click.echo(f"voicemail links of {account_id} issued until now are revoked")

@@ -9,6 +9,8 @@ import click
 
 from service import accounts, queue
 from service.config import Settings, get_settings
+from service.datafiles import restrict_umask
+from service.logcaps import cap_sdk_loggers
 
 
 def load_settings() -> Settings:
@@ -48,9 +50,11 @@ def fail_on_domain_errors(fn):
 @click.group()
 def main() -> None:
     """pbxrelay: VirtualPBX webhooks in, per-account rules, Slack/Trello/Sheets/SMS out."""
+    restrict_umask()  # the database, spool, keys and beat's schedule: this user's alone, in every child too
     logging.basicConfig(level=os.environ.get("PBXRELAY_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    cap_sdk_loggers()
 
 
 def delivery_doc(d) -> dict:

@@ -14,6 +14,7 @@ import click
 from service import queue
 from service.cli.base import load_settings, main, open_runtime
 from service.config import Settings
+from service.datafiles import private_dir
 
 
 # --- processes -------------------------------------------------------------------------------------
@@ -66,7 +67,8 @@ def scheduler() -> None:
     """Run the periodic jobs (Celery beat)."""
     settings = load_settings()
     open_runtime()
-    settings.var_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.var_dir)
+    # Beat's shelve files take the process umask (0077 since `main`): 0600.
     _exec_celery(["beat", "--loglevel", settings.log_level, "-s", str(settings.var_dir / "celerybeat-schedule")])
 
 
@@ -109,10 +111,11 @@ def _start_embedded_redis(settings: Settings) -> subprocess.Popen:
 def run(host: str, port: int) -> None:
     """Run everything (receiver, worker, scheduler; Redis too when PBXRELAY_REDIS_URL is unset)."""
     settings = load_settings()
-    settings.var_dir.mkdir(parents=True, exist_ok=True)
-    from service.secrets import load_keys
+    private_dir(settings.var_dir)
+    from service.secrets import load_keys, load_media_link_keys
 
-    load_keys(settings)  # create the local key once, before several processes race to
+    load_keys(settings)  # create the local keys once, before several processes race to
+    load_media_link_keys(settings)
     open_runtime()
     children: list[subprocess.Popen] = []
     env = dict(os.environ)

@@ -2,8 +2,10 @@
 
 An account reaches its VirtualPBX API through its ``virtualpbx`` connection. Audio larger than an
 action's cap is not attached; instead the action gets a link to ``/media/voicemail/<token>`` on
-this service, where the token is the encrypted (account, box, message, expiry) and the receiver
-streams the audio from VirtualPBX when someone opens it.
+this service. The link's token is (account, box, message, issued, expiry) sealed with the media-link
+keys (``PBXRELAY_MEDIA_LINK_KEYS``, never the credentials' keys); it works for
+``PBXRELAY_MEDIA_LINK_TTL_SECONDS`` (6 h), until the account's links are revoked, and not at all once
+the account is deleted. The receiver streams the audio from VirtualPBX chunk by chunk when someone opens it.
 """
 
 from __future__ import annotations
@@ -13,13 +15,19 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from integrations.base import Media, MediaTooLarge, PermanentError
-from service.events import Event
+from integrations.base import Media, MediaTooLarge
+from service.config import MAX_MEDIA_LINK_TTL_SECONDS
+from service.events import Event, aware
 from service.secrets import SecretsError
-from service.store.models import Connection
+from service.store.models import Account, Connection
 
-# How long a voicemail link stays valid (a card may be opened days later).
-LINK_TTL_SECONDS = 30 * 24 * 3600
+
+class LinkError(Exception):
+    """A voicemail link that does not open: unknown (forged, or sealed with a retired key) or gone."""
+
+    def __init__(self, message: str, *, gone: bool) -> None:
+        super().__init__(message)
+        self.gone = gone  # expired, revoked or its account deleted: HTTP 410 rather than 404
 
 
 def pbx_client(rt, account_id: str):
@@ -66,17 +74,39 @@ def voicemail_audio(rt, account_id: str, event: Event | None, max_bytes: int) ->
 
 
 def voicemail_link(rt, account_id: str, box: str, message: str) -> str:
-    """A time-limited link on this service that streams one voicemail's audio."""
-    token = rt.box.encrypt({"a": account_id, "b": box, "m": message, "exp": int(time.time()) + LINK_TTL_SECONDS})
+    """A short-lived, revocable link on this service that streams one voicemail's audio."""
+    now = time.time()
+    token = rt.link_box.encrypt({"a": account_id, "b": box, "m": message, "iat": now,
+                                 "exp": now + rt.settings.media_link_ttl_seconds})
     return f"{rt.settings.public_url}/media/voicemail/{token}"
 
 
+def _revoked_key(rt, account_id: str) -> str:
+    return f"{rt.settings.namespace}:media-revoked:{account_id}"
+
+
+def revoke_links(rt, account_id: str) -> None:
+    """Make every voicemail link issued so far for ``account_id`` stop working (new links still work)."""
+    # Kept as long as any link can live, so it outlives every link it revokes.
+    rt.redis.set(_revoked_key(rt, account_id), repr(time.time()), ex=MAX_MEDIA_LINK_TTL_SECONDS)
+
+
 def read_link(rt, token: str) -> tuple[str, str, str]:
-    """(account, box, message) of a voicemail link token; PermanentError when forged or expired."""
+    """(account, box, message) of a voicemail link token; LinkError when forged, expired, revoked or orphaned."""
     try:
-        doc = rt.box.decrypt(token)
+        doc = rt.link_box.decrypt(token)
     except SecretsError:
-        raise PermanentError("unknown voicemail link") from None
-    if not isinstance(doc, dict) or doc.get("exp", 0) < time.time():
-        raise PermanentError("this voicemail link has expired")
+        raise LinkError("unknown voicemail link", gone=False) from None
+    if not isinstance(doc, dict) or not {"a", "b", "m", "iat", "exp"} <= doc.keys():
+        raise LinkError("unknown voicemail link", gone=False)
+    if doc["exp"] < time.time():
+        raise LinkError("this voicemail link has expired", gone=True)
+    revoked_at = rt.redis.get(_revoked_key(rt, doc["a"]))
+    if revoked_at is not None and doc["iat"] <= float(revoked_at):
+        raise LinkError("this voicemail link was revoked", gone=True)
+    with rt.sessions() as session:
+        account = session.get(Account, doc["a"])
+        # An account deleted, or deleted and added again since the link was made, does not serve it.
+        if account is None or aware(account.created_at).timestamp() > doc["iat"]:
+            raise LinkError("this voicemail link's account no longer exists", gone=True)
     return doc["a"], doc["b"], doc["m"]

@@ -11,6 +11,7 @@ One YAML file per account::
         mon-fri: "08:30-17:30"               # one "HH:MM-HH:MM" range (end may be 24:00) ...
         sat: ["09:00-12:00", "13:00-15:00"]  # ... or several
       alert_connection: team-slack           # optional; must name a connection
+      retention_days: 90                     # optional, 1..3650: days events and the delivery log are kept
     connections:                             # name -> integration + that integration's Config keys
       team-slack: {integration: slack, bot_token: env:ACME_SLACK_TOKEN}
       call-log: {integration: google_sheets, spreadsheet_id: "1AbC", credentials: file:./sa.json}
@@ -276,6 +277,9 @@ class AccountSpec(_StrictModel):
                          Annotated[list[Annotated[str, AfterValidator(_check_hours)]],
                                    BeforeValidator(_one_or_many), Field(min_length=1)]] = Field(default_factory=dict)
     alert_connection: str | None = None
+    # Days this account's events, finished deliveries and quarantined hooks are kept (PBXRELAY_RETENTION_DAYS
+    # when unset).
+    retention_days: int | None = Field(default=None, ge=1, le=3650, strict=True)
 
     @field_validator("timezone")
     @classmethod

@@ -15,6 +15,8 @@ import sqlalchemy as sa
 from sqlalchemy import event as sa_event
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+from service.datafiles import DIR_MODE, private_file
+
 
 def utcnow() -> datetime:
     """The current time, aware UTC."""
@@ -152,7 +154,10 @@ def hash_token(token: str) -> str:
 def make_engine(url: str) -> sa.Engine:
     """An engine; SQLite gets WAL and a busy timeout so web and workers can share the file."""
     if url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        path = Path(url[len("sqlite:///"):].split("?", 1)[0])
+        path.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        # Tenant data: 0600 from the start. SQLite gives its -wal and -shm files the database file's mode.
+        private_file(path)
         engine = sa.create_engine(url, connect_args={"timeout": 30})
 
         @sa_event.listens_for(engine, "connect")

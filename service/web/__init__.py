@@ -20,10 +20,11 @@ from flask import Flask, Response, jsonify, request
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from integrations.base import IntegrationError, PermanentError
+from integrations.base import IntegrationError
 from service import accounts
 from service.pbx import media
 from service.config import Settings, get_settings
+from service.datafiles import private_dir
 from service.queue import INGEST, TaskQueue
 from service.runtime import Runtime
 from service.web.signing import SignatureError, verify
@@ -43,7 +44,7 @@ class Receiver:
         self.runtime = runtime
         # Fails at once when Redis is away (the spool takes over); one producer per request thread.
         self.queue = TaskQueue(settings, fail_fast=True)
-        self.spool = Spool(settings.var_dir / "spool", max_events=settings.spool_max_events)
+        self.spool = Spool(private_dir(settings.var_dir) / "spool", max_events=settings.spool_max_events)
         self._tokens: dict[str, tuple[str, str | None, float]] = {}
         self._lock = threading.Lock()
         self.received = Counter("pbxrelay_hooks_received", "Authenticated hook deliveries", ["kind", "result"],
@@ -177,19 +178,28 @@ def create_app(settings: Settings | None = None, *, start_drainer: bool = True) 
         """Stream a voicemail's audio for a link handed to an integration (audio too large to attach)."""
         try:
             account_id, box, message = media.read_link(runtime, token)
-        except PermanentError as exc:
-            return jsonify(error=str(exc)), 404
+        except media.LinkError as exc:
+            return jsonify(error=str(exc)), 410 if exc.gone else 404
         client = media.pbx_client(runtime, account_id)
         if client is None:
             return jsonify(error="the account has no virtualpbx connection"), 404
         try:
-            content, content_type, filename = client.download_vmbox_message(box, message,
-                                                                            max_bytes=MAX_LINKED_AUDIO_BYTES)
+            audio = client.open_vmbox_message(box, message, max_bytes=MAX_LINKED_AUDIO_BYTES)
         except IntegrationError as exc:
             return jsonify(error=str(exc)), 502
-        safe_name = (filename or f"voicemail-{message}.mp3").replace('"', "")
-        return Response(content, mimetype=content_type or "audio/mpeg",
-                        headers={"Content-Disposition": f'attachment; filename="{safe_name}"'})
+
+        def body():
+            # One chunk in memory at a time; past the cap the generator raises and the response is cut short
+            # (the declared Content-Length, when there is one, tells the client it is incomplete).
+            with audio:
+                yield from audio.chunks()
+
+        safe_name = (audio.filename or f"voicemail-{message}.mp3").replace('"', "")
+        headers = {"Content-Disposition": f'attachment; filename="{safe_name}"', "Cache-Control": "no-store"}
+        if audio.length is not None:
+            headers["Content-Length"] = str(audio.length)
+        return Response(body(), mimetype=audio.content_type or "audio/mpeg", headers=headers,
+                        direct_passthrough=True)
 
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(_exc):

@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from service.datafiles import private_dir
+
 log = logging.getLogger(__name__)
 _sequence = itertools.count()
 
@@ -28,9 +30,8 @@ class Spool:
     """An append-only directory of JSON envelopes."""
 
     def __init__(self, directory: Path, *, max_events: int) -> None:
-        self.directory = Path(directory)
+        self.directory = private_dir(Path(directory))
         self.max_events = max_events
-        self.directory.mkdir(parents=True, exist_ok=True)
 
     def pending(self) -> list[Path]:
         """Spooled envelopes in arrival order."""
