@@ -55,6 +55,7 @@ from pydantic import ConfigDict, Field, SecretStr, field_validator
 from integrations.base import (ActionContext, ActionResult, AuthError, ConfigModel, Integration, IntegrationError,
                                ParamsModel, PermanentError, RetryableError, excerpt, scrub)
 from integrations.google_sheets.columns import ALL_COLUMNS, ColumnName, row_values
+from integrations.http import retry_after_seconds
 
 GOOGLE_API_URL = "https://sheets.googleapis.com"
 DEFAULT_API_URL = GOOGLE_API_URL
@@ -593,13 +594,13 @@ def classify_failure(exc: Exception, *, method: str, spreadsheet_id: str, worksh
     detail = f"HTTP {status} {google_status}: {message}" if exc.code != -1 else \
         f"HTTP {status} with a body that is not JSON: {message!r}"
     if status == 429 or google_status == "RESOURCE_EXHAUSTED":
-        retry_after = _retry_after(exc.response.headers)
+        retry_after = retry_after_seconds(exc.response.headers or {}) or QUOTA_PENALTY_SECONDS
         return RetryableError(f"{where}: Google Sheets quota exhausted (60 requests per minute per service "
                               f"account), retry after {retry_after:g}s", status=status, retry_after=retry_after,
                               code="quota")
     if status >= 500:
         return RetryableError(f"{where}: Google error {detail}", status=status,
-                              retry_after=_retry_after(exc.response.headers, default=None), code=f"http_{status}")
+                              retry_after=retry_after_seconds(exc.response.headers or {}), code=f"http_{status}")
     if status == 401:
         return AuthError(f"{where}: Google rejected the access token of {client_email}: {detail}", status=status,
                          code="unauthenticated")
@@ -615,13 +616,3 @@ def classify_failure(exc: Exception, *, method: str, spreadsheet_id: str, worksh
                               f"{detail}", status=status, code="no_worksheet")
     return PermanentError(f"{where}: Google refused the request: {detail}", status=status,
                           code=google_status.lower() or f"http_{status}")
-
-
-# Not integrations.http.retry_after_seconds: a caller here needs None for "no hint", and Sheets sends no dates.
-def _retry_after(headers: Mapping[str, Any] | None, default: float | None = QUOTA_PENALTY_SECONDS) -> float | None:
-    """Seconds from a Retry-After header, else ``default``."""
-    try:
-        seconds = float((headers or {}).get("Retry-After"))
-    except (TypeError, ValueError):
-        return default
-    return seconds if seconds > 0 else default

@@ -336,7 +336,7 @@ def classify_failure(what: str, outcome: requests.Response | requests.RequestExc
     said = scrub(f"{where}: HTTP {status} {body!r}", secrets)
     if status == 429:
         limit = _json_error(outcome) or "rate_limited"
-        retry_after = retry_after_seconds(outcome.headers.get("Retry-After"), DEFAULT_RETRY_AFTER, longest=3600)
+        retry_after = retry_after_seconds(outcome.headers) or DEFAULT_RETRY_AFTER
         return RetryableError(scrub(f"{where}: rate limited by Trello ({limit}), retry after {retry_after:g}s",
                                     secrets), status=status, retry_after=retry_after, code=limit)
     if status >= 500:

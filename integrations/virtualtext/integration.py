@@ -116,7 +116,7 @@ def classify_failure(outcome: requests.Response | Exception, *, secrets: list[st
         reason = f"non-JSON body {excerpt(text, _EXCERPT)!r}"
     what = scrub(f"{where}: HTTP {status} {code + ': ' if code else ''}{reason}".rstrip(": "), secrets)
     if status == 429:
-        retry_after = retry_after_seconds(outcome.headers.get("Retry-After"), DEFAULT_RETRY_AFTER)
+        retry_after = retry_after_seconds(outcome.headers) or DEFAULT_RETRY_AFTER
         return RetryableError(f"{where}: rate limited by VirtualText, retry after {retry_after:g}s", status=status,
                               retry_after=retry_after, code="rate_limited")
     if status in (401, 403):
