@@ -8,6 +8,8 @@ from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from typing import Any
 
+from integrations.timeutil import aware
+
 # No vendor has a reason to make us wait longer than an hour; a bigger hint is capped, not ignored.
 LONGEST_RETRY_AFTER = 3600.0
 
@@ -28,7 +30,7 @@ def retry_after_seconds(source: str | Mapping[str, Any] | None, *,
         seconds = float(value)
     except ValueError:
         try:
-            seconds = (parsedate_to_datetime(value) - datetime.now(timezone.utc)).total_seconds()
+            seconds = (aware(parsedate_to_datetime(value)) - datetime.now(timezone.utc)).total_seconds()
         except (TypeError, ValueError, IndexError):
             return None
     if not math.isfinite(seconds) or seconds <= 0:

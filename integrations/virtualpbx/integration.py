@@ -34,6 +34,7 @@ from pydantic import ConfigDict, Field, SecretStr, model_validator
 from integrations.base import ActionContext, ActionResult, ConfigModel, Integration, PermanentError
 from integrations.sms import (DASH_MAX_BODY, E164Number, PreparedSms, QuietHours, SendSmsParams,
                               normalise_number, prepare_sms)
+from integrations.timeutil import aware
 from integrations.virtualpbx.gregorian import datetime_to_gregorian
 
 from . import errors as E
@@ -171,9 +172,7 @@ def _window_start(event: dict[str, Any], now: datetime) -> datetime:
         occurred = datetime.fromisoformat(str(event["occurred_at"]))
     except (KeyError, ValueError):
         return floor
-    if occurred.tzinfo is None:
-        occurred = occurred.replace(tzinfo=timezone.utc)
-    return max(floor, occurred - EVENT_CLOCK_SLACK)
+    return max(floor, aware(occurred) - EVENT_CLOCK_SLACK)
 
 
 def _row_time(row: dict[str, Any]) -> datetime | None:
@@ -182,7 +181,7 @@ def _row_time(row: dict[str, Any]) -> datetime | None:
         moment = parsedate_to_datetime(str(row["date"]))
     except (KeyError, TypeError, ValueError):
         return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return aware(moment)
 
 
 def _same_message(row: dict[str, Any], message: PreparedSms, region: str) -> bool:

@@ -38,3 +38,9 @@ def test_header_maps_of_any_case_and_list_values(headers):
 def test_header_map_without_it_is_none():
     assert retry_after_seconds({"Content-Type": "application/json"}) is None
     assert retry_after_seconds({}) is None
+
+
+def test_http_date_without_a_zone_is_read_as_utc():
+    when = datetime.now(timezone.utc) + timedelta(seconds=120)
+    naive_form = when.strftime("%a, %d %b %Y %H:%M:%S -0000")  # RFC 2822's "no zone information"
+    assert 100 < retry_after_seconds(naive_form) <= 120
