@@ -296,7 +296,7 @@ class GoogleSheetsIntegration(Integration):
     name = "Google Sheets"
     Config = GoogleSheetsConfig
     actions = {"append_row": AppendRowParams}
-    api_url_setting = "google_sheets_api_url"
+    default_api_url = DEFAULT_API_URL
 
     def __init__(self, config: GoogleSheetsConfig) -> None:
         super().__init__(config)
@@ -386,7 +386,7 @@ class GoogleSheetsIntegration(Integration):
         entries = [json.loads(item) for item in raw]
         layout = _layout(entries[0])
         batch = [(item, entry) for item, entry in zip(raw, entries) if _layout(entry) == layout]
-        client = _client(self._key_hash, self._info, self._base_url(ctx), self.config.timeout)
+        client = _client(self._key_hash, self._info, self.base_url(ctx.api_urls), self.config.timeout)
         try:
             records, rows = self._plan(ctx, keys, client, [entry for _, entry in batch])
             if rows:
@@ -503,8 +503,6 @@ class GoogleSheetsIntegration(Integration):
             ctx.penalise(bucket, error.retry_after)
         return error
 
-    def _base_url(self, ctx: ActionContext) -> str:
-        return self.config.api_url or ctx.api_urls.get("google_sheets") or DEFAULT_API_URL
 
 
 def _layout(entry: Mapping[str, Any]) -> Any:

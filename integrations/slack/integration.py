@@ -191,7 +191,7 @@ class SlackIntegration(Integration):
     name = "Slack"
     Config = SlackConfig
     actions = {"post_message": PostMessageParams}
-    api_url_setting = "slack_api_url"
+    default_api_url = DEFAULT_API_URL
     # Event values (a caller ID name like "<!channel>") must not become Slack mentions or links.
     template_escape = staticmethod(escape_mrkdwn)
 
@@ -218,7 +218,7 @@ class SlackIntegration(Integration):
     # -- Web API (bot token) -------------------------------------------------------------------
 
     def _web_client(self, ctx: ActionContext) -> WebClient:
-        base = self.config.api_url or ctx.api_urls.get("slack") or DEFAULT_API_URL
+        base = self.base_url(ctx.api_urls)
         # A client per call: WebClient keeps no pool worth sharing and is not documented thread-safe.
         return WebClient(token=self.config.bot_token.get_secret_value(), base_url=base,
                          timeout=self.config.timeout, retry_handlers=[])

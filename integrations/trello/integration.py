@@ -147,7 +147,7 @@ class TrelloIntegration(Integration):
     name = "Trello"
     Config = TrelloConfig
     actions = {"create_card": CreateCardParams}
-    api_url_setting = "trello_api_url"
+    default_api_url = DEFAULT_API_URL
 
     def create_card(self, params: CreateCardParams, ctx: ActionContext) -> ActionResult:
         """Create one card (deduplicated on retries) and attach the voicemail audio or a link to it."""
@@ -174,7 +174,7 @@ class _TrelloApi:
     def __init__(self, integration: TrelloIntegration, ctx: ActionContext) -> None:
         config: TrelloConfig = integration.config
         self.ctx = ctx
-        self.base = (config.api_url or ctx.api_urls.get("trello") or DEFAULT_API_URL).rstrip("/")
+        self.base = integration.base_url(ctx.api_urls).rstrip("/")
         self.timeout = config.timeout
         key, token = config.api_key.get_secret_value(), config.token.get_secret_value()
         self.auth = {"key": key, "token": token}

@@ -85,7 +85,7 @@ class VirtualPBXIntegration(Integration):
     name = "VirtualPBX"
     Config = VirtualPBXConfig
     actions = {"send_sms": SendSmsParams}
-    api_url_setting = "virtualpbx_api_url"
+    default_api_url = DEFAULT_API_URL
 
     def send_sms(self, params: SendSmsParams, ctx: ActionContext) -> ActionResult:
         """Queue one SMS with Kazoo (200 = accepted, not delivered); on a retry, report an earlier send."""
@@ -113,7 +113,7 @@ class VirtualPBXIntegration(Integration):
                session: requests.Session | None = None) -> VirtualPBXClient:
         """A Crossbar client for this connection: SMS here; voicemail audio, onboarding and reconciliation elsewhere."""
         config = self.config
-        base = config.api_url or api_urls.get(self.key) or DEFAULT_API_URL
+        base = self.base_url(api_urls)
         return VirtualPBXClient(
             base, account_id=config.account_id,
             api_key=config.api_key.get_secret_value() if config.api_key else None,

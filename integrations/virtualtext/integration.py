@@ -66,7 +66,7 @@ class VirtualTextIntegration(Integration):
     name = "VirtualText"
     Config = VirtualTextConfig
     actions = {"send_sms": SendSmsParams}
-    api_url_setting = "virtualtext_api_url"
+    default_api_url = DEFAULT_API_URL
 
     def send_sms(self, params: SendSmsParams, ctx: ActionContext) -> ActionResult:
         """Send one message; a retry with the same idempotency key returns the first message, never a second."""
@@ -80,7 +80,7 @@ class VirtualTextIntegration(Integration):
             payload["from"] = message.from_
         if message.media:
             payload["media"] = list(message.media)
-        base = (self.config.api_url or ctx.api_urls.get(self.key) or DEFAULT_API_URL).rstrip("/")
+        base = self.base_url(ctx.api_urls).rstrip("/")
         headers = {"Authorization": f"Bearer {self.config.api_key.get_secret_value()}",
                    "Accept": "application/json"}
         try:
