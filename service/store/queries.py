@@ -18,7 +18,7 @@ DEAD_STATUSES = ("dead", "failed", "paused")
 
 def accounts_with_rules_version(session: Session) -> Sequence[tuple[Account, int | None]]:
     """Every account with the version of its rules (None before the first `rules apply`)."""
-    return session.execute(sa.select(Account, RuleSet.version).outerjoin(RuleSet)).tuples().all()
+    return session.execute(sa.select(Account, RuleSet.version).outerjoin(RuleSet)).all()
 
 
 def delivery_log(session: Session, account_id: str, *, status: str | None = None, limit: int = 50) -> list[Delivery]:
