@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Mapping
 
 from pydantic import BaseModel, ConfigDict, SecretStr
 
@@ -168,14 +168,19 @@ class Integration:
     name: ClassVar[str]
     Config: ClassVar[type[BaseModel]]
     actions: ClassVar[dict[str, type[BaseModel]]]
-    # The setting in service.config.Settings that holds this vendor's base URL, if any.
-    api_url_setting: ClassVar[str | None] = None
+    # The vendor's public base URL: the one place it is written. The operator may override it service-wide
+    # (PBXRELAY_<KEY>_API_URL, carried in ActionContext.api_urls), a connection per connection (api_url).
+    default_api_url: ClassVar[str | None] = None
     # Applied to event values rendered into this integration's params (e.g. Slack's mrkdwn control
     # characters); the rule's own template text is left alone.
     template_escape: ClassVar[Callable[[str], str] | None] = None
 
     def __init__(self, config: BaseModel) -> None:
         self.config = config
+
+    def base_url(self, api_urls: Mapping[str, str]) -> str | None:
+        """The base URL to call: the connection's ``api_url``, else the service-wide one, else the vendor's."""
+        return getattr(self.config, "api_url", None) or api_urls.get(self.key) or self.default_api_url
 
     def secrets(self) -> list[str]:
         """The plain-text secret values of this connection, for scrubbing error text."""

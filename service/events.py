@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
+
+# The one naive-as-UTC helper; service code takes it from here (SQLite hands back naive datetimes).
+from integrations.timeutil import aware
+
+__all__ = ["CALL_EVENT_TYPES", "Event", "aware"]
 
 # Event types users write rules against (rules may also use `virtualpbx.<hook>` and `crm.event`).
 CALL_EVENT_TYPES = ("call.started", "call.answered", "call.ended", "call.missed", "voicemail.new")
@@ -36,7 +41,3 @@ class Event:
         return cls(type=doc["type"], account_id=doc["account_id"], key=doc["key"],
                    occurred_at=datetime.fromisoformat(doc["occurred_at"]), data=dict(doc.get("data") or {}))
 
-
-def aware(moment: datetime) -> datetime:
-    """A datetime read back from the database as aware UTC (SQLite hands back naive ones even for aware columns)."""
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)

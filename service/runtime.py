@@ -60,6 +60,6 @@ class Runtime:
         return REGISTRY
 
     def api_urls(self) -> dict[str, str]:
-        """Vendor base URLs by integration key, from the settings."""
-        return {key: self.settings.api_url(cls.api_url_setting)
-                for key, cls in self.registry.items() if cls.api_url_setting}
+        """Effective vendor base URLs by integration key: the operator's override, else the integration's default."""
+        return {key: self.settings.api_url_override(key) or cls.default_api_url
+                for key, cls in self.registry.items() if cls.default_api_url}

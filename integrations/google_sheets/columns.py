@@ -8,9 +8,11 @@ the Sheets cell limit, and rows are written with ``valueInputOption=RAW`` so a c
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, Callable, Literal, Mapping
 from zoneinfo import ZoneInfo
+
+from integrations.timeutil import aware
 
 # Google Sheets refuses cells holding more than 50,000 characters (developers.google.com/sheets/api/limits).
 CELL_MAX = 50_000
@@ -55,9 +57,7 @@ def start_time(data: Mapping[str, Any], zone: ZoneInfo) -> str:
         moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
     except ValueError:
         return ""
-    if moment.tzinfo is None:  # the event schema says UTC
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(zone).strftime("%Y-%m-%d %H:%M:%S")
+    return aware(moment).astimezone(zone).strftime("%Y-%m-%d %H:%M:%S")
 
 
 _COLUMNS: dict[str, Callable[[Mapping[str, Any], ZoneInfo], Cell]] = {

@@ -55,6 +55,7 @@ from pydantic import ConfigDict, Field, SecretStr, field_validator
 from integrations.base import (ActionContext, ActionResult, AuthError, ConfigModel, Integration, IntegrationError,
                                ParamsModel, PermanentError, RetryableError, excerpt, scrub)
 from integrations.google_sheets.columns import ALL_COLUMNS, ColumnName, row_values
+from integrations.http import retry_after_seconds
 
 GOOGLE_API_URL = "https://sheets.googleapis.com"
 DEFAULT_API_URL = GOOGLE_API_URL
@@ -295,7 +296,7 @@ class GoogleSheetsIntegration(Integration):
     name = "Google Sheets"
     Config = GoogleSheetsConfig
     actions = {"append_row": AppendRowParams}
-    api_url_setting = "google_sheets_api_url"
+    default_api_url = DEFAULT_API_URL
 
     def __init__(self, config: GoogleSheetsConfig) -> None:
         super().__init__(config)
@@ -390,7 +391,7 @@ class GoogleSheetsIntegration(Integration):
         entries = [json.loads(item) for item in raw]
         layout = _layout(entries[0])
         batch = [(item, entry) for item, entry in zip(raw, entries) if _layout(entry) == layout]
-        client = _client(self._key_hash, self._info, self._base_url(ctx), self.config.timeout)
+        client = _client(self._key_hash, self._info, self.base_url(ctx.api_urls), self.config.timeout)
         try:
             records, rows = self._plan(ctx, keys, client, [entry for _, entry in batch])
             if rows:
@@ -507,8 +508,6 @@ class GoogleSheetsIntegration(Integration):
             ctx.penalise(bucket, error.retry_after)
         return error
 
-    def _base_url(self, ctx: ActionContext) -> str:
-        return self.config.api_url or ctx.api_urls.get("google_sheets") or DEFAULT_API_URL
 
 
 def _layout(entry: Mapping[str, Any]) -> Any:
@@ -598,13 +597,13 @@ def classify_failure(exc: Exception, *, method: str, spreadsheet_id: str, worksh
     detail = f"HTTP {status} {google_status}: {message}" if exc.code != -1 else \
         f"HTTP {status} with a body that is not JSON: {message!r}"
     if status == 429 or google_status == "RESOURCE_EXHAUSTED":
-        retry_after = _retry_after(exc.response.headers)
+        retry_after = retry_after_seconds(exc.response.headers or {}) or QUOTA_PENALTY_SECONDS
         return RetryableError(f"{where}: Google Sheets quota exhausted (60 requests per minute per service "
                               f"account), retry after {retry_after:g}s", status=status, retry_after=retry_after,
                               code="quota")
     if status >= 500:
         return RetryableError(f"{where}: Google error {detail}", status=status,
-                              retry_after=_retry_after(exc.response.headers, default=None), code=f"http_{status}")
+                              retry_after=retry_after_seconds(exc.response.headers or {}), code=f"http_{status}")
     if status == 401:
         return AuthError(f"{where}: Google rejected the access token of {client_email}: {detail}", status=status,
                          code="unauthenticated")
@@ -620,13 +619,3 @@ def classify_failure(exc: Exception, *, method: str, spreadsheet_id: str, worksh
                               f"{detail}", status=status, code="no_worksheet")
     return PermanentError(f"{where}: Google refused the request: {detail}", status=status,
                           code=google_status.lower() or f"http_{status}")
-
-
-# Not integrations.http.retry_after_seconds: a caller here needs None for "no hint", and Sheets sends no dates.
-def _retry_after(headers: Mapping[str, Any] | None, default: float | None = QUOTA_PENALTY_SECONDS) -> float | None:
-    """Seconds from a Retry-After header, else ``default``."""
-    try:
-        seconds = float((headers or {}).get("Retry-After"))
-    except (TypeError, ValueError):
-        return default
-    return seconds if seconds > 0 else default

@@ -30,6 +30,7 @@ from slack_sdk.webhook import WebhookClient, WebhookResponse
 
 from integrations.base import (ActionContext, ActionResult, AuthError, ConfigModel, Integration, IntegrationError,
                                ParamsModel, PermanentError, RetryableError, excerpt, scrub)
+from integrations.http import retry_after_seconds
 from integrations.slack.cards import call_card, escape_mrkdwn
 
 DEFAULT_API_URL = "https://slack.com/api/"
@@ -41,6 +42,8 @@ DEFAULT_API_URL = "https://slack.com/api/"
 # after 429s risk being disabled.
 CHANNEL_BURST = 1.0
 CHANNEL_PER_SECOND = 1.0
+# Used when a 429 carries no (readable) Retry-After; Slack normally sends integer seconds.
+DEFAULT_RETRY_AFTER = 1.0
 
 # Slack documents these limits for chat.postMessage: text is truncated beyond 40,000 characters,
 # and a message holds at most 50 blocks.
@@ -188,7 +191,7 @@ class SlackIntegration(Integration):
     name = "Slack"
     Config = SlackConfig
     actions = {"post_message": PostMessageParams}
-    api_url_setting = "slack_api_url"
+    default_api_url = DEFAULT_API_URL
     # Event values (a caller ID name like "<!channel>") must not become Slack mentions or links.
     template_escape = staticmethod(escape_mrkdwn)
 
@@ -215,7 +218,7 @@ class SlackIntegration(Integration):
     # -- Web API (bot token) -------------------------------------------------------------------
 
     def _web_client(self, ctx: ActionContext) -> WebClient:
-        base = self.config.api_url or ctx.api_urls.get("slack") or DEFAULT_API_URL
+        base = self.base_url(ctx.api_urls)
         # A client per call: WebClient keeps no pool worth sharing and is not documented thread-safe.
         return WebClient(token=self.config.bot_token.get_secret_value(), base_url=base,
                          timeout=self.config.timeout, retry_handlers=[])
@@ -315,7 +318,7 @@ def classify_api_failure(method: str, exc: Exception, *, channel: str, secrets: 
     if error.startswith(_NON_JSON_PREFIX):  # not a Slack error code: the body was not JSON at all
         body, error = f" with a non-JSON body: {error[len(_NON_JSON_PREFIX):].lstrip(': ')!r}", ""
     if status == 429 or error == "ratelimited":
-        retry_after = _retry_after(response.headers)
+        retry_after = retry_after_seconds(response.headers or {}) or DEFAULT_RETRY_AFTER
         return RetryableError(f"{where}: rate limited by Slack, retry after {retry_after:g}s", status=status,
                               retry_after=retry_after, code="ratelimited")
     what = error or f"HTTP {status}{body}"
@@ -346,7 +349,7 @@ def classify_webhook_failure(outcome: WebhookResponse | Exception, *, secrets: l
         return None
     code = body if re.fullmatch(r"[a-z_]{2,64}", body) else ""
     if status == 429:
-        retry_after = _retry_after(outcome.headers)
+        retry_after = retry_after_seconds(outcome.headers or {}) or DEFAULT_RETRY_AFTER
         return RetryableError(f"{where}: rate limited by Slack, retry after {retry_after:g}s", status=status,
                               retry_after=retry_after, code="ratelimited")
     if status >= 500:
@@ -364,21 +367,6 @@ def classify_webhook_failure(outcome: WebhookResponse | Exception, *, secrets: l
     shown = excerpt(scrub(body, secrets))
     return PermanentError(scrub(f"{where}: HTTP {status} with an unexpected body: {shown!r}", secrets),
                           status=status, code="malformed_response")
-
-
-# Not integrations.http.retry_after_seconds: slack_sdk hands over raw header maps, and Slack sends integer seconds only.
-def _retry_after(headers: Mapping[str, Any] | None) -> float:
-    """Seconds from a Retry-After header (integer seconds per Slack), or 1 s when absent or unreadable."""
-    value = None
-    for name, raw in (headers or {}).items():
-        if name.lower() == "retry-after":
-            value = raw[0] if isinstance(raw, list) and raw else raw
-            break
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        return 1.0
-    return seconds if seconds > 0 else 1.0
 
 
 def _error_details(data: Mapping[str, Any]) -> str:

@@ -6,9 +6,9 @@ puts the token into error text.
 
 Credentials: the user copies the API key from https://trello.com/app-key and, on the same page,
 follows the "Token" link to authorise a token with scopes ``read,write`` (expiration "never" for
-an always-on relay). Trello takes both as the query parameters ``key`` and ``token``, so every URL
-we build carries them: every error text is scrubbed of both, including ``requests`` exception
-messages, which quote the full URL.
+an always-on relay). Both travel in Trello's ``Authorization: OAuth oauth_consumer_key="KEY",
+oauth_token="TOKEN"`` header, never in the query string, so no URL (and no ``requests`` exception
+text quoting one, no proxy or server access log) carries them; error texts are still scrubbed of both.
 
 Failure decisions live in one function, :func:`classify_failure`. Nothing retries or sleeps in
 process: a 429, 5xx or network error becomes a :class:`RetryableError`; a 429 also shuts the
@@ -81,7 +81,7 @@ def _cut_utf16(text: str, units: int) -> str:
 
 
 class TrelloConfig(ConfigModel):
-    """A Trello connection: API key and token (https://trello.com/app-key), sent as query parameters."""
+    """A Trello connection: API key and token (https://trello.com/app-key), sent in the Authorization header."""
 
     # pydantic echoes raw input in validation errors; for key and token that is the secret.
     model_config = ConfigDict(hide_input_in_errors=True)
@@ -94,9 +94,11 @@ class TrelloConfig(ConfigModel):
     @field_validator("api_key", "token")
     @classmethod
     def _credential_shape(cls, value: SecretStr) -> SecretStr:
-        # Unlike VirtualText's header-safe check: Trello credentials travel in query strings, so URL syntax is out too.
+        # Real keys and tokens are plain ASCII letters and digits: refuse what would break the header's quoted
+        # string (quotes, backslashes, commas, control characters) and URL syntax, which no real one holds.
         raw = value.get_secret_value()
-        if len(raw) < 8 or any(c.isspace() for c in raw) or any(c in raw for c in "&#?/="):
+        if (len(raw) < 8 or not raw.isascii() or not raw.isprintable() or any(c.isspace() for c in raw)
+                or any(c in raw for c in "&#?/=\"\\,")):
             raise ValueError("must be the key or token exactly as shown on https://trello.com/app-key")
         return value
 
@@ -147,7 +149,7 @@ class TrelloIntegration(Integration):
     name = "Trello"
     Config = TrelloConfig
     actions = {"create_card": CreateCardParams}
-    api_url_setting = "trello_api_url"
+    default_api_url = DEFAULT_API_URL
 
     def create_card(self, params: CreateCardParams, ctx: ActionContext) -> ActionResult:
         """Create one card (deduplicated on retries) and attach the voicemail audio or a link to it."""
@@ -174,15 +176,15 @@ class _TrelloApi:
     def __init__(self, integration: TrelloIntegration, ctx: ActionContext) -> None:
         config: TrelloConfig = integration.config
         self.ctx = ctx
-        self.base = (config.api_url or ctx.api_urls.get("trello") or DEFAULT_API_URL).rstrip("/")
+        self.base = integration.base_url(ctx.api_urls).rstrip("/")
         self.timeout = config.timeout
         key, token = config.api_key.get_secret_value(), config.token.get_secret_value()
-        self.auth = {"key": key, "token": token}
         self.secrets = integration.secrets()
         self.token_bucket = f"trello:token:{hashlib.sha256(token.encode()).hexdigest()[:16]}"
         self.key_bucket = f"trello:key:{hashlib.sha256(key.encode()).hexdigest()[:16]}"
         # A session per action: requests.Session is not documented thread-safe (psf/requests#2766).
         self.session = requests.Session()
+        self.session.headers["Authorization"] = f'OAuth oauth_consumer_key="{key}", oauth_token="{token}"'
 
     def __enter__(self) -> "_TrelloApi":
         return self
@@ -197,7 +199,7 @@ class _TrelloApi:
         self.ctx.pace(self.key_bucket, capacity=KEY_CAPACITY, per_second=KEY_PER_SECOND)
         outcome: requests.Response | requests.RequestException
         try:
-            outcome = self.session.request(method, self.base + path, params={**(params or {}), **self.auth},
+            outcome = self.session.request(method, self.base + path, params=params,
                                            timeout=self.timeout, **kwargs)
         except requests.RequestException as exc:
             outcome = exc
@@ -336,7 +338,7 @@ def classify_failure(what: str, outcome: requests.Response | requests.RequestExc
     said = scrub(f"{where}: HTTP {status} {body!r}", secrets)
     if status == 429:
         limit = _json_error(outcome) or "rate_limited"
-        retry_after = retry_after_seconds(outcome.headers.get("Retry-After"), DEFAULT_RETRY_AFTER, longest=3600)
+        retry_after = retry_after_seconds(outcome.headers) or DEFAULT_RETRY_AFTER
         return RetryableError(scrub(f"{where}: rate limited by Trello ({limit}), retry after {retry_after:g}s",
                                     secrets), status=status, retry_after=retry_after, code=limit)
     if status >= 500:

@@ -29,6 +29,7 @@ from urllib.parse import quote
 import requests
 
 from integrations.base import scrub
+from integrations.http import retry_after_seconds
 from integrations.virtualpbx.gregorian import datetime_to_gregorian
 from integrations.ratelimit import RateLimiter
 
@@ -355,7 +356,7 @@ class VirtualPBXClient:
             doc = {}
         retry_after = None
         if response.status_code == 429:
-            retry_after = _retry_after(response.headers.get("Retry-After"))
+            retry_after = retry_after_seconds(response.headers) or DEFAULT_429_RETRY_AFTER
             # Kazoo's bucket is empty: stop every worker of this account for a moment, not just us.
             self._limiter.penalise(self.bucket_key, retry_after)
         raise E.error_for_status(response.status_code, kazoo_message=doc.get("message"), data=doc.get("data"),
@@ -610,9 +611,3 @@ class VirtualPBXClient:
             doc["from"] = from_
         return self._data("PUT", self.account_path("sms"), data=doc)
 
-
-def _retry_after(header: str | None) -> float:
-    try:
-        return max(0.001, float(header)) if header else DEFAULT_429_RETRY_AFTER
-    except ValueError:
-        return DEFAULT_429_RETRY_AFTER

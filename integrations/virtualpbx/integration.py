@@ -34,6 +34,7 @@ from pydantic import ConfigDict, Field, SecretStr, model_validator
 from integrations.base import ActionContext, ActionResult, ConfigModel, Integration, PermanentError
 from integrations.sms import (DASH_MAX_BODY, E164Number, PreparedSms, QuietHours, SendSmsParams,
                               normalise_number, prepare_sms)
+from integrations.timeutil import aware
 from integrations.virtualpbx.gregorian import datetime_to_gregorian
 
 from . import errors as E
@@ -84,7 +85,7 @@ class VirtualPBXIntegration(Integration):
     name = "VirtualPBX"
     Config = VirtualPBXConfig
     actions = {"send_sms": SendSmsParams}
-    api_url_setting = "virtualpbx_api_url"
+    default_api_url = DEFAULT_API_URL
 
     def redis_key_patterns(self, namespace: str) -> list[str]:
         """The Kazoo account's session token (and its lock), API rate bucket and SMS claims."""
@@ -116,7 +117,7 @@ class VirtualPBXIntegration(Integration):
                session: requests.Session | None = None) -> VirtualPBXClient:
         """A Crossbar client for this connection: SMS here; voicemail audio, onboarding and reconciliation elsewhere."""
         config = self.config
-        base = config.api_url or api_urls.get(self.key) or DEFAULT_API_URL
+        base = self.base_url(api_urls)
         return VirtualPBXClient(
             base, account_id=config.account_id,
             api_key=config.api_key.get_secret_value() if config.api_key else None,
@@ -175,9 +176,7 @@ def _window_start(event: dict[str, Any], now: datetime) -> datetime:
         occurred = datetime.fromisoformat(str(event["occurred_at"]))
     except (KeyError, ValueError):
         return floor
-    if occurred.tzinfo is None:
-        occurred = occurred.replace(tzinfo=timezone.utc)
-    return max(floor, occurred - EVENT_CLOCK_SLACK)
+    return max(floor, aware(occurred) - EVENT_CLOCK_SLACK)
 
 
 def _row_time(row: dict[str, Any]) -> datetime | None:
@@ -186,7 +185,7 @@ def _row_time(row: dict[str, Any]) -> datetime | None:
         moment = parsedate_to_datetime(str(row["date"]))
     except (KeyError, TypeError, ValueError):
         return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return aware(moment)
 
 
 def _same_message(row: dict[str, Any], message: PreparedSms, region: str) -> bool:

@@ -66,7 +66,7 @@ class VirtualTextIntegration(Integration):
     name = "VirtualText"
     Config = VirtualTextConfig
     actions = {"send_sms": SendSmsParams}
-    api_url_setting = "virtualtext_api_url"
+    default_api_url = DEFAULT_API_URL
 
     def send_sms(self, params: SendSmsParams, ctx: ActionContext) -> ActionResult:
         """Send one message; a retry with the same idempotency key returns the first message, never a second."""
@@ -80,7 +80,7 @@ class VirtualTextIntegration(Integration):
             payload["from"] = message.from_
         if message.media:
             payload["media"] = list(message.media)
-        base = (self.config.api_url or ctx.api_urls.get(self.key) or DEFAULT_API_URL).rstrip("/")
+        base = self.base_url(ctx.api_urls).rstrip("/")
         headers = {"Authorization": f"Bearer {self.config.api_key.get_secret_value()}",
                    "Accept": "application/json"}
         try:
@@ -116,7 +116,7 @@ def classify_failure(outcome: requests.Response | Exception, *, secrets: list[st
         reason = f"non-JSON body {excerpt(text, _EXCERPT)!r}"
     what = scrub(f"{where}: HTTP {status} {code + ': ' if code else ''}{reason}".rstrip(": "), secrets)
     if status == 429:
-        retry_after = retry_after_seconds(outcome.headers.get("Retry-After"), DEFAULT_RETRY_AFTER)
+        retry_after = retry_after_seconds(outcome.headers) or DEFAULT_RETRY_AFTER
         return RetryableError(f"{where}: rate limited by VirtualText, retry after {retry_after:g}s", status=status,
                               retry_after=retry_after, code="rate_limited")
     if status in (401, 403):

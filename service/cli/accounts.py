@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import click
-import sqlalchemy as sa
 
 from service import accounts, engine
 from service.cli.base import fail_on_domain_errors, main, open_runtime
+from service.store import queries
 
 
 # --- accounts ----------------------------------------------------------------------------------------
@@ -41,11 +41,9 @@ def accounts_add(account_id: str, name: str, tz: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
 def accounts_list(as_json: bool) -> None:
     """List accounts (hook tokens are never shown again)."""
-    from service.store.models import Account, RuleSet
-
     rt = open_runtime()
     with rt.sessions() as session:
-        rows = session.execute(sa.select(Account, RuleSet.version).outerjoin(RuleSet)).all()
+        rows = queries.accounts_with_rules_version(session)
     for account, version in rows:
         if as_json:
             click.echo(json.dumps({"account_id": account.id, "name": account.name, "timezone": account.timezone,

@@ -6,10 +6,11 @@ import json
 import sys
 
 import click
-import sqlalchemy as sa
 
 from service import accounts, engine
 from service.cli.base import delivery_doc, enqueue_actions, fail_on_domain_errors, main, open_runtime
+from service.store import queries
+from service.store.models import Delivery
 
 
 # --- delivery log ------------------------------------------------------------------------------------
@@ -22,15 +23,10 @@ from service.cli.base import delivery_doc, enqueue_actions, fail_on_domain_error
 @fail_on_domain_errors
 def deliveries(account_id: str, status: str | None, limit: int, as_json: bool) -> None:
     """Show the delivery log of an account, newest first."""
-    from service.store.models import Delivery
-
     rt = open_runtime()
     with rt.sessions() as session:
         accounts.get_account(session, account_id)
-        query = sa.select(Delivery).where(Delivery.account_id == account_id)
-        if status:
-            query = query.where(Delivery.status == status)
-        rows = session.scalars(query.order_by(Delivery.id.desc()).limit(limit)).all()
+        rows = queries.delivery_log(session, account_id, status=status, limit=limit)
     for d in rows:
         doc = {"id": d.id, "event": d.event_type, "event_key": d.event_key, "rule": d.rule_name,
                "action": f"{d.connection}.{d.action}", "status": d.status, "attempts": d.attempts,
@@ -49,13 +45,10 @@ def deliveries(account_id: str, status: str | None, limit: int, as_json: bool) -
 @fail_on_domain_errors
 def quarantine(account_id: str, limit: int, as_json: bool) -> None:
     """Show deliveries kept but not processed (malformed, unknown type, duplicate), newest first."""
-    from service.store.models import QuarantinedDelivery
-
     rt = open_runtime()
     with rt.sessions() as session:
         accounts.get_account(session, account_id)
-        rows = session.scalars(sa.select(QuarantinedDelivery).where(QuarantinedDelivery.account_id == account_id)
-                               .order_by(QuarantinedDelivery.id.desc()).limit(limit)).all()
+        rows = queries.quarantined(session, account_id, limit=limit)
     for q in rows:
         doc = {"id": q.id, "received_at": q.received_at.isoformat(), "reason": q.reason, "method": q.method,
                "content_type": q.content_type, "query_string": q.query_string, "body": q.body}
@@ -63,9 +56,6 @@ def quarantine(account_id: str, limit: int, as_json: bool) -> None:
 
 
 # --- dead letters and paused connections ------------------------------------------------------------
-
-DEAD_STATUSES = ("dead", "failed", "paused")
-
 
 @main.group("dead")
 def dead_group() -> None:
@@ -78,14 +68,9 @@ def dead_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
 def dead_list(account_id: str | None, limit: int, as_json: bool) -> None:
     """List dead, failed and paused actions, newest first."""
-    from service.store.models import Delivery
-
     rt = open_runtime()
     with rt.sessions() as session:
-        query = sa.select(Delivery).where(Delivery.status.in_(DEAD_STATUSES))
-        if account_id:
-            query = query.where(Delivery.account_id == account_id)
-        rows = session.scalars(query.order_by(Delivery.id.desc()).limit(limit)).all()
+        rows = queries.dead_letters(session, account_id=account_id, limit=limit)
     for d in rows:
         doc = delivery_doc(d)
         click.echo(json.dumps(doc) if as_json else
@@ -97,15 +82,12 @@ def dead_list(account_id: str | None, limit: int, as_json: bool) -> None:
 @click.argument("delivery_id", type=int)
 def dead_show(delivery_id: int) -> None:
     """Show one action with its event and last error."""
-    from service.store.models import Delivery, StoredEvent
-
     rt = open_runtime()
     with rt.sessions() as session:
         d = session.get(Delivery, delivery_id)
         if d is None:
             raise click.ClickException(f"no delivery {delivery_id}")
-        event = session.scalars(sa.select(StoredEvent).where(StoredEvent.account_id == d.account_id,
-                                                             StoredEvent.key == d.event_key)).first()
+        event = queries.stored_event(session, d.account_id, d.event_key)
         doc = delivery_doc(d)
         doc["params"] = d.params
         doc["event_data"] = event.data if event else None
@@ -118,8 +100,6 @@ def dead_show(delivery_id: int) -> None:
 @click.option("--account", "account_id", default=None, help="The account of --event.")
 def dead_replay(delivery_ids: tuple[int, ...], event_key: str | None, account_id: str | None) -> None:
     """Replay actions by delivery or by event: back to pending, retry horizon restarted."""
-    from service.store.models import Delivery
-
     if not delivery_ids and not event_key:
         raise click.UsageError("give --delivery ID or --event KEY --account ACCOUNT_ID")
     if event_key and not account_id:
@@ -128,8 +108,7 @@ def dead_replay(delivery_ids: tuple[int, ...], event_key: str | None, account_id
     ids = list(delivery_ids)
     if event_key:
         with rt.sessions() as session:
-            ids += list(session.scalars(sa.select(Delivery.id).where(Delivery.account_id == account_id,
-                                                                     Delivery.event_key == event_key)))
+            ids += queries.delivery_ids_of_event(session, account_id, event_key)
     replayed = engine.replay(rt, delivery_ids=ids)
     enqueue_actions(replayed)
     click.echo(f"replaying {len(replayed)} action(s): {', '.join(map(str, replayed)) or '-'}")
@@ -141,13 +120,9 @@ def dead_replay(delivery_ids: tuple[int, ...], event_key: str | None, account_id
 @click.argument("delivery_ids", nargs=-1, type=int, required=True)
 def dead_discard(delivery_ids: tuple[int, ...]) -> None:
     """Mark actions as discarded (kept in the log, never retried)."""
-    from service.store.models import Delivery
-
     rt = open_runtime()
     with rt.sessions.begin() as session:
-        count = session.execute(sa.update(Delivery).where(Delivery.id.in_(delivery_ids),
-                                                          Delivery.status.in_(DEAD_STATUSES))
-                                .values(status="discarded")).rowcount
+        count = queries.discard_dead(session, delivery_ids)
     click.echo(f"discarded {count} action(s)")
     if count == 0:
         sys.exit(1)
@@ -163,13 +138,10 @@ def connections_group() -> None:
 @fail_on_domain_errors
 def connections_list(account_id: str) -> None:
     """List connections (never their credentials) and whether each is paused."""
-    from service.store.models import Connection
-
     rt = open_runtime()
     with rt.sessions() as session:
         accounts.get_account(session, account_id)
-        rows = session.scalars(sa.select(Connection).where(Connection.account_id == account_id)
-                               .order_by(Connection.name)).all()
+        rows = queries.connections_of(session, account_id)
     for row in rows:
         click.echo(f"{row.name}  {row.integration}  {'PAUSED: ' + row.paused_reason if row.paused_reason else 'ok'}")
 

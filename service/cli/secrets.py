@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-
 import click
-import sqlalchemy as sa
 
 from service.cli.base import fail_on_domain_errors, main, open_runtime
+from service.store import queries
 
 
 # --- secrets -----------------------------------------------------------------------------------------
@@ -28,11 +27,9 @@ def secrets_generate() -> None:
 @fail_on_domain_errors
 def secrets_rotate() -> None:
     """Re-encrypt every stored credential with the first key of PBXRELAY_SECRET_KEYS."""
-    from service.store.models import Connection
-
     rt = open_runtime()
     with rt.sessions.begin() as session:
-        rows = session.scalars(sa.select(Connection)).all()
+        rows = queries.all_connections(session)
         for row in rows:
             row.config_encrypted = rt.box.rotate(row.config_encrypted)
     click.echo(f"re-encrypted {len(rows)} connection(s) with the newest key")

@@ -20,7 +20,8 @@ from service import crm
 from service.events import Event, aware
 from service.pbx import media
 from service.runtime import Runtime
-from service.store.models import (Account, AuditEntry, Connection, Delivery, StoredEvent, utcnow)
+from service.store import queries
+from service.store.models import Account, AuditEntry, Connection, Delivery, utcnow
 from service.engine.ingest import store_event
 from service.engine.planning import ruleset_of
 
@@ -87,8 +88,7 @@ def execute_delivery(rt: Runtime, delivery_id: int) -> str:
             delivery.status, delivery.attempts, delivery.claimed_until = "paused", delivery.attempts - 1, None
             delivery.last_error = f"connection paused: {connection.paused_reason}"[:2000]
             return "paused"
-        stored = session.scalars(sa.select(StoredEvent).where(StoredEvent.account_id == delivery.account_id,
-                                                              StoredEvent.key == delivery.event_key)).first()
+        stored = queries.stored_event(session, delivery.account_id, delivery.event_key)
         job = _Job(delivery_id=delivery.id, account_id=delivery.account_id, integration=delivery.integration,
                    action=delivery.action, connection=delivery.connection, params=dict(delivery.params or {}),
                    attempt=delivery.attempts, created_at=aware(delivery.created_at),

@@ -79,6 +79,35 @@ def _ts(value: Any) -> datetime | None:
 
 def summarize_call(call_key: str, facts: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Derive the call-level view from every leg fact seen so far (order-free, duplicate-free)."""
+    legs, voicemails = _group_facts(facts)
+    a_leg = _leg_info(legs[call_key]) if call_key in legs else {}
+    b_legs = {leg_id: _leg_info(hooks) for leg_id, hooks in legs.items() if leg_id != call_key}
+    answered_id = _answered_leg(call_key, legs, a_leg, b_legs)
+    answered = b_legs.get(answered_id) if answered_id else None
+    bridged = answered_id is not None
+    direction = _direction(a_leg, b_legs)
+    caller, callee = _parties(direction, a_leg, b_legs, answered)
+    a_destroy = legs.get(call_key, {}).get("channel_destroy", {})
+    voicemail_left = bool(voicemails)
+    return {
+        "call_id": call_key,
+        "direction": direction,
+        "caller": caller,
+        "callee": callee,
+        "answered_by": _answered_by(a_leg, answered, bridged),
+        **_timing(legs, a_leg, a_destroy, answered, bridged),
+        "ringing": a_destroy.get("ringing_seconds") if isinstance(a_destroy.get("ringing_seconds"), int) else None,
+        "outcome": _outcome(direction, a_destroy, bridged, voicemail_left),
+        "voicemail_left": voicemail_left,
+        "voicemail_id": voicemails[0].get("voicemail_id") if voicemails else None,
+        "hangup_cause": a_destroy.get("hangup_cause"),
+        "legs": len(legs),
+        "owner_id": a_leg.get("owner_id") or (answered or {}).get("owner_id"),
+    }
+
+
+def _group_facts(facts: dict[str, dict[str, Any]]) -> tuple[dict[str, dict[str, dict[str, Any]]], list[dict]]:
+    """({leg id: {channel hook: fact}}, [voicemail facts]) from the call window's ``kind:id`` fields."""
     legs: dict[str, dict[str, dict[str, Any]]] = {}
     voicemails = []
     for field, fact in facts.items():
@@ -87,33 +116,40 @@ def summarize_call(call_key: str, facts: dict[str, dict[str, Any]]) -> dict[str,
             voicemails.append(fact)
         elif kind in CHANNEL_HOOKS:
             legs.setdefault(ident, {})[kind] = fact
+    return legs, voicemails
 
-    def leg_info(leg_id: str) -> dict[str, Any]:
-        merged: dict[str, Any] = {}
-        for hook in CHANNEL_HOOKS:  # later hooks carry the fullest view of the leg
-            merged.update({k: v for k, v in legs[leg_id].get(hook, {}).items() if v not in (None, "")})
-        return merged
 
-    a_leg = leg_info(call_key) if call_key in legs else {}
-    b_ids = [leg_id for leg_id in legs if leg_id != call_key]
-    b_legs = {leg_id: leg_info(leg_id) for leg_id in b_ids}
+def _leg_info(hooks: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """One leg's facts merged over its hooks; later hooks carry the fullest view of the leg."""
+    merged: dict[str, Any] = {}
+    for hook in CHANNEL_HOOKS:
+        merged.update({k: v for k, v in hooks.get(hook, {}).items() if v not in (None, "")})
+    return merged
 
-    answered_id = next((i for i in b_ids if "channel_bridge" in legs[i] or "channel_answer" in legs[i]), None)
+
+def _answered_leg(call_key: str, legs: dict[str, dict[str, Any]], a_leg: dict[str, Any],
+                  b_legs: dict[str, dict[str, Any]]) -> str | None:
+    """The B-leg that answered or bridged; "" when only the A-leg's hooks say it bridged; None when unanswered."""
+    answered_id = next((i for i in b_legs if "channel_bridge" in legs[i] or "channel_answer" in legs[i]), None)
     if answered_id is None and call_key in legs and "channel_bridge" in legs[call_key]:
         answered_id = a_leg.get("other_leg_call_id") if a_leg.get("other_leg_call_id") in b_legs else ""
-    answered = b_legs.get(answered_id) if answered_id else None
-    bridged = answered_id is not None
+    return answered_id
 
+
+def _direction(a_leg: dict[str, Any], b_legs: dict[str, dict[str, Any]]) -> str:
+    """Inbound (the A-leg came from a carrier), outbound (a B-leg used a carrier) or internal, from the user's view."""
     if a_leg.get("inception"):
-        direction = "inbound"
-    elif any(b.get("local_resource_used") is True or b.get("authorizing_type") == "resource"
-             for b in b_legs.values()):
-        direction = "outbound"
-    elif a_leg or b_legs:
-        direction = "internal" if a_leg.get("authorizing_type") in ("device", "user", "mobile") else "inbound"
-    else:
-        direction = "inbound"
+        return "inbound"
+    if any(b.get("local_resource_used") is True or b.get("authorizing_type") == "resource" for b in b_legs.values()):
+        return "outbound"
+    if a_leg or b_legs:
+        return "internal" if a_leg.get("authorizing_type") in ("device", "user", "mobile") else "inbound"
+    return "inbound"
 
+
+def _parties(direction: str, a_leg: dict[str, Any], b_legs: dict[str, dict[str, Any]],
+             answered: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(caller, callee): an inbound call's callee is the number dialled, an outbound one's the leg it reached."""
     any_leg = a_leg or next(iter(b_legs.values()), {})
     caller = _party(any_leg.get("caller_id_name"), any_leg.get("caller_id_number"))
     if direction == "inbound":
@@ -124,17 +160,23 @@ def summarize_call(call_key: str, facts: dict[str, dict[str, Any]]) -> dict[str,
         target = answered or next(iter(b_legs.values()), {})
         callee = _party(target.get("callee_id_name"),
                         target.get("callee_id_number") or _user_part(a_leg.get("request")))
+    return caller, callee
 
-    answered_by = None
+
+def _answered_by(a_leg: dict[str, Any], answered: dict[str, Any] | None, bridged: bool) -> dict[str, Any] | None:
+    """Who picked up: the answering B-leg's callee, or only the number when the A-leg alone says it bridged."""
     if answered:
-        answered_by = {"name": answered.get("callee_id_name") or None,
-                       "number": answered.get("callee_id_number") or None,
-                       "user_id": answered.get("owner_id") or None}
-    elif bridged:
-        answered_by = {"name": None, "number": a_leg.get("other_leg_destination_number"), "user_id": None}
+        return {"name": answered.get("callee_id_name") or None, "number": answered.get("callee_id_number") or None,
+                "user_id": answered.get("owner_id") or None}
+    if bridged:
+        return {"name": None, "number": a_leg.get("other_leg_destination_number"), "user_id": None}
+    return None
 
+
+def _timing(legs: dict[str, dict[str, Any]], a_leg: dict[str, Any], a_destroy: dict[str, Any],
+            answered: dict[str, Any] | None, bridged: bool) -> dict[str, Any]:
+    """started_at (the first leg's creation), ended_at (the A-leg's destroy), duration and talk_time."""
     created = [t for t in (_ts(leg.get("channel_create", {}).get("timestamp")) for leg in legs.values()) if t]
-    a_destroy = legs.get(call_key, {}).get("channel_destroy", {})
     started_at = min(created) if created else _ts(a_leg.get("timestamp"))
     ended_at = _ts(a_destroy.get("timestamp"))
     duration = a_destroy.get("duration_seconds")
@@ -145,35 +187,19 @@ def summarize_call(call_key: str, facts: dict[str, dict[str, Any]]) -> dict[str,
         talk_time = answered.get("billing_seconds") if isinstance(answered.get("billing_seconds"), int) else 0
     elif bridged and isinstance(a_destroy.get("billing_seconds"), int):
         talk_time = a_destroy["billing_seconds"]
+    return {"started_at": started_at.isoformat() if started_at else None,
+            "ended_at": ended_at.isoformat() if ended_at else None, "duration": duration, "talk_time": talk_time}
 
-    voicemail_left = bool(voicemails)
+
+def _outcome(direction: str, a_destroy: dict[str, Any], bridged: bool, voicemail_left: bool) -> str:
+    """answered, voicemail, busy, or missed (inbound) / no_answer (outbound and internal)."""
     if bridged:
-        outcome = "answered"
-    elif voicemail_left:
-        outcome = "voicemail"
-    elif a_destroy.get("hangup_cause") == "USER_BUSY":
-        outcome = "busy"
-    else:
-        outcome = "missed" if direction == "inbound" else "no_answer"
-
-    return {
-        "call_id": call_key,
-        "direction": direction,
-        "caller": caller,
-        "callee": callee,
-        "answered_by": answered_by,
-        "started_at": started_at.isoformat() if started_at else None,
-        "ended_at": ended_at.isoformat() if ended_at else None,
-        "duration": duration,
-        "talk_time": talk_time,
-        "ringing": a_destroy.get("ringing_seconds") if isinstance(a_destroy.get("ringing_seconds"), int) else None,
-        "outcome": outcome,
-        "voicemail_left": voicemail_left,
-        "voicemail_id": voicemails[0].get("voicemail_id") if voicemails else None,
-        "hangup_cause": a_destroy.get("hangup_cause"),
-        "legs": len(legs),
-        "owner_id": a_leg.get("owner_id") or (answered or {}).get("owner_id"),
-    }
+        return "answered"
+    if voicemail_left:
+        return "voicemail"
+    if a_destroy.get("hangup_cause") == "USER_BUSY":
+        return "busy"
+    return "missed" if direction == "inbound" else "no_answer"
 
 
 def voicemail_data(data: dict[str, Any]) -> dict[str, Any]:

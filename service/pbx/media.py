@@ -16,6 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from integrations.base import Media, MediaTooLarge
+from integrations.virtualpbx import errors
 from service.config import MAX_MEDIA_LINK_TTL_SECONDS
 from service.events import Event, aware
 from service.secrets import SecretsError
@@ -32,8 +33,6 @@ class LinkError(Exception):
 
 def pbx_client(rt, account_id: str):
     """A VirtualPBX API client from the account's `virtualpbx` connection, or None when it has none."""
-    from integrations.virtualpbx.integration import VirtualPBXIntegration
-
     with rt.sessions() as session:
         row = session.scalars(sa.select(Connection).where(Connection.account_id == account_id,
                                                           Connection.integration == "virtualpbx")
@@ -41,7 +40,8 @@ def pbx_client(rt, account_id: str):
         if row is None:
             return None
         config = rt.box.decrypt(row.config_encrypted)
-    integration = VirtualPBXIntegration(VirtualPBXIntegration.Config.model_validate(config))
+    integration_cls = rt.registry["virtualpbx"]
+    integration = integration_cls(integration_cls.Config.model_validate(config))
     return integration.client(api_urls=rt.api_urls(), redis=rt.redis, namespace=rt.settings.namespace)
 
 
@@ -61,8 +61,6 @@ def voicemail_audio(rt, account_id: str, event: Event | None, max_bytes: int) ->
     client = pbx_client(rt, account_id)
     if client is None:
         return None
-    from integrations.virtualpbx import errors
-
     box, message = ids
     try:
         content, content_type, filename = client.download_vmbox_message(box, message, max_bytes=max_bytes)

@@ -6,14 +6,14 @@ import copy
 import fnmatch
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone as dt_timezone
+from datetime import datetime
 from typing import Any, Callable, Mapping
 from zoneinfo import ZoneInfo
 
 import phonenumbers
 
 from service.rules import templating
-from service.events import Event
+from service.events import Event, aware
 from service.rules.schema import (BUSINESS_HOURS_KEY, GLOB_CHARS, PHONE_LIKE, PHONE_PATTERN, PHONE_PATTERN_SEPARATORS,
                                   AccountSpec, Rule, RulesFile, is_number, minutes_range, weekdays)
 
@@ -147,9 +147,7 @@ def _operator_holds(operator: str, operand: Any, actual: Any, region: str) -> bo
 
 
 def _in_business_hours(account: AccountSpec, moment: datetime) -> bool:
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt_timezone.utc)  # Event promises aware UTC; never read naive as local
-    local = moment.astimezone(ZoneInfo(account.timezone))
+    local = aware(moment).astimezone(ZoneInfo(account.timezone))
     minute = local.hour * 60 + local.minute
     for day_spec, ranges in account.business_hours.items():
         if local.weekday() in weekdays(day_spec):

@@ -32,7 +32,7 @@ import functools
 import re
 from contextvars import ContextVar
 from dataclasses import dataclass
-from datetime import datetime, timezone as dt_timezone
+from datetime import datetime
 from typing import Any, Callable, Iterable, Iterator
 from zoneinfo import ZoneInfo
 
@@ -44,7 +44,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.visitor import NodeTransformer
 
 from integrations.base import PermanentError
-from service.events import Event
+from service.events import Event, aware
 
 MAX_OUTPUT_CHARS = 100_000  # per rendered string; Slack caps text at 40k, a Sheets cell at 50k
 MAX_STEPS = 100_000  # loop iterations plus calls in one render: far above any sane message template
@@ -309,9 +309,7 @@ def _localtime(context: Any, value: Any, time_format: str = DEFAULT_LOCALTIME_FO
             return value
     else:
         return value
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt_timezone.utc)  # webhook timestamps without an offset are UTC
-    return moment.astimezone(ZoneInfo(_render_state.get().timezone)).strftime(str(time_format))
+    return aware(moment).astimezone(ZoneInfo(_render_state.get().timezone)).strftime(str(time_format))
 
 
 def _duration(value: Any) -> Any:

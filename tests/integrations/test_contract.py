@@ -37,7 +37,8 @@ def test_contract_shape(key):
     assert cls.actions, f"{key} offers no action"
     for action, model in cls.actions.items():
         assert issubclass(model, ParamsModel) and callable(getattr(cls, action)), action
-    assert cls.api_url_setting in Settings.model_fields, f"{key}: no setting {cls.api_url_setting}"
+    assert cls.default_api_url, f"{key}: no default_api_url"
+    assert f"{key}_api_url" in Settings.model_fields, f"{key}: no setting {key}_api_url"
     assert (ROOT / key / "integration.py").exists(), f"{key}: the Integration lives in integration.py"
     assert (SANDBOX / "standins" / f"{key}.py").exists() or key == "virtualpbx", f"{key} has no stand-in"
     assert any((ROOT / key / "fixtures").glob("*.json")) or key == "virtualpbx", f"{key} has no fixtures"

@@ -1,7 +1,8 @@
 """A Trello stand-in: the parts of Trello's REST API that pbxrelay uses, in memory.
 
 Reproduces (per developer.atlassian.com/cloud/trello/rest and observed Trello answers):
-``key``/``token`` auth from the query string or the body, answering 401 with Trello's plain-text
+auth by the ``Authorization: OAuth oauth_consumer_key="KEY", oauth_token="TOKEN"`` header (or, as Trello
+also allows, ``key``/``token`` in the query string or the body), answering 401 with Trello's plain-text
 reasons (``invalid key``; ``invalid token``; ``unauthorized permission requested`` for a missing
 token, a read-only token writing, or a board the token's member is not on); ``POST /1/cards`` with
 a JSON or form body (``idList`` required and 24-hex else 400 ``invalid value for idList``; an
@@ -254,7 +255,7 @@ def _vendor(state: TrelloStandin, route: str, scope: str, handle) -> Response:
     with state.lock:
         fault = state.faults.pop()
         state.calls.append({"method": request.method, "route": route, "path": request.path, "fault": fault,
-                            "at": time.time()})
+                            "at": time.time(), "auth": _auth_source()})
     return answer_with_fault(fault, lambda: _authorised(state, scope, handle),
                              lambda f: fault_response(f, _fault_body))
 
@@ -264,6 +265,9 @@ def _authorised(state: TrelloStandin, scope: str, handle) -> Response:
     if args is None:
         return _text("invalid json", 400)
     key, token = str(args.pop("key", "") or ""), str(args.pop("token", "") or "")
+    header = _oauth_header()
+    if header is not None:
+        key, token = header
     with state.lock:
         if key not in state.keys:
             return _text("invalid key", 401)
@@ -287,6 +291,31 @@ def _authorised(state: TrelloStandin, scope: str, handle) -> Response:
                 response.headers[f"x-rate-limit-api-{name}-max"] = str(limit)
                 response.headers[f"x-rate-limit-api-{name}-remaining"] = str(state._remaining(bucket, limit))
         return response
+
+
+# Trello's header form: OAuth oauth_consumer_key="KEY", oauth_token="TOKEN" (either order, optional spaces).
+_OAUTH_PARAM = re.compile(r'\s*(\w+)\s*=\s*"([^"]*)"\s*(?:,|$)')
+
+
+def _oauth_header() -> tuple[str, str] | None:
+    """(key, token) from an ``Authorization: OAuth ...`` header; None without one (query/body auth applies)."""
+    raw = request.headers.get("Authorization", "")
+    scheme, _, rest = raw.partition(" ")
+    if scheme.lower() != "oauth":
+        return None
+    fields = dict(_OAUTH_PARAM.findall(rest))
+    return fields.get("oauth_consumer_key", ""), fields.get("oauth_token", "")
+
+
+def _auth_source() -> str | None:
+    """Where a request carried its credentials ("header", "params"), for tests that check the client's choice."""
+    if _oauth_header() is not None:
+        return "header"
+    names = set(request.args) | (set(request.form) if request.mimetype != "application/json" else set())
+    if request.mimetype == "application/json":
+        body = request.get_json(silent=True)
+        names |= set(body) if isinstance(body, dict) else set()
+    return "params" if names & {"key", "token"} else None
 
 
 def _fault_body(status: int) -> Any:

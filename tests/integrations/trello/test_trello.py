@@ -367,12 +367,14 @@ def test_failure_table(trello, limiter, row, make_ctx):
     assert trello.state.cards_in(INBOX) == []
 
 
-def test_network_error_text_would_carry_the_credentials_without_scrubbing(trello, make_ctx):
-    # Guards the table above from passing vacuously: the raw requests message does quote the URL.
+def test_network_error_text_quotes_a_url_without_the_credentials(trello, make_ctx):
+    # The raw requests message quotes the URL; with the credentials in the Authorization header it has
+    # nothing to scrub (the echo rows of the table above still prove the scrubbing).
     ctx = make_ctx(paced=False, base=free_port_url())
     with pytest.raises(RetryableError) as info:
         integration().run("create_card", card_params(), ctx)
-    assert "key=***" in str(info.value) and "token=***" in str(info.value)
+    assert "/1/cards" in str(info.value)
+    assert "key=" not in str(info.value) and "token=" not in str(info.value) and "***" not in str(info.value)
 
 
 @pytest.mark.parametrize("status", [200, 401, 429, 502])
@@ -580,3 +582,18 @@ def test_hostile_voicemail_id_cannot_forge_extra_marker_lines(trello, make_ctx):
     desc = trello.state.cards_in(INBOX)[0]["desc"]
     assert desc.splitlines()[-1] == "voicemail-id: vm-1 pbxrelay-id: someone-else"
     assert "pbxrelay-id: someone-else" not in desc.splitlines()
+
+
+def test_credentials_travel_only_in_the_authorization_header(trello, make_ctx):
+    """Key and token never appear in a URL (logs, proxies, exception text): the OAuth header carries them."""
+    integration().run("create_card", card_params(), make_ctx(paced=False))
+    integration().run("create_card", card_params(), make_ctx(paced=False, attempt=2))  # the retry's lookup too
+    calls = trello.state.calls
+    assert {c["route"] for c in calls} >= {"/1/cards", "/1/lists/{id}/cards", "/1/cards/{id}/attachments"}
+    assert [c["auth"] for c in calls] == ["header"] * len(calls)
+
+
+@pytest.mark.parametrize("bad", ['abc"defgh', "abcdefgh\\", "abc,defgh", "abcdéfgh", "abc\x00defgh"])
+def test_credentials_that_would_break_the_header_are_refused(bad):
+    with pytest.raises(ValueError, match="exactly as shown"):
+        TrelloConfig(api_key=bad, token=TOKEN)

@@ -186,3 +186,31 @@ def test_fault_queue_setup_and_reset_over_http(trello):
 
     requests.post(f"{url}/_standin/reset", json={"registrations": True}, timeout=5)
     assert state.all_cards() == [] and state.keys == set()
+
+
+def oauth(key: str, token: str | None = None) -> dict[str, str]:
+    """Trello's Authorization header form of key and token."""
+    value = f'OAuth oauth_consumer_key="{key}"' + (f', oauth_token="{token}"' if token is not None else "")
+    return {"Authorization": value}
+
+
+def test_the_oauth_authorization_header_authenticates(trello):
+    url, state = trello
+    response = requests.post(f"{url}/1/cards", headers=oauth(DEFAULT_KEY, DEFAULT_TOKEN),
+                             json={"idList": LIST, "name": "by header"}, timeout=5)
+    assert response.status_code == 200 and response.json()["name"] == "by header"
+    assert state.calls[-1]["auth"] == "header"
+    listed = requests.get(f"{url}/1/lists/{LIST}/cards", headers=oauth(DEFAULT_KEY, DEFAULT_TOKEN), timeout=5)
+    assert [c["name"] for c in listed.json()] == ["by header"]
+
+
+@pytest.mark.parametrize("headers,text", [
+    (oauth("f" * 32, DEFAULT_TOKEN), "invalid key"),
+    (oauth(DEFAULT_KEY), "unauthorized permission requested"),
+    (oauth(DEFAULT_KEY, "ATTAnope"), "invalid token"),
+], ids=["unknown-key", "no-token", "unknown-token"])
+def test_a_bad_oauth_header_is_refused_even_with_good_query_credentials(trello, headers, text):
+    url, _ = trello
+    response = requests.post(f"{url}/1/cards", headers=headers, params=AUTH, json={"idList": LIST, "name": "x"},
+                             timeout=5)
+    assert (response.status_code, response.text) == (401, text)

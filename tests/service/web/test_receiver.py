@@ -133,3 +133,16 @@ def test_health_and_ready(receiver):
     assert client.get("/healthz").json == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200 and ready.json["redis"] == "ok" and ready.json["database"] == "ok"
+
+
+def test_voicemail_links_refuse_forged_tokens_and_accounts_without_virtualpbx(receiver):
+    """The media blueprint: a forged token and an account with no virtualpbx connection both get 404."""
+    from service.pbx import media
+    from service.runtime import Runtime
+
+    client, _, settings = receiver
+    forged = client.get("/media/voicemail/not-a-token")
+    assert (forged.status_code, forged.get_json()) == (404, {"error": "unknown voicemail link"})
+    link = media.voicemail_link(Runtime(settings), ACCOUNT, "box1", "msg1")
+    response = client.get(link.removeprefix(settings.public_url))
+    assert (response.status_code, response.get_json()) == (404, {"error": "the account has no virtualpbx connection"})
