@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 import os
 
 import pytest
@@ -91,9 +93,11 @@ def test_the_worker_caps_them_again_after_celery_sets_up_logging(debug_root):
     """Importing the Celery app caps the loggers, and Celery's after_setup_logger signal re-applies the caps."""
     from celery.signals import after_setup_logger
 
-    import workers.celery_app  # noqa: F401  (the import applies the caps in a worker process)
-
-    assert logging.getLogger("urllib3").level == logging.WARNING
+    # In a fresh process, as a worker starts (in this one another test may have imported it already).
+    fresh = subprocess.run([sys.executable, "-c", "import logging; logging.getLogger('urllib3').setLevel(10); "
+                            "import workers.celery_app; print(logging.getLogger('urllib3').level)"],
+                           capture_output=True, text=True, timeout=60, check=True)
+    assert fresh.stdout.strip() == str(logging.WARNING)
     logging.getLogger("urllib3").setLevel(logging.DEBUG)
     after_setup_logger.send(sender=None, logger=logging.getLogger(), loglevel=logging.DEBUG, logfile=None,
                             format="%(message)s", colorize=False)
