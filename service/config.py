@@ -35,6 +35,13 @@ class Settings(BaseSettings):
     trello_api_url: str = "https://api.trello.com"
     google_sheets_api_url: str = "https://sheets.googleapis.com"
     virtualtext_api_url: str = "https://api.virtualpbx.com"
+    # The operator's one switch for the sandbox and tests, whose stand-ins listen on 127.0.0.1: lets
+    # connections reach private and loopback hosts over plain http. Off, a connection's URL must be
+    # https to its vendor's own hosts. Cloud metadata addresses stay refused either way.
+    allow_private_urls: bool = False
+    # Tenant-supplied rules may read env:NAME only for names starting with this prefix (e.g.
+    # TENANT_SHARED_); unset, tenants get no env: at all. PBXRELAY_* names are refused whatever it says.
+    tenant_env_prefix: str | None = None
 
     # Largest webhook body accepted; larger gets 413 (Kazoo payloads are a few KiB).
     max_body_bytes: int = Field(default=256 * 1024, ge=1024)
@@ -63,6 +70,14 @@ class Settings(BaseSettings):
     # Durable spool for events received while Redis is unreachable.
     spool_max_events: int = Field(default=100_000, ge=10)
     log_level: str = "INFO"
+
+    @field_validator("tenant_env_prefix")
+    @classmethod
+    def _tenant_prefix_not_ours(cls, value: str | None) -> str | None:
+        if value is not None and (not value or value.upper().startswith("PBXRELAY")):
+            raise ValueError("tenant_env_prefix must be a non-empty prefix outside PBXRELAY_ (the service's own "
+                             "settings and keys are never readable by tenants)")
+        return value
 
     @field_validator("public_url")
     @classmethod

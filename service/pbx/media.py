@@ -15,6 +15,7 @@ import sqlalchemy as sa
 
 from integrations.base import Media, MediaTooLarge, PermanentError
 from service.events import Event
+from service.accounts import binding_problem
 from service.secrets import SecretsError
 from service.store.models import Connection
 
@@ -33,8 +34,14 @@ def pbx_client(rt, account_id: str):
         if row is None:
             return None
         config = rt.box.decrypt(row.config_encrypted)
-    integration = VirtualPBXIntegration(VirtualPBXIntegration.Config.model_validate(config))
-    return integration.client(api_urls=rt.api_urls(), redis=rt.redis, namespace=rt.settings.namespace)
+        problem = binding_problem(session, account_id, VirtualPBXIntegration, config)
+    if problem:
+        raise PermanentError(f"connection {row.name!r}: {problem}", code="foreign_account")
+    allow_private = rt.settings.allow_private_urls
+    integration = VirtualPBXIntegration(VirtualPBXIntegration.Config.model_validate(
+        config, context={"allow_private_urls": allow_private}))
+    return integration.client(api_urls=rt.api_urls(), redis=rt.redis, namespace=rt.settings.namespace,
+                              owner=account_id, allow_private=allow_private, seal=rt.box.seal, unseal=rt.box.unseal)
 
 
 def _voicemail_ids(event: Event | None) -> tuple[str, str] | None:

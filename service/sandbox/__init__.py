@@ -70,6 +70,8 @@ def start(host: str, port: int, *, var_dir: Path) -> Sandbox:
     os.chmod(sa_path, 0o600)
     voicemail_list, missed_list = list(trello.DEFAULT_LISTS)
     box.env = {
+        # The stand-ins listen on 127.0.0.1 over http, which the outbound guard refuses by default.
+        "PBXRELAY_ALLOW_PRIVATE_URLS": "true",
         "PBXRELAY_VIRTUALPBX_API_URL": pbx,
         "PBXRELAY_SLACK_API_URL": f"{slack_url}/api/",
         "PBXRELAY_TRELLO_API_URL": trello_url,

@@ -21,6 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from tests.integrations.conftest import sandbox_config
 from integrations.base import ActionContext, AuthError, PermanentError, RetryableError
 from integrations.google_sheets import ALL_COLUMNS, GoogleSheetsConfig, GoogleSheetsIntegration
 from integrations.google_sheets.integration import ACCOUNT_BURST, ACCOUNT_PER_SECOND
@@ -92,8 +93,8 @@ def make_ctx(sheets, action_context, redis_client, namespace):
 
 def integration(sheets: Sheets, **config) -> GoogleSheetsIntegration:
     """The integration on our spreadsheet with this test's service account."""
-    return GoogleSheetsIntegration(GoogleSheetsConfig(**{"credentials": sheets.sa_json, "spreadsheet_id": SHEET_ID,
-                                                        **config}))
+    return GoogleSheetsIntegration(sandbox_config(GoogleSheetsConfig, **{"credentials": sheets.sa_json,
+                                                                        "spreadsheet_id": SHEET_ID, **config}))
 
 
 CALLER = {"name": "Alice Example", "number": "+15555550123"}
@@ -500,7 +501,7 @@ def test_bad_params_are_a_clear_permanent_error(sheets, make_ctx, params, mentio
 
 
 def test_config_never_shows_the_service_account(sheets):
-    config = GoogleSheetsConfig(credentials=sheets.sa_json, spreadsheet_id=SHEET_ID)
+    config = sandbox_config(GoogleSheetsConfig, credentials=sheets.sa_json, spreadsheet_id=SHEET_ID)
     shown = repr(config) + str(config) + config.model_dump_json() + repr(integration(sheets).config)
     assert "PRIVATE KEY" not in shown and sheets.email not in shown and "**********" in shown
 
