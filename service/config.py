@@ -74,9 +74,11 @@ class Settings(BaseSettings):
     @field_validator("tenant_env_prefix")
     @classmethod
     def _tenant_prefix_not_ours(cls, value: str | None) -> str | None:
-        if value is not None and (not value or value.upper().startswith("PBXRELAY")):
-            raise ValueError("tenant_env_prefix must be a non-empty prefix outside PBXRELAY_ (the service's own "
-                             "settings and keys are never readable by tenants)")
+        if not value:
+            return None  # empty (as in .env.example) means unset: no env: for tenants
+        if value.upper().startswith("PBXRELAY"):
+            raise ValueError("tenant_env_prefix must be outside PBXRELAY_ (the service's own settings and keys are "
+                             "never readable by tenants)")
         return value
 
     @field_validator("public_url")
