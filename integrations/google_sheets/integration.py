@@ -283,7 +283,7 @@ def _digest(*parts: str) -> str:
 
 @dataclass(frozen=True)
 class _Keys:
-    """The Redis keys of one (service account, spreadsheet, worksheet) and its limiter buckets."""
+    """The Redis keys of one (our account, service-account key, spreadsheet, worksheet) and its limiter buckets."""
 
     ns: str
     sheet: str
@@ -292,12 +292,16 @@ class _Keys:
     write_bucket: str
 
     @classmethod
-    def of(cls, ctx: ActionContext, client_email: str, spreadsheet_id: str, worksheet: str) -> "_Keys":
-        # Queue keys include the service account: rows must never be written with another
-        # connection's credentials. The sheet bucket does not: it paces the sheet, whoever writes.
-        return cls(ns=ctx.namespace, sheet=_digest(client_email, spreadsheet_id, worksheet),
-                   sheet_bucket=f"gsheets:sheet:{_digest(spreadsheet_id, worksheet)}",
-                   read_bucket=f"gsheets:sa-read:{client_email}", write_bucket=f"gsheets:sa:{client_email}")
+    def of(cls, ctx: ActionContext, key_hash: str, spreadsheet_id: str, worksheet: str) -> "_Keys":
+        # Queue keys include the key itself (its hash): rows must never be written with another
+        # connection's credentials. Everything is keyed by our account too: a tenant can copy another's
+        # client_email and spreadsheet id into a key file of its own, and must share neither the queue
+        # nor the buckets with them (nor cost them time).
+        account, credential = ctx.account_id, key_hash[:24]
+        return cls(ns=ctx.namespace, sheet=_digest(account, key_hash, spreadsheet_id, worksheet),
+                   sheet_bucket=f"gsheets:sheet:{account}:{_digest(spreadsheet_id, worksheet)}",
+                   read_bucket=f"gsheets:sa-read:{account}:{credential}",
+                   write_bucket=f"gsheets:sa:{account}:{credential}")
 
     def key(self, kind: str, call_id: str | None = None) -> str:
         """``{ns}:gsheets:{kind}:{sheet}[:{call_id}]``."""
@@ -339,7 +343,7 @@ class GoogleSheetsIntegration(Integration):
         if ctx.redis is None:
             raise PermanentError("google_sheets.append_row needs the shared Redis (ctx.redis) to batch writes")
         call_id = data["call_id"]
-        keys = _Keys.of(ctx, self.client_email, self.config.spreadsheet_id, self.config.worksheet)
+        keys = _Keys.of(ctx, self._key_hash, self.config.spreadsheet_id, self.config.worksheet)
         recorded = self._recorded(ctx, keys, call_id)
         if recorded is not None:
             # Present before this execution queued anything: an earlier delivery already wrote it.

@@ -17,7 +17,9 @@ import yaml
 from cryptography.fernet import Fernet
 from pydantic import ValidationError
 
-from integrations.base import IntegrationError, PermanentError, RetryableError
+from integrations.base import ActionContext, IntegrationError, PermanentError, RetryableError
+from integrations.google_sheets import GoogleSheetsConfig, GoogleSheetsIntegration
+from integrations.ratelimit import RateLimiter
 from integrations.virtualpbx import VirtualPBXConfig, VirtualPBXIntegration
 from service import accounts, engine
 from service.config import Settings
@@ -25,7 +27,7 @@ from service.engine import planning
 from service.pbx import media
 from service.runtime import Runtime
 from service.sandbox.standins.base import serve_in_thread
-from service.sandbox.standins.google_sheets import SheetsStandin, new_service_account
+from service.sandbox.standins.google_sheets import SheetsStandin, create_app as create_sheets_app, new_service_account
 from service.sandbox.virtualpbx import emulator
 from service.store.models import Connection, Delivery, RuleSet, migrate
 from service.web import make_envelope
@@ -413,3 +415,36 @@ def test_rules_export_masks_passwords_in_url_userinfo(make_rt, tmp_path):
     assert VICTIM_VT_KEY not in exported and VICTIM_PBX_KEY not in exported
     assert accounts.mask_url_passwords({"a": ["https://u:pw@h", "https://u@h", "plain:x@y"]}) == {
         "a": ["https://u:***@h", "https://u@h", "plain:x@y"]}
+
+
+# --- finding 2, Google Sheets: a copied client_email shares nothing with its owner --------------------------
+
+def test_a_key_file_copying_anothers_client_email_shares_neither_queue_nor_buckets(redis_client, namespace):
+    """Finding 2 for Sheets: a tenant's key file naming the victim's service account and spreadsheet (with its own
+    private key) neither drains the victim's buckets nor queues rows the victim's credentials would write."""
+    state = SheetsStandin.with_defaults()
+    server = serve_in_thread(create_sheets_app(state))
+    try:
+        sheet = "1StandinCallLog0000000000000000000000000000"
+        victim_key = new_service_account(state, f"{server.url}/token", share=[sheet])
+        forged = json.loads(victim_key)
+        forged["private_key"] = json.loads(new_service_account(SheetsStandin(), "https://x.invalid"))["private_key"]
+        limiter = RateLimiter(redis_client, namespace=namespace)
+
+        def run(key_text: str, account_id: str, call_id: str):
+            config = GoogleSheetsConfig.model_validate({"credentials": key_text, "spreadsheet_id": sheet},
+                                                       context={"allow_private_urls": True})
+            ctx = ActionContext(account_id=account_id, idempotency_key=f"{account_id}:{call_id}",
+                                connection_id=f"{account_id}:sheet", api_urls={"google_sheets": server.url},
+                                redis=redis_client, namespace=namespace, acquire=limiter.acquire,
+                                penalise=limiter.penalise, allow_private_urls=True,
+                                event={"type": "call.ended", "data": {"call_id": call_id, "duration": 5}})
+            return GoogleSheetsIntegration(config).run("append_row", {"columns": ["call_id", "duration"]}, ctx)
+
+        with pytest.raises(IntegrationError):  # Google (the stand-in) refuses the forged key
+            run(json.dumps(forged), ATTACKER, "attacker-call")
+        # The victim, right after: not paced by the attacker's use of "its" sheet and service account.
+        assert run(victim_key, VICTIM, "victim-call").external_id
+        assert [row[0] for row in state.rows(sheet)] == ["call_id", "victim-call"]
+    finally:
+        server.stop()
