@@ -25,6 +25,7 @@ from service import accounts, engine
 from service.config import Settings
 from service.engine import planning
 from service.pbx import media
+from service.rules import templating
 from service.runtime import Runtime
 from service.sandbox.standins.base import serve_in_thread
 from service.sandbox.standins.google_sheets import SheetsStandin, create_app as create_sheets_app, new_service_account
@@ -448,3 +449,27 @@ def test_a_key_file_copying_anothers_client_email_shares_neither_queue_nor_bucke
         assert [row[0] for row in state.rows(sheet)] == ["call_id", "victim-call"]
     finally:
         server.stop()
+
+
+# --- finding 1, the rest of a rules file: nothing else reads the server ----------------------------------------
+
+def test_nothing_else_in_a_rules_file_reads_the_server(make_rt, tmp_path):
+    """Even the operator's file: cannot leave the rules directory (symlinks resolved), and templates have no loader,
+    no environment and no attribute escapes: a tenant's template reads the event, never the server."""
+    rt = make_rt()
+    add_accounts(rt, ATTACKER)
+    rules_dir = tmp_path / "rules"
+    rules_dir.mkdir()
+    (tmp_path / "outside.txt").write_text("vt_live_outside_the_dir")
+    (rules_dir / "link.txt").symlink_to(tmp_path / "outside.txt")
+    doc = rules_doc(ATTACKER, {"texts": {"integration": "virtualtext", "api_key": "file:link.txt"}})
+    path = rules_dir / "rules.yaml"
+    path.write_text(dump(doc))
+    with rt.sessions.begin() as session, pytest.raises(accounts.AccountError,
+                                                       match="connections.texts.api_key: file 'link.txt' is outside"):
+        accounts.apply_rules_file(session, path, registry=rt.registry, box=rt.box)
+    for source in ("{% include '/etc/passwd' %}", "{% extends '/etc/hostname' %}", "{% import 'os' as os %}",
+                   "{{ self.__class__ }}", "{{ cycler.__init__.__globals__ }}", "{{ ''.__class__.__mro__ }}",
+                   "{{ config }}", "{{ environ }}", "{{ lipsum(5) }}"):
+        with pytest.raises(templating.TemplateError):
+            templating.render_template(source, {})
