@@ -139,7 +139,8 @@ class ActionContext:
     ``allow_private_urls`` is the operator's switch (sandbox, tests) letting connections reach private
     and loopback hosts over plain http; it is off in production (see :mod:`integrations.netguard`).
     ``seal``/``unseal`` encrypt and decrypt small secrets an integration caches in ``redis`` (session
-    tokens), with a key the service derives for that purpose; the defaults keep them as they are.
+    tokens) with the service's credential encryption (unseal gives None for a value it cannot open);
+    the defaults keep them as they are.
     """
 
     account_id: str

@@ -26,9 +26,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
-from typing import Any
-
-from typing import Callable
+from typing import Any, Callable
 
 import requests
 from pydantic import ConfigDict, Field, SecretStr, model_validator
