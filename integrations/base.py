@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Mapping
 
-from pydantic import BaseModel, ConfigDict, SecretStr
+from pydantic import BaseModel, ConfigDict, SecretStr, ValidationInfo, field_validator
 
 # Substrings that look like credentials in free text (URLs with ?token=, Bearer headers, Slack
 # tokens, Trello key/token pairs). SDK exception text is passed through scrub() before it is
@@ -136,6 +136,11 @@ class ActionContext:
     account has no VirtualPBX connection); it raises :class:`MediaTooLarge` past ``max_bytes``.
     ``opted_out(number)`` says whether an E.164 number asked not to be texted (STOP or a CRM flag).
     ``region`` is the account's default phone region (phonenumbers), ``timezone`` its IANA zone.
+    ``allow_private_urls`` is the operator's switch (sandbox, tests) letting connections reach private
+    and loopback hosts over plain http; it is off in production (see :mod:`integrations.netguard`).
+    ``seal``/``unseal`` encrypt and decrypt small secrets an integration caches in ``redis`` (session
+    tokens) with the service's credential encryption (unseal gives None for a value it cannot open);
+    the defaults keep them as they are.
     """
 
     account_id: str
@@ -152,6 +157,9 @@ class ActionContext:
     event: dict[str, Any] = field(default_factory=dict)
     media: Callable[[int], "Media | None"] = lambda max_bytes: None
     opted_out: Callable[[str], bool] = lambda e164_number: False
+    allow_private_urls: bool = False
+    seal: Callable[[str], str] = lambda text: text
+    unseal: Callable[[str], str | None] = lambda text: text
 
     def pace(self, key: str, capacity: float, per_second: float, cost: float = 1.0) -> None:
         """Take tokens from a shared bucket, or raise RetryableError telling when to come back."""
@@ -171,6 +179,9 @@ class Integration:
     # The vendor's public base URL: the one place it is written. The operator may override it service-wide
     # (PBXRELAY_<KEY>_API_URL, carried in ActionContext.api_urls), a connection per connection (api_url).
     default_api_url: ClassVar[str | None] = None
+    # The Config key naming the vendor-side account the connection acts for (VirtualPBX's Kazoo
+    # account_id); the service binds it to the pbxrelay account the rules are applied to.
+    account_field: ClassVar[str | None] = None
     # Applied to event values rendered into this integration's params (e.g. Slack's mrkdwn control
     # characters); the rule's own template text is left alone.
     template_escape: ClassVar[Callable[[str], str] | None] = None
@@ -219,8 +230,36 @@ class ParamsModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def allow_private_urls(info: ValidationInfo) -> bool:
+    """Whether a config is validated with the operator's private-URL switch on (context key ``allow_private_urls``)."""
+    return bool((info.context or {}).get("allow_private_urls"))
+
+
+def checked_url(value: str, *, field: str, allowed_hosts: tuple[str, ...], info: ValidationInfo) -> str:
+    """``value`` if the outbound guard accepts it for ``field``, else ValueError naming the field (for validators)."""
+    from integrations.netguard import UnsafeURL, check_url  # netguard imports this module
+
+    try:
+        check_url(value, field=field, allowed_hosts=allowed_hosts, allow_private=allow_private_urls(info))
+    except UnsafeURL as exc:
+        raise ValueError(str(exc)) from None
+    return value
+
+
 class ConfigModel(BaseModel):
-    """Base for connection configs: unknown keys are rejected; ``api_url`` overrides the vendor URL."""
+    """Base for connection configs: unknown keys are rejected; ``api_url`` overrides the vendor URL.
+
+    ``api_url`` must pass :func:`integrations.netguard.check_url` against ``allowed_hosts`` (https to
+    the vendor's own hosts) unless validated with ``context={"allow_private_urls": True}``.
+    """
 
     model_config = ConfigDict(extra="forbid")
+    # The vendor hosts an ``api_url`` may name without the operator's switch ("host" or "host:port").
+    allowed_hosts: ClassVar[tuple[str, ...]] = ()
     api_url: str | None = None
+
+    @field_validator("api_url")
+    @classmethod
+    def _guarded_api_url(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return None if value is None else checked_url(value, field="api_url", allowed_hosts=cls.allowed_hosts,
+                                                      info=info)

@@ -51,6 +51,13 @@ class Settings(BaseSettings):
     trello_api_url: str | None = None
     google_sheets_api_url: str | None = None
     virtualtext_api_url: str | None = None
+    # The operator's one switch for the sandbox and tests, whose stand-ins listen on 127.0.0.1: lets
+    # connections reach private and loopback hosts over plain http. Off, a connection's URL must be
+    # https to its vendor's own hosts. Cloud metadata addresses stay refused either way.
+    allow_private_urls: bool = False
+    # Tenant-supplied rules may read env:NAME only for names starting with this prefix (e.g.
+    # TENANT_SHARED_); unset, tenants get no env: at all. PBXRELAY_* names are refused whatever it says.
+    tenant_env_prefix: str | None = None
 
     # Largest webhook body accepted; larger gets 413 (Kazoo payloads are a few KiB).
     max_body_bytes: int = Field(default=256 * 1024, ge=1024)
@@ -79,6 +86,16 @@ class Settings(BaseSettings):
     # Durable spool for events received while Redis is unreachable.
     spool_max_events: int = Field(default=100_000, ge=10)
     log_level: str = "INFO"
+
+    @field_validator("tenant_env_prefix")
+    @classmethod
+    def _tenant_prefix_not_ours(cls, value: str | None) -> str | None:
+        if not value:
+            return None  # empty (as in .env.example) means unset: no env: for tenants
+        if value.upper().startswith("PBXRELAY"):
+            raise ValueError("tenant_env_prefix must be outside PBXRELAY_ (the service's own settings and keys are "
+                             "never readable by tenants)")
+        return value
 
     @field_validator("public_url")
     @classmethod

@@ -39,6 +39,19 @@ class SecretBox:
         except InvalidToken:
             raise SecretsError("a stored credential cannot be decrypted with the configured keys") from None
 
+    def seal(self, text: str) -> str:
+        """Encrypt one string (a cached session token) for Redis; :meth:`unseal` reads it back."""
+        return self.encrypt({"v": text})
+
+    def unseal(self, token: str) -> str | None:
+        """The string :meth:`seal` encrypted, or None when no configured key opens it (rotated keys, tampering)."""
+        try:
+            doc = self.decrypt(token)
+        except SecretsError:
+            return None
+        value = doc.get("v") if isinstance(doc, dict) else None
+        return value if isinstance(value, str) else None
+
     def rotate(self, token: str) -> str:
         """Re-encrypt ``token`` with the first (newest) key."""
         try:

@@ -44,6 +44,8 @@ class Service:
             "PBXRELAY_RETRY_BASE_SECONDS": "0.2",
             "PBXRELAY_WEB_WORKERS": "1",
             "PBXRELAY_LOG_LEVEL": "WARNING",
+            # Stand-ins listen on 127.0.0.1 over http: the operator's switch that lets connections reach them.
+            "PBXRELAY_ALLOW_PRIVATE_URLS": "true",
             "NO_PROXY": "127.0.0.1,localhost",
         })
         self.env.update(env or {})

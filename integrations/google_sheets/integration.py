@@ -50,10 +50,11 @@ from google.auth.transport.requests import AuthorizedSession
 from google.oauth2 import service_account
 from gspread.exceptions import APIError
 from gspread.http_client import HTTPClient
-from pydantic import ConfigDict, Field, SecretStr, field_validator
+from pydantic import ConfigDict, Field, SecretStr, ValidationInfo, field_validator
 
 from integrations.base import (ActionContext, ActionResult, AuthError, ConfigModel, Integration, IntegrationError,
-                               ParamsModel, PermanentError, RetryableError, excerpt, scrub)
+                               ParamsModel, PermanentError, RetryableError, checked_url, excerpt, scrub)
+from integrations.netguard import guard_session, guarded_session
 from integrations.google_sheets.columns import ALL_COLUMNS, ColumnName, row_values
 from integrations.http import retry_after_seconds
 
@@ -87,6 +88,8 @@ CALL_ID_MAX = 256
 # A service-account key file is about 2.4 KB; anything much larger is not one.
 SERVICE_ACCOUNT_MAX_BYTES = 16_384
 SERVICE_ACCOUNT_FIELDS = ("type", "client_email", "private_key", "token_uri")
+# Where a key file's token_uri may point (key files from before about 2019 name accounts.google.com).
+TOKEN_URI_HOSTS = ("oauth2.googleapis.com", "accounts.google.com")
 
 # KEYS: queued marker, buffer; ARGV: marker TTL, entry, buffer TTL. Marker and row go in together, so
 # a crash between the two can never leave a call marked queued with no row to write.
@@ -104,8 +107,12 @@ return 0
 """
 
 
-def parse_service_account(text: str) -> dict[str, Any]:
-    """The key file's fields, or ValueError saying what is wrong without quoting any of it."""
+def parse_service_account(text: str, *, validation: ValidationInfo | None = None) -> dict[str, Any]:
+    """The key file's fields, or ValueError saying what is wrong without quoting any of it.
+
+    With ``validation`` (a config being validated) ``token_uri`` must also pass the outbound guard; without
+    it (a config validated before) only its shape is checked, and the guarded session stops the rest.
+    """
     if len(text.encode("utf-8", "surrogatepass")) > SERVICE_ACCOUNT_MAX_BYTES:
         raise ValueError(f"credentials is larger than {SERVICE_ACCOUNT_MAX_BYTES} bytes: not a service-account "
                          "key file")
@@ -126,6 +133,8 @@ def parse_service_account(text: str) -> dict[str, Any]:
         raise ValueError("credentials.client_email is not an e-mail address")
     if not re.fullmatch(r"https?://[^\s]{1,500}", info["token_uri"]):
         raise ValueError("credentials.token_uri is not an http(s) URL")
+    if validation is not None:
+        checked_url(info["token_uri"], field="credentials.token_uri", allowed_hosts=TOKEN_URI_HOSTS, info=validation)
     try:
         service_account.Credentials.from_service_account_info(info, scopes=SCOPES)
     except (ValueError, TypeError, IndexError):  # cryptography's "could not deserialize" and friends
@@ -138,6 +147,7 @@ class GoogleSheetsConfig(ConfigModel):
 
     # pydantic puts the raw input into validation errors; here that is the private key.
     model_config = ConfigDict(hide_input_in_errors=True)
+    allowed_hosts = ("sheets.googleapis.com",)
 
     credentials: SecretStr
     spreadsheet_id: str = Field(pattern=r"^[A-Za-z0-9_-]{10,200}$")
@@ -147,8 +157,8 @@ class GoogleSheetsConfig(ConfigModel):
 
     @field_validator("credentials")
     @classmethod
-    def _service_account_shape(cls, value: SecretStr) -> SecretStr:
-        parse_service_account(value.get_secret_value())
+    def _service_account_shape(cls, value: SecretStr, info: ValidationInfo) -> SecretStr:
+        parse_service_account(value.get_secret_value(), validation=info)
         return value
 
     @field_validator("worksheet")
@@ -217,28 +227,35 @@ _CLIENTS = threading.local()
 _CACHE_MAX = 64
 
 
-def _credentials(key_hash: str, info: Mapping[str, Any]) -> service_account.Credentials:
+def _credentials(owner: str, key_hash: str, info: Mapping[str, Any]) -> service_account.Credentials:
+    # Keyed by our account too: an access token is never served to another account's connection.
+    cache_key = f"{owner}:{key_hash}"
     with _CREDENTIALS_LOCK:
-        creds = _CREDENTIALS.get(key_hash)
+        creds = _CREDENTIALS.get(cache_key)
         if creds is None:
             if len(_CREDENTIALS) >= _CACHE_MAX:  # rotated keys must not pile up for the process lifetime
                 _CREDENTIALS.pop(next(iter(_CREDENTIALS)))
-            creds = _CREDENTIALS[key_hash] = service_account.Credentials.from_service_account_info(
+            creds = _CREDENTIALS[cache_key] = service_account.Credentials.from_service_account_info(
                 info, scopes=SCOPES)
         return creds
 
 
-def _client(key_hash: str, info: Mapping[str, Any], base_url: str, timeout: float) -> gspread.Client:
+def _client(owner: str, key_hash: str, info: Mapping[str, Any], base_url: str, timeout: float,
+            allow_private: bool) -> gspread.Client:
     clients: dict[tuple, gspread.Client] = getattr(_CLIENTS, "clients", None) or {}
     _CLIENTS.clients = clients
-    cache_key = (key_hash, base_url, timeout)
+    cache_key = (owner, key_hash, base_url, timeout, allow_private)
     client = clients.get(cache_key)
     if client is None:
         if len(clients) >= _CACHE_MAX:
             clients.pop(next(iter(clients)))
         # One refresh on a 401 covers a token revoked early; more would only repeat a real rejection.
-        session = AuthorizedSession(_credentials(key_hash, info), max_refresh_attempts=1,
-                                    auth_request=_FailFastTokenRequest(requests.Session()))
+        # Both the token request (to the key file's token_uri) and the Sheets calls go through the
+        # outbound guard: checked after DNS, pinned to the checked address, no redirects.
+        token_session = guarded_session(allow_private=allow_private, field="credentials.token_uri")
+        session = guard_session(AuthorizedSession(_credentials(owner, key_hash, info), max_refresh_attempts=1,
+                                                  auth_request=_FailFastTokenRequest(token_session)),
+                                allow_private=allow_private, field="api_url")
         client = clients[cache_key] = gspread.Client(
             auth=None, session=session,
             http_client=functools.partial(SheetsHTTPClient, base_url=base_url, timeout=timeout))
@@ -267,7 +284,7 @@ def _digest(*parts: str) -> str:
 
 @dataclass(frozen=True)
 class _Keys:
-    """The Redis keys of one (service account, spreadsheet, worksheet) and its limiter buckets."""
+    """The Redis keys of one (our account, service-account key, spreadsheet, worksheet) and its limiter buckets."""
 
     ns: str
     sheet: str
@@ -276,12 +293,16 @@ class _Keys:
     write_bucket: str
 
     @classmethod
-    def of(cls, ctx: ActionContext, client_email: str, spreadsheet_id: str, worksheet: str) -> "_Keys":
-        # Queue keys include the service account: rows must never be written with another
-        # connection's credentials. The sheet bucket does not: it paces the sheet, whoever writes.
-        return cls(ns=ctx.namespace, sheet=_digest(client_email, spreadsheet_id, worksheet),
-                   sheet_bucket=f"gsheets:sheet:{_digest(spreadsheet_id, worksheet)}",
-                   read_bucket=f"gsheets:sa-read:{client_email}", write_bucket=f"gsheets:sa:{client_email}")
+    def of(cls, ctx: ActionContext, key_hash: str, spreadsheet_id: str, worksheet: str) -> "_Keys":
+        # Queue keys include the key itself (its hash): rows must never be written with another
+        # connection's credentials. Everything is keyed by our account too: a tenant can copy another's
+        # client_email and spreadsheet id into a key file of its own, and must share neither the queue
+        # nor the buckets with them (nor cost them time).
+        account, credential = ctx.account_id, key_hash[:24]
+        return cls(ns=ctx.namespace, sheet=_digest(account, key_hash, spreadsheet_id, worksheet),
+                   sheet_bucket=f"gsheets:sheet:{account}:{_digest(spreadsheet_id, worksheet)}",
+                   read_bucket=f"gsheets:sa-read:{account}:{credential}",
+                   write_bucket=f"gsheets:sa:{account}:{credential}")
 
     def key(self, kind: str, call_id: str | None = None) -> str:
         """``{ns}:gsheets:{kind}:{sheet}[:{call_id}]``."""
@@ -312,10 +333,9 @@ class GoogleSheetsIntegration(Integration):
     def secrets(self) -> list[str]:
         """The key file, its private key and id, and the current access token."""
         values = super().secrets() + [self._info["private_key"], str(self._info.get("private_key_id") or "")]
-        creds = _CREDENTIALS.get(self._key_hash)
-        if creds is not None and creds.token:
-            values.append(creds.token)
-        return values
+        with _CREDENTIALS_LOCK:  # this key's tokens, whichever of our accounts holds them
+            tokens = [creds.token for key, creds in _CREDENTIALS.items() if key.endswith(f":{self._key_hash}")]
+        return values + [token for token in tokens if token]
 
     def append_row(self, params: AppendRowParams, ctx: ActionContext) -> ActionResult:
         """Queue this call's row for the sheet's next batch write; succeed once it is in the sheet."""
@@ -324,7 +344,7 @@ class GoogleSheetsIntegration(Integration):
         if ctx.redis is None:
             raise PermanentError("google_sheets.append_row needs the shared Redis (ctx.redis) to batch writes")
         call_id = data["call_id"]
-        keys = _Keys.of(ctx, self.client_email, self.config.spreadsheet_id, self.config.worksheet)
+        keys = _Keys.of(ctx, self._key_hash, self.config.spreadsheet_id, self.config.worksheet)
         recorded = self._recorded(ctx, keys, call_id)
         if recorded is not None:
             # Present before this execution queued anything: an earlier delivery already wrote it.
@@ -391,7 +411,8 @@ class GoogleSheetsIntegration(Integration):
         entries = [json.loads(item) for item in raw]
         layout = _layout(entries[0])
         batch = [(item, entry) for item, entry in zip(raw, entries) if _layout(entry) == layout]
-        client = _client(self._key_hash, self._info, self.base_url(ctx.api_urls), self.config.timeout)
+        client = _client(ctx.account_id, self._key_hash, self._info, self.base_url(ctx.api_urls), self.config.timeout,
+                         ctx.allow_private_urls)
         try:
             records, rows = self._plan(ctx, keys, client, [entry for _, entry in batch])
             if rows:

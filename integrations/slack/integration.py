@@ -23,17 +23,20 @@ import time
 from typing import Any, Literal, Mapping
 from urllib.parse import urlsplit
 
-from pydantic import ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import ConfigDict, Field, SecretStr, ValidationInfo, field_validator, model_validator
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackRequestError
 from slack_sdk.webhook import WebhookClient, WebhookResponse
 
 from integrations.base import (ActionContext, ActionResult, AuthError, ConfigModel, Integration, IntegrationError,
-                               ParamsModel, PermanentError, RetryableError, excerpt, scrub)
+                               ParamsModel, PermanentError, RetryableError, checked_url, excerpt, scrub)
 from integrations.http import retry_after_seconds
+from integrations.netguard import assert_url_public
 from integrations.slack.cards import call_card, escape_mrkdwn
 
 DEFAULT_API_URL = "https://slack.com/api/"
+# Where an incoming-webhook URL may point without the operator's private-URL switch.
+WEBHOOK_HOSTS = ("hooks.slack.com",)
 
 # Pacing per channel, shared by every worker through the Redis limiter. Slack's chat.postMessage
 # tier allows "1 message per second per channel, short bursts >1 allowed" without saying how long a
@@ -123,6 +126,7 @@ class SlackConfig(ConfigModel):
 
     # pydantic puts the raw input into validation errors; for a token or webhook URL that is the secret.
     model_config = ConfigDict(hide_input_in_errors=True)
+    allowed_hosts = ("slack.com",)
 
     bot_token: SecretStr | None = None
     webhook_url: SecretStr | None = None
@@ -139,9 +143,10 @@ class SlackConfig(ConfigModel):
 
     @field_validator("webhook_url")
     @classmethod
-    def _webhook_url_shape(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and not value.get_secret_value().startswith(("https://", "http://")):
-            raise ValueError("webhook_url must be an http(s) URL such as https://hooks.slack.com/services/T…/B…/…")
+    def _webhook_url_shape(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        # The guard's messages never quote the path, which is the secret part of a webhook URL.
+        if value is not None:
+            checked_url(value.get_secret_value(), field="webhook_url", allowed_hosts=WEBHOOK_HOSTS, info=info)
         return value
 
     @model_validator(mode="after")
@@ -219,6 +224,9 @@ class SlackIntegration(Integration):
 
     def _web_client(self, ctx: ActionContext) -> WebClient:
         base = self.base_url(ctx.api_urls)
+        # slack-sdk sends through urllib, which no adapter can pin: this checks the address after DNS,
+        # and the static allow-list on api_url keeps the names to Slack's, whose DNS we trust.
+        assert_url_public(base, field="api_url", allow_private=ctx.allow_private_urls)
         # A client per call: WebClient keeps no pool worth sharing and is not documented thread-safe.
         return WebClient(token=self.config.bot_token.get_secret_value(), base_url=base,
                          timeout=self.config.timeout, retry_handlers=[])
@@ -286,6 +294,8 @@ class SlackIntegration(Integration):
         # One webhook URL is one channel; the connection id names it without exposing the URL.
         bucket = f"slack:{ctx.connection_id}:webhook"
         ctx.pace(bucket, capacity=CHANNEL_BURST, per_second=CHANNEL_PER_SECOND)
+        assert_url_public(self.config.webhook_url.get_secret_value(), field="webhook_url",
+                          allow_private=ctx.allow_private_urls)
         client = WebhookClient(self.config.webhook_url.get_secret_value(), timeout=self.config.timeout,
                                retry_handlers=[])
         body = {"text": params.text, "blocks": blocks, "thread_ts": params.thread_ts,

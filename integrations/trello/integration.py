@@ -42,6 +42,7 @@ from pydantic import ConfigDict, Field, SecretStr, field_validator
 from integrations.base import (ActionContext, ActionResult, AuthError, ConfigModel, Integration, IntegrationError,
                                MediaTooLarge, ParamsModel, PermanentError, RetryableError, excerpt, scrub)
 from integrations.http import retry_after_seconds
+from integrations.netguard import guarded_session
 
 DEFAULT_API_URL = "https://api.trello.com"
 
@@ -85,6 +86,7 @@ class TrelloConfig(ConfigModel):
 
     # pydantic echoes raw input in validation errors; for key and token that is the secret.
     model_config = ConfigDict(hide_input_in_errors=True)
+    allowed_hosts = ("api.trello.com",)
 
     api_key: SecretStr
     token: SecretStr
@@ -183,7 +185,8 @@ class _TrelloApi:
         self.token_bucket = f"trello:token:{hashlib.sha256(token.encode()).hexdigest()[:16]}"
         self.key_bucket = f"trello:key:{hashlib.sha256(key.encode()).hexdigest()[:16]}"
         # A session per action: requests.Session is not documented thread-safe (psf/requests#2766).
-        self.session = requests.Session()
+        # Guarded: checked after DNS and pinned to that address; Trello never needs a redirect.
+        self.session = guarded_session(allow_private=ctx.allow_private_urls, field="api_url")
         self.session.headers["Authorization"] = f'OAuth oauth_consumer_key="{key}", oauth_token="{token}"'
 
     def __enter__(self) -> "_TrelloApi":

@@ -23,7 +23,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from email.message import Message
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 from urllib.parse import quote
 
 import requests
@@ -116,28 +116,48 @@ class _LocalBuckets:
 _LOCAL_BUCKETS = _LocalBuckets()
 
 
-class _RedisTokenCache:
-    """The account's token in Redis, shared by every worker, plus the lock that serialises refreshes."""
+def _plain(text: str) -> str:
+    return text
 
-    def __init__(self, redis, key: str, lock_seconds: float) -> None:
+
+class _RedisTokenCache:
+    """The account's token in Redis, shared by every worker, plus the lock that serialises refreshes.
+
+    The token is a bearer credential for the whole Kazoo account: it is stored sealed (``seal`` /
+    ``unseal``, encryption the service provides), so reading Redis does not hand it out. A value that
+    no longer unseals (keys rotated) counts as absent.
+    """
+
+    def __init__(self, redis, key: str, lock_seconds: float, *, seal: Callable[[str], str] = _plain,
+                 unseal: Callable[[str], str | None] = _plain) -> None:
         self._redis = redis
         self._key = key
         self._lock_key = key + ":lock"
         self._lock_ms = int(lock_seconds * 1000)
+        self._seal = seal
+        self._unseal = unseal
         self._delete_if_equals = redis.register_script(_DELETE_IF_EQUALS)
+
+    def _stored(self) -> tuple[str | None, str | None]:
+        """(the raw stored value, the token it unseals to), each None when absent or unreadable."""
+        value = self._redis.get(self._key)
+        raw = value.decode() if isinstance(value, bytes) else value
+        return raw, (self._unseal(raw) if raw else None)
 
     def get(self) -> str | None:
         """The cached token, or None when absent or past its refresh time."""
-        value = self._redis.get(self._key)
-        return value.decode() if isinstance(value, bytes) else value
+        return self._stored()[1]
 
     def put(self, token: str, ttl: float) -> None:
         """Cache ``token`` for ``ttl`` seconds."""
-        self._redis.set(self._key, token, px=max(1, int(ttl * 1000)))
+        self._redis.set(self._key, self._seal(token), px=max(1, int(ttl * 1000)))
 
     def forget(self, token: str) -> None:
         """Drop ``token`` if it is still the cached one."""
-        self._delete_if_equals(keys=[self._key], args=[token])
+        raw, current = self._stored()
+        if raw and current in (token, None):
+            # Sealing is not deterministic: compare-and-delete the stored form we just read.
+            self._delete_if_equals(keys=[self._key], args=[raw])
 
     def try_lock(self) -> str | None:
         """Take the refresh lock without waiting; return its owner id, or None when someone holds it."""
@@ -268,10 +288,12 @@ class VirtualPBXClient:
     def __init__(self, base_url: str, *, account_id: str, api_key: str | None = None,
                  username: str | None = None, password: str | None = None, account_name: str | None = None,
                  redis=None, namespace: str = "pbxrelay", timeout: float | tuple[float, float] = 10.0,
-                 session: requests.Session | None = None, tunnel_verbs: bool = False) -> None:
+                 session: requests.Session | None = None, tunnel_verbs: bool = False, owner: str | None = None,
+                 seal: Callable[[str], str] = _plain, unseal: Callable[[str], str | None] = _plain) -> None:
         if not api_key and not (username and password and account_name):
             raise ValueError("give api_key, or username + password + account_name")
         _segment(account_id)
+        owner = owner or account_id
         self.base_url = base_url.rstrip("/")
         self.account_id = account_id
         self._api_key = api_key
@@ -281,8 +303,14 @@ class VirtualPBXClient:
         self.timeout = timeout if isinstance(timeout, tuple) else (timeout, timeout)
         self.session = session or requests.Session()
         self.tunnel_verbs = tunnel_verbs
-        self.bucket_key = f"virtualpbx:{account_id}"
-        cache_key = f"{namespace}:virtualpbx:token:{account_id}"
+        # ``owner`` is OUR account the connection belongs to. Caches and buckets are keyed by it, so a
+        # connection naming another account's Kazoo id never shares that account's token or bucket.
+        # The bucket mirrors Kazoo's (per Kazoo account); the token is also keyed by the credential and
+        # the URL it was issued by, so one given for one key is never served to a different key.
+        self.bucket_key = f"virtualpbx:{owner}:{account_id}"
+        credential = hashlib.sha256("\0".join((self.base_url, account_id, api_key or "", username or "",
+                                                password or "", account_name or "")).encode()).hexdigest()[:32]
+        cache_key = self.token_cache_key = f"{namespace}:virtualpbx:token:{owner}:{credential}"
         # The lock must outlive one auth call (connect + read timeouts + pacing) or a second worker
         # would start a parallel re-auth.
         lock_seconds = sum(self.timeout) + MAX_PACING_SLEEP + 1
@@ -291,7 +319,7 @@ class VirtualPBXClient:
             self._tokens: Any = _LocalTokenCache.for_key(cache_key)
         else:
             self._limiter = RateLimiter(redis, namespace=namespace)
-            self._tokens = _RedisTokenCache(redis, cache_key, lock_seconds)
+            self._tokens = _RedisTokenCache(redis, cache_key, lock_seconds, seal=seal, unseal=unseal)
         self._lock_wait = lock_seconds
         # The token of the latest call, only so error text can be scrubbed of it.
         self._last_token: str | None = None

@@ -26,12 +26,13 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, Callable
 
 import requests
 from pydantic import ConfigDict, Field, SecretStr, model_validator
 
 from integrations.base import ActionContext, ActionResult, ConfigModel, Integration, PermanentError
+from integrations.netguard import guarded_session
 from integrations.sms import (DASH_MAX_BODY, E164Number, PreparedSms, QuietHours, SendSmsParams,
                               normalise_number, prepare_sms)
 from integrations.timeutil import aware
@@ -56,6 +57,8 @@ class VirtualPBXConfig(ConfigModel):
     """A VirtualPBX connection: the Kazoo account and exactly one auth mode (API key, or user login)."""
 
     model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+    # The default API listens on 8443, so that port is allowed for this host alone.
+    allowed_hosts = ("public-api.virtualpbx.com:8443",)
 
     account_id: str = Field(pattern=r"^[0-9a-f]{32}$")
     api_key: SecretStr | None = None
@@ -86,6 +89,7 @@ class VirtualPBXIntegration(Integration):
     Config = VirtualPBXConfig
     actions = {"send_sms": SendSmsParams}
     default_api_url = DEFAULT_API_URL
+    account_field = "account_id"
 
     def redis_key_patterns(self, namespace: str) -> list[str]:
         """The Kazoo account's session token (and its lock), API rate bucket and SMS claims."""
@@ -95,8 +99,9 @@ class VirtualPBXIntegration(Integration):
         """Queue one SMS with Kazoo (200 = accepted, not delivered); on a retry, report an earlier send."""
         message = prepare_sms(params, ctx, max_body=DASH_MAX_BODY, quiet_hours=self.config.quiet_hours,
                               default_from=self.config.default_from)
-        with requests.Session() as session:
-            client = self.client(api_urls=ctx.api_urls, redis=ctx.redis, namespace=ctx.namespace, session=session)
+        with guarded_session(allow_private=ctx.allow_private_urls, field="api_url") as session:
+            client = self.client(api_urls=ctx.api_urls, redis=ctx.redis, namespace=ctx.namespace, session=session,
+                                 owner=ctx.account_id, seal=ctx.seal, unseal=ctx.unseal)
             if ctx.attempt > 1:
                 try:
                     earlier = self._find_earlier_send(client, message, ctx)
@@ -114,9 +119,16 @@ class VirtualPBXIntegration(Integration):
         return ActionResult(external_id=message_id or None)
 
     def client(self, *, api_urls: dict[str, str], redis=None, namespace: str = "pbxrelay",
-               session: requests.Session | None = None) -> VirtualPBXClient:
-        """A Crossbar client for this connection: SMS here; voicemail audio, onboarding and reconciliation elsewhere."""
+               session: requests.Session | None = None, owner: str | None = None, allow_private: bool = False,
+               seal: Callable[[str], str] | None = None,
+               unseal: Callable[[str], str | None] | None = None) -> VirtualPBXClient:
+        """A Crossbar client for this connection: SMS here; voicemail audio, onboarding and reconciliation elsewhere.
+
+        ``owner`` is our account the connection belongs to (keys the token cache and bucket); without
+        ``session`` the client gets a guarded one (no redirects, no private hosts unless allowed).
+        """
         config = self.config
+        codec = {"seal": seal, "unseal": unseal} if seal and unseal else {}
         base = self.base_url(api_urls)
         return VirtualPBXClient(
             base, account_id=config.account_id,
@@ -124,7 +136,7 @@ class VirtualPBXIntegration(Integration):
             username=config.username,
             password=config.password.get_secret_value() if config.password else None,
             account_name=config.account_name, redis=redis, namespace=namespace, timeout=config.timeout,
-            session=session)
+            session=session or guarded_session(allow_private=allow_private, field="api_url"), owner=owner, **codec)
 
     # -- exactly-once on retries ----------------------------------------------------------------
 

@@ -24,6 +24,7 @@ from pydantic import ConfigDict, Field, SecretStr, field_validator
 from integrations.base import (ActionContext, ActionResult, AuthError, ConfigModel, Integration, IntegrationError,
                                PermanentError, RetryableError, excerpt, scrub)
 from integrations.http import retry_after_seconds
+from integrations.netguard import guarded_session
 from integrations.sms import VIRTUALTEXT_MAX_BODY, E164Number, QuietHours, SendSmsParams, prepare_sms
 
 DEFAULT_API_URL = "https://api.virtualpbx.com"
@@ -40,6 +41,7 @@ class VirtualTextConfig(ConfigModel):
     """A VirtualText connection: an API key (Bearer), an optional sender number, quiet hours."""
 
     model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+    allowed_hosts = ("api.virtualpbx.com",)
 
     # Keys look like pk_live_…; the older description uses "<accountUid>:<accessToken>". Both are
     # accepted as long as the value can travel in a header.
@@ -84,8 +86,9 @@ class VirtualTextIntegration(Integration):
         headers = {"Authorization": f"Bearer {self.config.api_key.get_secret_value()}",
                    "Accept": "application/json"}
         try:
-            response = requests.post(f"{base}/v1/messages", json=payload, headers=headers,
-                                     timeout=self.config.timeout, allow_redirects=False)
+            with guarded_session(allow_private=ctx.allow_private_urls, field="api_url") as session:
+                response = session.post(f"{base}/v1/messages", json=payload, headers=headers,
+                                        timeout=self.config.timeout, allow_redirects=False)
         except requests.RequestException as exc:
             raise classify_failure(exc, secrets=self.secrets()) from None
         doc = _json(response)

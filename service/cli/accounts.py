@@ -73,7 +73,28 @@ def accounts_connect(account_id: str) -> None:
                + (" (this cluster rejected format: json)" if report.format_rejected else ""))
 
 
-@accounts_group.command("rotate-token")
+@accounts_group.command("link-subaccount")
+@click.argument("account_id")
+@click.argument("sub_account_id")
+@fail_on_domain_errors
+def accounts_link(account_id: str, sub_account_id: str) -> None:
+    """Let ACCOUNT_ID's connections act for the Kazoo sub-account SUB_ACCOUNT_ID (operator only)."""
+    rt = open_runtime()
+    with rt.sessions.begin() as session:
+        accounts.link_sub_account(session, account_id, sub_account_id)
+    click.echo(f"account {account_id} may now name sub-account {sub_account_id} in its connections")
+
+
+@accounts_group.command("unlink-subaccount")
+@click.argument("account_id")
+@click.argument("sub_account_id")
+@fail_on_domain_errors
+def accounts_unlink(account_id: str, sub_account_id: str) -> None:
+    """Remove a sub-account link (connections already applied keep working until the rules are re-applied)."""
+    rt = open_runtime()
+    with rt.sessions.begin() as session:
+        removed = accounts.unlink_sub_account(session, account_id, sub_account_id)
+    click.echo(f"unlinked {sub_account_id} from {account_id}" if removed else "there was no such link")
 @click.argument("account_id")
 @fail_on_domain_errors
 def accounts_rotate(account_id: str) -> None:

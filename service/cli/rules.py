@@ -21,12 +21,16 @@ def rules_group() -> None:
 
 @rules_group.command("apply")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--account", "account_id", default=None,
+              help="The account the file is applied to; refused when the file's account.id differs "
+                   "(default: the file's account.id).")
 @fail_on_domain_errors
-def rules_apply(file: Path) -> None:
-    """Validate and apply a rules file atomically (all or nothing)."""
+def rules_apply(file: Path, account_id: str | None) -> None:
+    """Validate and apply a rules file atomically (all or nothing), as operator-supplied rules."""
     rt = open_runtime()
     with rt.sessions.begin() as session:
-        ruleset = accounts.apply_rules_file(session, file, registry=rt.registry, box=rt.box)
+        ruleset = accounts.apply_rules_file(session, file, registry=rt.registry, box=rt.box, account_id=account_id,
+                                            allow_private_urls=rt.settings.allow_private_urls)
         click.echo(f"applied {file} to account {ruleset.account_id} (version {ruleset.version})")
 
 

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from integrations.base import ActionContext, AuthError, IntegrationError, PermanentError, RetryableError, scrub
-from service import crm
+from service import accounts, crm
 from service.events import Event, aware
 from service.pbx import media
 from service.runtime import Runtime
@@ -89,11 +89,16 @@ def execute_delivery(rt: Runtime, delivery_id: int) -> str:
             delivery.last_error = f"connection paused: {connection.paused_reason}"[:2000]
             return "paused"
         stored = queries.stored_event(session, delivery.account_id, delivery.event_key)
+        config = rt.box.decrypt(connection.config_encrypted) if connection else None
+        integration_cls = rt.registry.get(delivery.integration)
         job = _Job(delivery_id=delivery.id, account_id=delivery.account_id, integration=delivery.integration,
                    action=delivery.action, connection=delivery.connection, params=dict(delivery.params or {}),
                    attempt=delivery.attempts, created_at=aware(delivery.created_at),
                    timezone=account.timezone if account else "UTC", region=_region(session, rt, delivery.account_id),
-                   config=rt.box.decrypt(connection.config_encrypted) if connection else None,
+                   config=config,
+                   # Connections stored before accounts were bound (or since unlinked) must not act for another.
+                   binding_problem=(accounts.binding_problem(session, delivery.account_id, integration_cls, config)
+                                    if config is not None and integration_cls is not None else None),
                    event=(Event(type=stored.type, account_id=stored.account_id, key=stored.key,
                                 occurred_at=aware(stored.occurred_at), data=stored.data) if stored else None))
 
@@ -134,6 +139,7 @@ class _Job:
     timezone: str
     region: str
     config: dict[str, Any] | None
+    binding_problem: str | None
     event: Event | None
 
 
@@ -155,8 +161,13 @@ def _integration(rt: Runtime, job: _Job):
     cls = rt.registry.get(job.integration)
     if cls is None:
         raise PermanentError(f"integration {job.integration!r} is not installed")
+    if job.binding_problem:
+        raise PermanentError(f"connection {job.connection!r}: {job.binding_problem}", code="foreign_account")
     try:
-        return cls(cls.Config.model_validate(job.config))
+        # Validated again with the guard: a config stored before the guard (or before the operator
+        # closed private URLs) must not reach a host it would be refused today.
+        return cls(cls.Config.model_validate(job.config,
+                                             context={"allow_private_urls": rt.settings.allow_private_urls}))
     except Exception as exc:  # pydantic.ValidationError: the stored config is no longer valid
         raise PermanentError(f"connection {job.connection!r} is misconfigured: {exc}") from None
 
@@ -173,7 +184,8 @@ def _context(rt: Runtime, job: _Job) -> ActionContext:
         region=job.region, api_urls=rt.api_urls(), acquire=rt.limiter.acquire, penalise=rt.limiter.penalise,
         redis=rt.redis, namespace=rt.settings.namespace, event=job.event.to_json() if job.event else {},
         media=lambda max_bytes: media.voicemail_audio(rt, job.account_id, job.event, max_bytes),
-        opted_out=opted_out)
+        opted_out=opted_out, allow_private_urls=rt.settings.allow_private_urls, seal=rt.box.seal,
+        unseal=rt.box.unseal)
 
 
 def _record_failure(rt: Runtime, job: _Job, exc: IntegrationError, secrets_seen: list[str]) -> None:

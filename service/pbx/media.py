@@ -15,8 +15,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from integrations.base import Media, MediaTooLarge
+from integrations.base import Media, MediaTooLarge, PermanentError
 from integrations.virtualpbx import errors
+from service.accounts import binding_problem
 from service.config import MAX_MEDIA_LINK_TTL_SECONDS
 from service.events import Event, aware
 from service.secrets import SecretsError
@@ -40,9 +41,15 @@ def pbx_client(rt, account_id: str):
         if row is None:
             return None
         config = rt.box.decrypt(row.config_encrypted)
-    integration_cls = rt.registry["virtualpbx"]
-    integration = integration_cls(integration_cls.Config.model_validate(config))
-    return integration.client(api_urls=rt.api_urls(), redis=rt.redis, namespace=rt.settings.namespace)
+        integration_cls = rt.registry["virtualpbx"]
+        problem = binding_problem(session, account_id, integration_cls, config)
+    if problem:
+        raise PermanentError(f"connection {row.name!r}: {problem}", code="foreign_account")
+    allow_private = rt.settings.allow_private_urls
+    integration = integration_cls(integration_cls.Config.model_validate(
+        config, context={"allow_private_urls": allow_private}))
+    return integration.client(api_urls=rt.api_urls(), redis=rt.redis, namespace=rt.settings.namespace,
+                              owner=account_id, allow_private=allow_private, seal=rt.box.seal, unseal=rt.box.unseal)
 
 
 def _voicemail_ids(event: Event | None) -> tuple[str, str] | None:

@@ -33,6 +33,9 @@ One YAML file per account::
 Unknown keys are errors everywhere. Connection values may be literal or references, resolved by
 :func:`validate_connection`: ``env:NAME`` (environment variable), ``file:PATH`` (a file inside the
 rules file's directory) or ``stored:`` (keep the value already stored for this connection).
+``env:`` and ``file:`` read the server, so they are the operator's alone: in rules a tenant supplied
+they are refused (``env:`` is allowed for names under the operator's ``tenant_env_prefix``), and
+``env:PBXRELAY_*`` (the service's own settings and keys) is refused for everyone.
 
 Event types (``on``): call.started, call.answered, call.ended, call.missed, voicemail.new,
 crm.event and virtualpbx.<hook> for each of :data:`service.pbx.payloads.KNOWN_HOOKS`, or fnmatch globs over them.
@@ -87,6 +90,11 @@ KNOWN_EVENT_TYPES = (*CALL_EVENT_TYPES, "crm.event", *(f"virtualpbx.{hook}" for 
 CONDITION_OPERATORS = ("eq", "ne", "gt", "gte", "lt", "lte", "in", "not_in", "glob", "exists")
 BUSINESS_HOURS_KEY = "business_hours"
 STORED_REFERENCE = "stored:"
+# Who supplied a rules file: the operator (CLI, trusted with the server's env and files) or a tenant.
+OPERATOR, TENANT = "operator", "tenant"
+SUPPLIERS = (OPERATOR, TENANT)
+# The service's own settings, keys included: never a connection's value, whoever asks.
+RESERVED_ENV_PREFIX = "PBXRELAY_"
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _HOURS_RANGE = re.compile(r"^(\d{2}):(\d{2})-(\d{2}):(\d{2})$")
@@ -583,11 +591,31 @@ def load_rules(text: str, *, filename: str, registry: Mapping[str, type[Integrat
 # --- Connections -------------------------------------------------------------------------------
 
 
+def _reference_refusal(value: str, *, supplied_by: str, env_prefix: str | None) -> str | None:
+    """Why this supplier may not use an env:/file: reference at all (None when it may)."""
+    if value.startswith("env:"):
+        variable = value[4:]
+        if variable.upper().startswith(RESERVED_ENV_PREFIX):
+            return f"env:{variable} is refused: {RESERVED_ENV_PREFIX}* variables are the service's own settings and keys"
+        if supplied_by != OPERATOR and not (env_prefix and variable.startswith(env_prefix)):
+            allowed = f" (only names starting with {env_prefix} are open to tenants)" if env_prefix else ""
+            return f"env: references are the operator's alone; give the value itself{allowed}"
+    elif value.startswith("file:") and supplied_by != OPERATOR:
+        return "file: references are the operator's alone; give the value itself"
+    return None
+
+
 def _resolve_reference(name: str, key: str, value: Any, *, base_dir: Path, environ: Mapping[str, str],
-                       resolve: StoredValueResolver | None) -> tuple[Any, str | None]:
+                       resolve: StoredValueResolver | None, supplied_by: str = OPERATOR,
+                       env_prefix: str | None = None) -> tuple[Any, str | None]:
     """(resolved value, None) or (None, why it cannot be resolved)."""
     if not isinstance(value, str):
         return value, None
+    if supplied_by not in SUPPLIERS:
+        raise ValueError(f"supplied_by must be one of {', '.join(SUPPLIERS)}, not {supplied_by!r}")
+    refusal = _reference_refusal(value, supplied_by=supplied_by, env_prefix=env_prefix)
+    if refusal:
+        return None, refusal
     if value.startswith("env:"):
         variable = value[4:]
         if variable not in environ:
@@ -615,8 +643,14 @@ def _resolve_reference(name: str, key: str, value: Any, *, base_dir: Path, envir
 
 def validate_connection(name: str, spec: ConnectionSpec, registry: Mapping[str, type[Integration]], *,
                         resolve: StoredValueResolver | None = None, base_dir: str | Path = ".",
-                        environ: Mapping[str, str] | None = None, filename: str = "connections") -> dict[str, Any]:
-    """Resolve env:/file:/stored: references and validate with the integration's Config; RulesError if unusable."""
+                        environ: Mapping[str, str] | None = None, filename: str = "connections",
+                        supplied_by: str = OPERATOR, env_prefix: str | None = None,
+                        allow_private_urls: bool = False) -> dict[str, Any]:
+    """Resolve env:/file:/stored: references and validate with the integration's Config; RulesError if unusable.
+
+    ``supplied_by`` (operator or tenant) decides which references may read the server; URLs are
+    checked by the outbound guard, in tenant mode unless the operator's ``allow_private_urls`` is on.
+    """
     problems = list(_connection_key_problems(name, spec, registry))
     if problems:
         raise RulesError(filename, problems)
@@ -624,13 +658,13 @@ def validate_connection(name: str, spec: ConnectionSpec, registry: Mapping[str, 
     resolved: dict[str, Any] = {}
     for key, value in spec.settings.items():
         resolved[key], problem = _resolve_reference(name, key, value, base_dir=Path(base_dir), environ=environment,
-                                                    resolve=resolve)
+                                                    resolve=resolve, supplied_by=supplied_by, env_prefix=env_prefix)
         if problem:
             problems.append(RulesProblem(None, f"connections.{name}.{key}", problem))
     if problems:
         raise RulesError(filename, problems)
     try:
-        registry[spec.integration].Config.model_validate(resolved)
+        registry[spec.integration].Config.model_validate(resolved, context={"allow_private_urls": allow_private_urls})
     except ValidationError as exc:
         # Messages only, never the input: the input holds the secrets.
         raise RulesError(filename, _problems_from_pydantic(exc, None, prefix=("connections", name))) from None
@@ -638,13 +672,15 @@ def validate_connection(name: str, spec: ConnectionSpec, registry: Mapping[str, 
 
 
 def resolve_crm_secret(crm: CrmSpec, *, base_dir: str | Path = ".", stored: str | None = None,
-                       environ: Mapping[str, str] | None = None, filename: str = "crm") -> str | None:
+                       environ: Mapping[str, str] | None = None, filename: str = "crm",
+                       supplied_by: str = OPERATOR, env_prefix: str | None = None) -> str | None:
     """The CRM signing secret with env:/file:/stored: resolved (None when the file sets none)."""
     if crm.signing_secret is None:
         return None
     value, problem = _resolve_reference("crm", "signing_secret", crm.signing_secret, base_dir=Path(base_dir),
                                         environ=os.environ if environ is None else environ,
-                                        resolve=lambda _name, _key: stored)
+                                        resolve=lambda _name, _key: stored, supplied_by=supplied_by,
+                                        env_prefix=env_prefix)
     if problem:
         raise RulesError(filename, [RulesProblem(None, "crm.signing_secret", problem.replace("this connection",
                                                                                            "the CRM hook"))])

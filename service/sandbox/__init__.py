@@ -75,6 +75,8 @@ def _environment(urls: dict[str, str], sa_path: Path, sa_json: str) -> dict[str,
     from service.sandbox.virtualpbx import emulator
 
     return {
+        # The stand-ins listen on 127.0.0.1 over http, which the outbound guard refuses by default.
+        "PBXRELAY_ALLOW_PRIVATE_URLS": "true",
         "PBXRELAY_VIRTUALPBX_API_URL": urls["virtualpbx"],
         "PBXRELAY_SLACK_API_URL": f"{urls['slack']}/api/",
         "PBXRELAY_TRELLO_API_URL": urls["trello"],

@@ -66,6 +66,17 @@ class RuleSet(Base):
     source: Mapped[str] = mapped_column(sa.Text)
     version: Mapped[int] = mapped_column(default=1)
     applied_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
+    # "operator" (the CLI) or "tenant": who supplied the rules and the connections applied with them.
+    supplied_by: Mapped[str] = mapped_column(sa.String(20), default="operator", server_default="operator")
+
+
+class AccountLink(Base):
+    """A Kazoo sub-account the operator linked to an account: its connections may name that id too."""
+
+    __tablename__ = "account_links"
+    account_id: Mapped[str] = mapped_column(sa.ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True)
+    sub_account_id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
 
 
 class StoredEvent(Base):

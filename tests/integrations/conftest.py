@@ -7,6 +7,8 @@ from typing import Any, Callable
 
 import pytest
 
+from pydantic import BaseModel
+
 from integrations.base import ActionContext
 from service.sandbox.standins.base import RunningServer, serve_in_thread
 from integrations.ratelimit import RateLimiter
@@ -49,12 +51,21 @@ def limiter(redis_client, namespace) -> RateLimiter:
     return RateLimiter(redis_client, namespace=namespace)
 
 
+def sandbox_config(model: type[BaseModel], **values: Any) -> BaseModel:
+    """A connection Config validated as a sandbox operator's (PBXRELAY_ALLOW_PRIVATE_URLS): stand-ins are on 127.0.0.1."""
+    return model.model_validate(values, context={"allow_private_urls": True})
+
+
 @pytest.fixture
 def action_context(request) -> Callable[..., ActionContext]:
-    """Build an ActionContext as the worker does, paced by ``limiter``; paced=False keeps the no-op pacing."""
+    """Build an ActionContext as a sandbox worker does (private URLs allowed), paced by ``limiter``.
+
+    paced=False keeps the no-op pacing.
+    """
     def build(*, paced: bool = True, **fields) -> ActionContext:
         if paced:  # asked for lazily, so unpaced tests never touch Redis
             limiter = request.getfixturevalue("limiter")
             fields.update(acquire=limiter.acquire, penalise=limiter.penalise)
+        fields.setdefault("allow_private_urls", True)
         return ActionContext(**fields)
     return build

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import heapq
+import hashlib
 import json
 import pickle
 import random
@@ -21,6 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from tests.integrations.conftest import sandbox_config
 from integrations.base import ActionContext, AuthError, PermanentError, RetryableError
 from integrations.google_sheets import ALL_COLUMNS, GoogleSheetsConfig, GoogleSheetsIntegration
 from integrations.google_sheets.integration import ACCOUNT_BURST, ACCOUNT_PER_SECOND
@@ -90,10 +92,15 @@ def make_ctx(sheets, action_context, redis_client, namespace):
     return build
 
 
+def sa_write_bucket(sheets: Sheets) -> str:
+    """The limiter bucket of this test's service-account key under the contexts' account ("acc")."""
+    return f"gsheets:sa:acc:{hashlib.sha256(sheets.sa_json.encode()).hexdigest()[:24]}"
+
+
 def integration(sheets: Sheets, **config) -> GoogleSheetsIntegration:
     """The integration on our spreadsheet with this test's service account."""
-    return GoogleSheetsIntegration(GoogleSheetsConfig(**{"credentials": sheets.sa_json, "spreadsheet_id": SHEET_ID,
-                                                        **config}))
+    return GoogleSheetsIntegration(sandbox_config(GoogleSheetsConfig, **{"credentials": sheets.sa_json,
+                                                                        "spreadsheet_id": SHEET_ID, **config}))
 
 
 CALLER = {"name": "Alice Example", "number": "+15555550123"}
@@ -275,7 +282,7 @@ def test_burst_of_30_calls_from_4_workers_is_30_rows_at_most_one_write_a_second(
 def test_service_account_bucket_is_shared_by_all_its_sheets(sheets, make_ctx, limiter):
     # Another sheet's flushes used up this service account's writes: ours waits, without asking Google.
     for _ in range(int(ACCOUNT_BURST)):
-        assert limiter.acquire(f"gsheets:sa:{sheets.email}", ACCOUNT_BURST, ACCOUNT_PER_SECOND) == 0
+        assert limiter.acquire(sa_write_bucket(sheets), ACCOUNT_BURST, ACCOUNT_PER_SECOND) == 0
     with pytest.raises(RetryableError) as info:
         integration(sheets, worksheet="Calls").run("append_row", {}, make_ctx("call-1"))
     assert info.value.code == "queued" and 1.0 <= info.value.retry_after <= 1 / ACCOUNT_PER_SECOND + 0.1
@@ -340,7 +347,7 @@ def test_429_from_google_penalises_the_service_account_for_a_minute(sheets, make
     with pytest.raises(RetryableError) as info:
         gs.run("append_row", {}, make_ctx("call-2"))
     assert (info.value.code, info.value.retry_after, info.value.status) == ("quota", 60.0, 429)
-    assert 59 < limiter.acquire(f"gsheets:sa:{sheets.email}", ACCOUNT_BURST, ACCOUNT_PER_SECOND) <= 60
+    assert 59 < limiter.acquire(sa_write_bucket(sheets), ACCOUNT_BURST, ACCOUNT_PER_SECOND) <= 60
     time.sleep(1.0)  # past the sheet's own bucket
     with pytest.raises(RetryableError) as info:  # every worker now holds off without asking Google
         gs.run("append_row", {}, make_ctx("call-2", attempt=2))
@@ -439,7 +446,7 @@ def test_failure_table(sheets, make_ctx, limiter, row):
     assert row.mentions in str(error)
     assert elapsed < row.max_seconds  # nothing sleeps in-process (gspread/google-auth backoff would)
     if row.code == "quota":  # the shared service-account bucket is shut for every worker
-        wait = limiter.acquire(f"gsheets:sa:{sheets.email}", ACCOUNT_BURST, ACCOUNT_PER_SECOND)
+        wait = limiter.acquire(sa_write_bucket(sheets), ACCOUNT_BURST, ACCOUNT_PER_SECOND)
         assert row.retry_after - 1 < wait <= row.retry_after
     private_key = json.loads(sheets.sa_json)["private_key"]
     secrets = [sheets.sa_json, private_key, *private_key.splitlines()[1:-1], *sheets.state.tokens]
@@ -500,7 +507,7 @@ def test_bad_params_are_a_clear_permanent_error(sheets, make_ctx, params, mentio
 
 
 def test_config_never_shows_the_service_account(sheets):
-    config = GoogleSheetsConfig(credentials=sheets.sa_json, spreadsheet_id=SHEET_ID)
+    config = sandbox_config(GoogleSheetsConfig, credentials=sheets.sa_json, spreadsheet_id=SHEET_ID)
     shown = repr(config) + str(config) + config.model_dump_json() + repr(integration(sheets).config)
     assert "PRIVATE KEY" not in shown and sheets.email not in shown and "**********" in shown
 

@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from tests.integrations.conftest import sandbox_config
 from integrations.base import ActionContext, AuthError, PermanentError, RetryableError
 from integrations.slack import SlackConfig, SlackIntegration
 from integrations.slack.cards import FIELD_MAX, FIELDS_MAX, HEADER_MAX, SECTION_TEXT_MAX, call_card
@@ -87,7 +88,7 @@ def bot(**config) -> SlackIntegration:
 
 def webhook(slack: Slack, **config) -> SlackIntegration:
     """The integration with the stand-in's incoming webhook."""
-    return SlackIntegration(SlackConfig(webhook_url=slack.hook_url, **config))
+    return SlackIntegration(sandbox_config(SlackConfig, webhook_url=slack.hook_url, **config))
 
 
 def free_port_url() -> str:
@@ -316,7 +317,8 @@ def test_failure_table(slack, limiter, row, make_ctx):
         integration = SlackIntegration(SlackConfig(bot_token=row.token, timeout=0.3))
         params = {"channel": row.channel, "text": "hello"}
     else:
-        integration = SlackIntegration(SlackConfig(webhook_url=f"{base}/services/{HOOK_PATH}", timeout=0.3))
+        integration = SlackIntegration(sandbox_config(SlackConfig, webhook_url=f"{base}/services/{HOOK_PATH}",
+                                                      timeout=0.3))
         params = {"text": "hello"}
 
     with pytest.raises(Exception) as info:
@@ -489,7 +491,8 @@ def test_raised_errors_survive_pickling(slack, make_ctx):
 
 
 def test_config_never_shows_secrets(slack):
-    for config in (SlackConfig(bot_token=TOKEN, default_channel="#calls"), SlackConfig(webhook_url=slack.hook_url)):
+    for config in (SlackConfig(bot_token=TOKEN, default_channel="#calls"),
+                   sandbox_config(SlackConfig, webhook_url=slack.hook_url)):
         shown = repr(config) + str(config) + config.model_dump_json() + repr(SlackIntegration(config).config)
         assert TOKEN not in shown and HOOK_PATH not in shown and "**********" in shown
 

@@ -10,6 +10,7 @@ from email.utils import format_datetime
 import pytest
 from pydantic import ValidationError
 
+from tests.integrations.conftest import sandbox_config
 from integrations.base import ActionContext, PermanentError, RetryableError
 from integrations.virtualpbx import VirtualPBXConfig, VirtualPBXIntegration
 from integrations.virtualpbx import errors as E
@@ -28,14 +29,15 @@ def make_ctx(emulator, redis_client, namespace, *, key: str = "acc:1", attempt: 
     occurred = occurred_at or datetime.now(timezone.utc) - timedelta(seconds=5)
     return ActionContext(account_id="acc", idempotency_key=key, connection_id="acc:pbx", attempt=attempt,
                          api_urls={"virtualpbx": emulator.url}, redis=redis_client, namespace=namespace,
-                         event={"type": "crm.contact", "occurred_at": occurred.isoformat()}, **kwargs)
+                         event={"type": "crm.contact", "occurred_at": occurred.isoformat()}, allow_private_urls=True,
+                         **kwargs)
 
 
 def integration(emulator, **config) -> VirtualPBXIntegration:
     """The integration for the seeded account, authenticating with its API key unless told otherwise."""
     options = {"account_id": emulator.account.id, "api_key": emulator.account.api_key, "timeout": 5.0}
     options.update(config)
-    return VirtualPBXIntegration(VirtualPBXConfig(**{k: v for k, v in options.items() if v is not None}))
+    return VirtualPBXIntegration(sandbox_config(VirtualPBXConfig, **{k: v for k, v in options.items() if v is not None}))
 
 
 def sent(emulator) -> list[dict]:
@@ -83,7 +85,9 @@ def test_token_is_cached_in_redis_and_shared(emulator, redis_client, namespace):
         integration(emulator).run("send_sms", {"to": TO, "body": f"n{n}"},
                                   make_ctx(emulator, redis_client, namespace, key=f"k{n}"))
     assert emulator.auth_calls() == 1
-    assert redis_client.get(f"{namespace}:virtualpbx:token:{emulator.account.id}")
+    # Keyed by our account ("acc", the context's) and a hash of the credential, never by the Kazoo id alone.
+    [key] = [k for k in redis_client.keys(f"{namespace}:virtualpbx:token:acc:*") if not k.endswith(":lock")]
+    assert redis_client.get(key)
 
 
 def test_user_login_auth_mode(emulator, redis_client, namespace):
@@ -293,7 +297,8 @@ def test_failure_table(emulator, redis_client, namespace, row):
     if row.retry_after is not None:
         assert error.retry_after == row.retry_after
         # Kazoo's bucket is per account: every worker of the account holds off, not just this one.
-        wait = RateLimiter(redis_client, namespace=namespace).acquire(f"virtualpbx:{emulator.account.id}", 100, 10)
+        wait = RateLimiter(redis_client, namespace=namespace).acquire(f"virtualpbx:acc:{emulator.account.id}", 100,
+                                                                      10)
         assert 0 < wait <= row.retry_after
     secrets = [emulator.account.api_key, "f" * 64, *emulator.state.tokens]
     for secret in secrets:

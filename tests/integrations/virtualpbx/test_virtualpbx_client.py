@@ -282,7 +282,7 @@ def test_token_is_shared_through_redis_by_concurrent_clients(emulator, make_clie
         thread.join(10)
     assert failures == [] and results == [3] * 6
     assert emulator.auth_calls() == 1
-    key = f"{namespace}:virtualpbx:token:{emulator.account.id}"
+    key = make_client().token_cache_key
     assert 3200 < redis_client.pttl(key) / 1000 <= 3300  # JWT exp 3600 s, refreshed 5 min early
 
 
@@ -292,7 +292,7 @@ def test_refresh_time_comes_from_the_jwt_exp_else_3600(emulator, make_client, re
     emulator.state.options.token_lifetime = 600
     emulator.state.options.jwt_tokens = jwt
     make_client().list_users()
-    ttl = redis_client.pttl(f"{namespace}:virtualpbx:token:{emulator.account.id}") / 1000
+    ttl = redis_client.pttl(make_client().token_cache_key) / 1000
     assert expected_ttl - 5 < ttl <= expected_ttl
 
 

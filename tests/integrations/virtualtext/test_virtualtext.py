@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from tests.integrations.conftest import sandbox_config
 from integrations.base import ActionContext, AuthError, PermanentError, RetryableError
 from integrations.virtualtext import VirtualTextConfig, VirtualTextIntegration
 from service.sandbox.standins.virtualtext import VirtualTextStandin, create_app
@@ -55,7 +56,7 @@ def make_ctx(vt, action_context):
 
 def integration(**config) -> VirtualTextIntegration:
     """The integration with the test key."""
-    return VirtualTextIntegration(VirtualTextConfig(api_key=config.pop("api_key", KEY), **config))
+    return VirtualTextIntegration(sandbox_config(VirtualTextConfig, api_key=config.pop("api_key", KEY), **config))
 
 
 def free_port_url() -> str:

@@ -45,7 +45,7 @@ def rt(tmp_path, redis_url, namespace, redis_client, slack, monkeypatch, databas
     """A Runtime on a migrated database (SQLite and PostgreSQL) with one account whose rules post to Slack."""
     settings = Settings(var_dir=tmp_path / "var", redis_url=redis_url, namespace=namespace, database_url=database_url,
                         secret_keys=Fernet.generate_key().decode(), slack_api_url=slack.api_url,
-                        retry_horizon_seconds=3600)
+                        retry_horizon_seconds=3600, allow_private_urls=True)
     migrate(database_url)
     runtime = Runtime(settings)
     rules = tmp_path / "rules.yaml"

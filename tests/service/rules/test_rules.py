@@ -521,8 +521,8 @@ def test_validate_connection_unknown_integration():
 
 def test_validate_connection_reads_os_environ(monkeypatch):
     """Without an explicit environ, env: reads the process environment."""
-    monkeypatch.setenv("PBXRELAY_TEST_FAKE_TOKEN", "from-os")
-    spec = ConnectionSpec(integration="fake", token="env:PBXRELAY_TEST_FAKE_TOKEN")
+    monkeypatch.setenv("RULES_TEST_FAKE_TOKEN", "from-os")
+    spec = ConnectionSpec(integration="fake", token="env:RULES_TEST_FAKE_TOKEN")
     assert validate_connection("chat", spec, REGISTRY) == {"token": "from-os"}
 
 
