@@ -197,10 +197,10 @@ class Integration:
         """The plain-text secret values of this connection, for scrubbing error text."""
         return [v.get_secret_value() for v in self.config.__dict__.values() if isinstance(v, SecretStr)]
 
-    def redis_key_patterns(self, namespace: str) -> list[str]:
-        """Glob patterns of the shared-store keys this connection's settings name (not the account's own id).
+    def redis_key_patterns(self, namespace: str, account_id: str) -> list[str]:
+        """Glob patterns of this connection's shared-store keys whose names hide ``account_id`` (e.g. in a digest).
 
-        Deleting an account deletes them when no other account's connection names them too.
+        Deleting an account deletes them with every key that names the account outright.
         """
         return []
 

@@ -364,9 +364,9 @@ class GoogleSheetsIntegration(Integration):
 
     # -- results -------------------------------------------------------------------------------
 
-    def redis_key_patterns(self, namespace: str) -> list[str]:
+    def redis_key_patterns(self, namespace: str, account_id: str) -> list[str]:
         """The keys of this connection's worksheet: queued rows, the written-calls records, lock and header cache."""
-        sheet = _digest(self.client_email, self.config.spreadsheet_id, self.config.worksheet)
+        sheet = _digest(account_id, self._key_hash, self.config.spreadsheet_id, self.config.worksheet)
         return [f"{namespace}:gsheets:*:{sheet}", f"{namespace}:gsheets:*:{sheet}:*"]
 
     @staticmethod

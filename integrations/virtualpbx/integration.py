@@ -91,10 +91,6 @@ class VirtualPBXIntegration(Integration):
     default_api_url = DEFAULT_API_URL
     account_field = "account_id"
 
-    def redis_key_patterns(self, namespace: str) -> list[str]:
-        """The Kazoo account's session token (and its lock), API rate bucket and SMS claims."""
-        return [f"{namespace}:*virtualpbx:*{self.config.account_id}*"]
-
     def send_sms(self, params: SendSmsParams, ctx: ActionContext) -> ActionResult:
         """Queue one SMS with Kazoo (200 = accepted, not delivered); on a retry, report an earlier send."""
         message = prepare_sms(params, ctx, max_body=DASH_MAX_BODY, quiet_hours=self.config.quiet_hours,

@@ -81,14 +81,15 @@ def rules_text(account_id: str, sa_key: str, retention: int | None = None) -> st
 def rt(tmp_path, redis_url, namespace, redis_client, slack, database_url, sa_key):
     """A Runtime (SQLite and PostgreSQL) with two accounts, each with the same kinds of connections and rules."""
     settings = Settings(var_dir=tmp_path / "var", redis_url=redis_url, namespace=namespace, database_url=database_url,
-                        secret_keys=Fernet.generate_key().decode(), slack_api_url=slack.api_url)
+                        secret_keys=Fernet.generate_key().decode(), slack_api_url=slack.api_url, allow_private_urls=True)
     migrate(database_url)
     runtime = Runtime(settings)
     for account_id in (GONE, KEPT):
         with runtime.sessions.begin() as session:
             accounts.add_account(session, account_id, name="x", box=runtime.box)
             accounts.apply_rules(session, rules_text(account_id, sa_key), filename="rules.yaml", base_dir=tmp_path,
-                                 registry=runtime.registry, box=runtime.box)
+                                 registry=runtime.registry, box=runtime.box, account_id=account_id,
+                                 supplied_by="operator", allow_private_urls=True)
     planning._RULES_CACHE.clear()
     yield runtime
     runtime.sessions.kw["bind"].dispose()
@@ -119,16 +120,25 @@ def fill(rt, account_id: str) -> None:
     assert engine.ingest(rt, bad).status == "quarantined"
     with rt.sessions.begin() as session:
         crm.add_opt_out(session, account_id, "+15553456789", "sms:stop")
+        accounts.link_sub_account(session, account_id, "5" * 32)
         session.add(AuditEntry(account_id=account_id, kind="connected", detail="hooks registered"))
     rt.redis.incr(f"{ns}:authfail:{account_id}:chat")
     rt.redis.set(f"{ns}:virtualpbx:token:{account_id}", "a-kazoo-session-jwt")
     rt.redis.set(f"{ns}:virtualpbx:sms-claim:{account_id}:m1", "claim")
     rt.limiter.acquire(f"virtualpbx:{account_id}", 100, 10)
-    keys = _Keys.of(SimpleNamespace(namespace=ns), f"sa-{account_id[:6]}@p.iam.gserviceaccount.com",
+    keys = _Keys.of(SimpleNamespace(namespace=ns, account_id=account_id), sheet_of(rt, account_id)._key_hash,
                     SHEETS[account_id], "Sheet1")
     rt.redis.set(keys.key("done", "call-1"), json.dumps({"row": 2}))
     rt.redis.set(keys.key("idcol"), 12)
     Spool(rt.settings.var_dir / "spool", max_events=100).put(envelope(account_id, "webhook_channel_create.json"))
+
+
+def sheet_of(rt, account_id: str):
+    """The account's Google Sheets integration, as its stored connection configures it."""
+    sheets = rt.registry["google_sheets"]
+    with rt.sessions() as session:
+        config = accounts.connection_config(session, rt.box, account_id, "log")[1]
+    return sheets(sheets.Config.model_validate(config, context={"allow_private_urls": True}))
 
 
 def all_rows(rt) -> dict[str, set[tuple]]:
@@ -159,10 +169,7 @@ def test_deleting_an_account_leaves_nothing_of_it_and_everything_of_the_other(rt
     """After `accounts delete`, no table row, Redis key or spool entry names the account; the other is untouched."""
     fill(rt, GONE)
     fill(rt, KEPT)
-    sheets = rt.registry["google_sheets"]
-    with rt.sessions() as session:
-        gone_sheet = sheets(sheets.Config.model_validate(accounts.connection_config(session, rt.box, GONE, "log")[1]))
-    sheet_patterns = gone_sheet.redis_key_patterns(rt.settings.namespace)
+    sheet_patterns = sheet_of(rt, GONE).redis_key_patterns(rt.settings.namespace, GONE)
     rows_before, keys_before = all_rows(rt), all_keys(rt)
     tables_with_account = {t.name for t in tenant_data.account_tables()}
     assert {"connections", "rulesets", "events", "deliveries", "quarantine", "opt_outs",
@@ -194,15 +201,19 @@ def test_deleting_an_account_leaves_nothing_of_it_and_everything_of_the_other(rt
 
 
 def test_a_sheet_shared_with_another_account_keeps_its_keys(rt, sa_key, tmp_path):
-    """Connection-named keys (a worksheet's queue) are deleted only when no other account's connection names them."""
+    """Two accounts writing one worksheet with one service account have separate keys: deleting one keeps the other's."""
     with rt.sessions.begin() as session:  # KEPT now writes to GONE's sheet with GONE's service account
         text = rules_text(KEPT, sa_key).replace(SHEETS[KEPT], SHEETS[GONE]).replace(f"sa-{KEPT[:6]}", f"sa-{GONE[:6]}")
-        accounts.apply_rules(session, text, filename="r.yaml", base_dir=tmp_path, registry=rt.registry, box=rt.box)
+        accounts.apply_rules(session, text, filename="r.yaml", base_dir=tmp_path, registry=rt.registry, box=rt.box,
+                             account_id=KEPT, supplied_by="operator", allow_private_urls=True)
     fill(rt, GONE)
-    shared = [k for k in all_keys(rt) if ":gsheets:" in k]
-    assert shared
+    fill(rt, KEPT)
+    before = {k for k in all_keys(rt) if ":gsheets:" in k}
+    gone_patterns = sheet_of(rt, GONE).redis_key_patterns(rt.settings.namespace, GONE)
+    gone = {k for k in before if any(fnmatch.fnmatchcase(k, p) for p in gone_patterns)}
+    assert gone and gone < before
     tenant_data.delete_account(rt, GONE)
-    assert set(shared) <= all_keys(rt)
+    assert {k for k in all_keys(rt) if ":gsheets:" in k} == before - gone, "only GONE's worksheet keys went"
 
 
 def test_export_holds_every_row_of_the_account_and_no_secret(rt, monkeypatch):
@@ -286,7 +297,8 @@ def test_retention_purges_old_finished_rows_per_account_and_keeps_what_is_still_
     assert waiting.deliveries
     with rt.sessions.begin() as session:  # KEPT keeps its data for 90 days
         accounts.apply_rules(session, rules_text(KEPT, sa_key, retention=90), filename="r.yaml", base_dir=tmp_path,
-                             registry=rt.registry, box=rt.box)
+                             registry=rt.registry, box=rt.box, account_id=KEPT, supplied_by="operator",
+                             allow_private_urls=True)
     for account_id in (GONE, KEPT):
         age(rt, StoredEvent, "received_at", account_id, 31)
         age(rt, Delivery, "updated_at", account_id, 31)

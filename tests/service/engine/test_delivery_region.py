@@ -59,7 +59,8 @@ def planned(tmp_path, redis_url, namespace, redis_client, database_url, virtualt
     state.reset()
     env = {"PBXRELAY_VAR_DIR": str(tmp_path / "var"), "PBXRELAY_REDIS_URL": redis_url,
            "PBXRELAY_NAMESPACE": namespace, "PBXRELAY_DATABASE_URL": database_url,
-           "PBXRELAY_SECRET_KEYS": Fernet.generate_key().decode(), "PBXRELAY_VIRTUALTEXT_API_URL": url}
+           "PBXRELAY_SECRET_KEYS": Fernet.generate_key().decode(), "PBXRELAY_VIRTUALTEXT_API_URL": url,
+           "PBXRELAY_ALLOW_PRIVATE_URLS": "true"}
     migrate(database_url)
     rt = Runtime(Settings(_env_file=None, **{k[len("PBXRELAY_"):].lower(): v for k, v in env.items()}))
     rules = tmp_path / "rules.yaml"

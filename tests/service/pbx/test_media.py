@@ -34,7 +34,8 @@ def world(tmp_path, redis_url, namespace, redis_client):
     server = serve_in_thread(emulator.create_app(state))
     settings = Settings(var_dir=tmp_path / "var", redis_url=redis_url, namespace=namespace,
                         database_url=f"sqlite:///{tmp_path / 'db.sqlite3'}", secret_keys=Fernet.generate_key().decode(),
-                        virtualpbx_api_url=server.url, public_url="https://relay.example.test")
+                        virtualpbx_api_url=server.url, public_url="https://relay.example.test",
+                        allow_private_urls=True)
     migrate(settings.effective_database_url)
     rt = Runtime(settings)
     rules = tmp_path / "rules.yaml"
