@@ -116,3 +116,25 @@ def test_rules_test_is_a_dry_run(cli, tmp_path):
     broken.write_text("{nope")
     result = cli.cli("rules", "test", ACCOUNT, str(broken), check=False)
     assert result.returncode == 1 and "invalid JSON" in result.stderr
+
+
+def test_rotate_token_rotates_each_hook_url_separately_and_apply_warns_about_unsigned_crm(cli, tmp_path):
+    """rotate-token prints a new Kazoo URL, --crm a new CRM URL, each leaving the other; signing: none warns."""
+    account = "e" * 32
+    added = json.loads(cli.cli("accounts", "add", account, "--name", "Rotating", "--json").stdout)
+    assert added["crm_hook_url"].startswith(f"{cli.url}/hooks/crm/")
+    assert added["crm_hook_url"].rsplit("/", 1)[1] != added["hook_url"].rsplit("/", 1)[1]
+    hook = cli.cli("accounts", "rotate-token", account).stdout.strip()
+    assert hook.startswith(f"{cli.url}/hooks/virtualpbx/") and hook != added["hook_url"]
+    crm = cli.cli("accounts", "rotate-token", account, "--crm").stdout.strip()
+    assert crm.startswith(f"{cli.url}/hooks/crm/") and crm != added["crm_hook_url"]
+    rules = tmp_path / "unsigned.yaml"
+    rules.write_text(f"account: {{id: {account}, name: Rotating, timezone: UTC}}\ncrm: {{signing: none}}\n")
+    applied = cli.cli("rules", "apply", str(rules))
+    assert "warning: crm.signing is none" in applied.stderr
+    rules.write_text(f"account: {{id: {account}, name: Rotating, timezone: UTC}}\ncrm: {{event_id: id}}\n")
+    assert "refuses every request (401)" in cli.cli("rules", "apply", str(rules)).stderr
+    rules.write_text(f"account: {{id: {account}, name: Rotating, timezone: UTC}}\n"
+                     "crm: {signing: none, signing_secret: whsec_x}\n")
+    both = cli.cli("rules", "apply", str(rules), check=False)
+    assert both.returncode == 1 and "either signing_secret or signing: none" in both.stdout + both.stderr

@@ -25,16 +25,18 @@ def accounts_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @fail_on_domain_errors
 def accounts_add(account_id: str, name: str, tz: str, as_json: bool) -> None:
-    """Add an account and print its hook URL (the token is shown only now)."""
+    """Add an account and print its VirtualPBX hook URL and its CRM hook URL (two different tokens)."""
     rt = open_runtime()
     with rt.sessions.begin() as session:
         created = accounts.add_account(session, account_id, name=name, timezone=tz, box=rt.box)
     url = accounts.hook_url(rt.settings.public_url, created.token)
+    crm_url = accounts.hook_url(rt.settings.public_url, created.crm_token, "crm")
     if as_json:
         click.echo(json.dumps({"account_id": account_id, "name": name, "timezone": tz, "hook_url": url,
-                               "crm_hook_url": accounts.hook_url(rt.settings.public_url, created.token, "crm")}))
+                               "crm_hook_url": crm_url}))
     else:
-        click.echo(f"account {account_id} ({name}) added.\nPoint its VirtualPBX webhooks at:\n  {url}")
+        click.echo(f"account {account_id} ({name}) added.\nPoint its VirtualPBX webhooks at:\n  {url}\n"
+                   f"and its CRM's webhooks (the rules file's crm: section) at:\n  {crm_url}")
 
 
 @accounts_group.command("list")
@@ -77,10 +79,14 @@ def accounts_connect(account_id: str) -> None:
 
 @accounts_group.command("rotate-token")
 @click.argument("account_id")
+@click.option("--crm", "crm", is_flag=True, help="Rotate the CRM hook's token instead of the VirtualPBX one.")
 @fail_on_domain_errors
-def accounts_rotate(account_id: str) -> None:
-    """Issue a new hook URL for an account (the old one stops working)."""
+def accounts_rotate(account_id: str, crm: bool) -> None:
+    """Issue a new VirtualPBX hook URL (or, with --crm, CRM hook URL); the old one stops working at once."""
+    kind = "crm" if crm else "virtualpbx"
     rt = open_runtime()
     with rt.sessions.begin() as session:
-        token = accounts.rotate_token(session, account_id, box=rt.box)
-    click.echo(accounts.hook_url(rt.settings.public_url, token))
+        token = accounts.rotate_token(session, account_id, box=rt.box, kind=kind)
+    click.echo(accounts.hook_url(rt.settings.public_url, token, kind))
+    if not crm:
+        click.echo(f"re-register it with VirtualPBX: pbxrelay accounts connect {account_id}", err=True)

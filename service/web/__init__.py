@@ -12,6 +12,7 @@ import base64
 import logging
 import threading
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -30,9 +31,17 @@ from service.web.signing import SignatureError, verify
 from service.web.spool import Spool, SpoolFull
 
 log = logging.getLogger(__name__)
-TOKEN_CACHE_SECONDS = 30.0
 # Largest voicemail the media link serves (Kazoo voicemails are minutes of MP3: a few MB).
 MAX_LINKED_AUDIO_BYTES = 100 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class HookAccount:
+    """What the receiver needs of the account a hook token opens."""
+
+    account_id: str
+    crm_secret: str | None  # the CRM hook's signing secret (None: unsigned or a VirtualPBX hook)
+    crm_unsigned: bool  # the rules file opted in to unsigned CRM hooks (`crm: {signing: none}`)
 
 
 class Receiver:
@@ -44,8 +53,6 @@ class Receiver:
         # Fails at once when Redis is away (the spool takes over); one producer per request thread.
         self.queue = TaskQueue(settings, fail_fast=True)
         self.spool = Spool(settings.var_dir / "spool", max_events=settings.spool_max_events)
-        self._tokens: dict[str, tuple[str, str | None, float]] = {}
-        self._lock = threading.Lock()
         self.received = Counter("pbxrelay_hooks_received", "Authenticated hook deliveries", ["kind", "result"],
                                 registry=registry)
         self.rejected = Counter("pbxrelay_hooks_rejected", "Rejected hook requests", ["reason"], registry=registry)
@@ -53,24 +60,21 @@ class Receiver:
         self.latency = Histogram("pbxrelay_hook_seconds", "Time to accept a hook", registry=registry,
                                  buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1))
 
-    def account_for(self, token: str) -> tuple[str, str | None] | None:
-        """(account id, CRM signing secret or None) for ``token``, from a short-lived cache or the database."""
-        now = time.monotonic()
-        cached = self._tokens.get(token)
-        if cached and cached[2] > now:
-            return cached[0], cached[1]
+    def account_for(self, kind: str, token: str) -> HookAccount | None:
+        """The account whose ``kind`` endpoint ``token`` opens, looked up on every request.
+
+        No cache: one indexed primary-key-sized lookup costs less than a Redis round trip, and a
+        rotated token then stops working at once on every web process.
+        """
         with self.runtime.sessions() as session:
-            account = accounts.account_for_token(session, token)
+            account = accounts.account_for_token(session, token, kind)
             if account is None:
                 return None
+            if kind != "crm":
+                return HookAccount(account.id, None, False)
             secret = (self.runtime.box.decrypt(account.crm_secret_encrypted)["secret"]
                       if account.crm_secret_encrypted else None)
-            account_id = account.id
-        with self._lock:
-            if len(self._tokens) > 10_000:
-                self._tokens.clear()
-            self._tokens[token] = (account_id, secret, now + TOKEN_CACHE_SECONDS)
-        return account_id, secret
+            return HookAccount(account.id, secret, account.crm_unsigned)
 
     def publish(self, envelope: dict[str, Any]) -> None:
         """Put one envelope on the ingest queue (raises when Redis is unreachable)."""
@@ -102,6 +106,33 @@ class Receiver:
             self.spooled.set(self.spool.depth())
 
 
+def read_body(environ: dict[str, Any], limit: int) -> bytes | None:
+    """The request body, or None when it is longer than ``limit`` however it is framed.
+
+    Werkzeug's MAX_CONTENT_LENGTH stops a chunked body (no Content-Length) silently at the limit, so a
+    cut body would be accepted: read one byte past the limit from the server's own de-chunking stream.
+    """
+    declared = environ.get("CONTENT_LENGTH")
+    if declared:
+        try:
+            length = int(declared)
+        except ValueError:
+            return None  # gunicorn refuses a malformed Content-Length first; nothing else reaches here
+        if length > limit:
+            return None
+    elif not environ.get("wsgi.input_terminated"):
+        return b""  # no length and a stream that may not end: WSGI says there is no body
+    stream = environ["wsgi.input"]
+    chunks, size = [], 0
+    while size <= limit:
+        chunk = stream.read(min(65536, limit + 1 - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return None if size > limit else b"".join(chunks)
+
+
 def make_envelope(*, source: str, account_id: str, method: str, content_type: str, query_string: str,
                   body: bytes, headers: dict[str, str]) -> dict[str, Any]:
     """The queued form of one received request: raw enough to re-parse, small enough to queue."""
@@ -129,24 +160,25 @@ def create_app(settings: Settings | None = None, *, start_drainer: bool = True) 
 
     def receive(kind: str, token: str):
         started = time.perf_counter()
-        found = receiver.account_for(token)
+        found = receiver.account_for(kind, token)
         if found is None:
             receiver.rejected.labels("unknown_token").inc()
             return jsonify(error="unknown hook token"), 404
-        account_id, crm_secret = found
-        try:
-            if len(request.query_string) > settings.max_body_bytes:
-                raise RequestEntityTooLarge()
-            body = request.get_data(cache=False)
-        except RequestEntityTooLarge:
+        account_id = found.account_id
+        body = read_body(request.environ, settings.max_body_bytes)
+        if body is None or len(request.query_string) > settings.max_body_bytes:
             receiver.rejected.labels("too_large").inc()
             return jsonify(error=f"body larger than {settings.max_body_bytes} bytes"), 413
-        if kind == "crm" and crm_secret:
+        if kind == "crm" and found.crm_secret:
             try:
-                verify(crm_secret, {k.lower(): v for k, v in request.headers.items()}, body)
+                verify(found.crm_secret, {k.lower(): v for k, v in request.headers.items()}, body)
             except SignatureError as exc:
                 receiver.rejected.labels("bad_signature").inc()
                 return jsonify(error=f"signature check failed: {exc}"), 401
+        elif kind == "crm" and not found.crm_unsigned:
+            receiver.rejected.labels("unsigned").inc()
+            return jsonify(error="unsigned CRM hooks are refused: set crm.signing_secret in the account's rules "
+                                 "file (or crm.signing: none to accept them unsigned)"), 401
         headers = {name.lower(): request.headers[name][:200]
                    for name in ("X-Hook-ID", "X-Account-ID", "webhook-id") if name in request.headers}
         envelope = make_envelope(source=kind, account_id=account_id, method=request.method,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import sqlalchemy as sa
 from cryptography.fernet import Fernet
@@ -95,6 +97,61 @@ def test_rotate_token_invalidates_the_old_url(sessions):
     with sessions() as session:
         assert accounts.account_for_token(session, old) is None
         assert accounts.account_for_token(session, new).id == ACCOUNT
+
+
+def test_the_crm_token_is_a_different_secret_for_the_other_endpoint_only(sessions):
+    """Each endpoint's token finds the account on that endpoint alone; rotating one keeps the other."""
+    with sessions.begin() as session:
+        created = accounts.add_account(session, ACCOUNT, name="A", box=BOX)
+    assert created.crm_token != created.token and len(created.crm_token) >= 32
+    with sessions() as session:
+        assert accounts.account_for_token(session, created.crm_token, "crm").id == ACCOUNT
+        assert accounts.account_for_token(session, created.crm_token, "virtualpbx") is None
+        assert accounts.account_for_token(session, created.token, "crm") is None
+        row = session.execute(sa.text("SELECT hook_token_hash, crm_token_hash, crm_token_encrypted FROM accounts")).one()
+    assert created.crm_token not in "".join(row)
+    with sessions.begin() as session:
+        new_crm = accounts.rotate_token(session, ACCOUNT, box=BOX, kind="crm")
+    with sessions() as session:
+        assert accounts.account_for_token(session, created.crm_token, "crm") is None
+        assert accounts.account_for_token(session, new_crm, "crm").id == ACCOUNT
+        assert accounts.account_for_token(session, created.token).id == ACCOUNT  # the Kazoo URL is untouched
+        assert accounts.hook_token(session.get(accounts.Account, ACCOUNT), BOX, "crm") == new_crm
+    with sessions.begin() as session, pytest.raises(accounts.AccountError, match="unknown hook kind 'sms'"):
+        accounts.rotate_token(session, ACCOUNT, box=BOX, kind="sms")
+
+
+def test_migration_0003r_keeps_existing_accounts_and_gives_them_no_shared_crm_token(database_url):
+    """An account stored at 0002 survives 0003r with its hook token; its old token does not open the CRM hook,
+    and its first CRM token comes from rotate-token --crm (or applying rules with crm:)."""
+    from alembic import command
+    from alembic.config import Config
+
+    from service.store.models import hash_token
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(accounts.__file__).parent / "store" / "migrations"))
+    cfg.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
+    command.upgrade(cfg, "0002")
+    engine = sa.create_engine(database_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO accounts (id, name, timezone, hook_token_hash, created_at) "
+                             "VALUES (:id, 'Old', 'UTC', :h, CURRENT_TIMESTAMP)"), {"id": ACCOUNT, "h": hash_token("old-token")})
+    engine.dispose()
+    migrate(database_url)
+    sessions = session_factory(database_url)
+    with sessions.begin() as session:
+        assert accounts.account_for_token(session, "old-token").id == ACCOUNT
+        assert accounts.account_for_token(session, "old-token", "crm") is None
+        account = session.get(accounts.Account, ACCOUNT)
+        assert account.crm_token_hash is None and account.crm_unsigned is False
+        with pytest.raises(accounts.AccountError, match="rotate-token 91eb05e5c68d7ca05e7618b6821d2d16 --crm"):
+            accounts.hook_token(account, BOX, "crm")
+        first = accounts.ensure_crm_token(account, BOX)
+        assert first and accounts.ensure_crm_token(account, BOX) is None  # issued once, then kept
+    with sessions() as session:
+        assert accounts.account_for_token(session, first, "crm").id == ACCOUNT
+    sessions.kw["bind"].dispose()
 
 
 def test_credentials_are_encrypted_at_rest_and_keys_rotate(sessions):
