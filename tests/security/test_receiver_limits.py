@@ -322,3 +322,30 @@ def test_rotation_is_immediate_on_every_gunicorn_worker(tmp_path, redis_url):
         assert statuses(new_crm, {"id": "x"}) == {200}
     finally:
         svc.stop()
+
+
+def test_honest_clients_still_work_slowly_on_one_connection_and_over_the_limit(web, drained):
+    """Keep-alive serves several requests on one connection (each read whole by the event loop); a body that
+    arrives in pieces within the body timeout is kept; a declared length over the limit gets the app's 413."""
+    token = web.account["hook_url"].rsplit("/", 1)[1]
+    conn = http.client.HTTPConnection("127.0.0.1", web.port, timeout=10)
+    for n in range(3):
+        conn.request("POST", f"/hooks/virtualpbx/{token}", body=b'{"n": %d}' % n,
+                     headers={"Content-Type": "application/json"})
+        response = conn.getresponse()
+        assert (response.status, response.read()) == (200, b'{"status":"ok"}\n')
+    conn.close()
+    body = b'{"hook_event": "channel_create", "call_id": "slow-but-honest"}'
+    with socket.create_connection(("127.0.0.1", web.port), timeout=10) as sock:
+        sock.sendall(b"POST /hooks/virtualpbx/%s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n" % (token.encode(), len(body)))
+        for i in range(0, len(body), 16):
+            time.sleep(0.4)
+            sock.sendall(body[i:i + 16])
+        assert sock.recv(100).startswith(b"HTTP/1.1 200")
+    assert sorted(e["body"] for e in drained()) == sorted(['{"n": 0}', '{"n": 1}', '{"n": 2}', body.decode()])
+    with socket.create_connection(("127.0.0.1", web.port), timeout=10) as sock:
+        sock.sendall(b"POST /hooks/virtualpbx/%s HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"
+                     % (token.encode(), 256 * 1024 + 1))
+        assert sock.recv(100).startswith(b"HTTP/1.1 413")
+    assert len(drained()) == 4
