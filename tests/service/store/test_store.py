@@ -16,6 +16,12 @@ ACCOUNT = "91eb05e5c68d7ca05e7618b6821d2d16"
 BOX = SecretBox([Fernet.generate_key().decode()])
 
 
+def opened(session, token: str, kind: str = "virtualpbx") -> str | None:
+    """The id of the account ``token`` opens on the ``kind`` endpoint, as the receiver looks it up."""
+    found = accounts.hook_account(session.connection(), token, kind)
+    return found.account_id if found else None
+
+
 @pytest.fixture
 def sessions(database_url):
     """A session factory on a freshly migrated database."""
@@ -61,9 +67,9 @@ def test_add_account_and_find_it_by_token(sessions):
         created = accounts.add_account(session, ACCOUNT, name="Acme Dental", timezone="America/New_York", box=BOX)
     assert len(created.token) >= 32  # 24 random bytes, base64url: 192 bits
     with sessions() as session:
-        assert accounts.account_for_token(session, created.token).id == ACCOUNT
-        assert accounts.account_for_token(session, created.token + "x") is None
-        assert accounts.account_for_token(session, "") is None
+        assert opened(session, created.token) == ACCOUNT
+        assert opened(session, created.token + "x") is None
+        assert opened(session, "") is None
         stored = session.execute(sa.text("SELECT hook_token_hash FROM accounts")).scalar_one()
     assert created.token not in stored
 
@@ -95,8 +101,8 @@ def test_rotate_token_invalidates_the_old_url(sessions):
     with sessions.begin() as session:
         new = accounts.rotate_token(session, ACCOUNT, box=BOX)
     with sessions() as session:
-        assert accounts.account_for_token(session, old) is None
-        assert accounts.account_for_token(session, new).id == ACCOUNT
+        assert opened(session, old) is None
+        assert opened(session, new) == ACCOUNT
 
 
 def test_the_crm_token_is_a_different_secret_for_the_other_endpoint_only(sessions):
@@ -105,17 +111,17 @@ def test_the_crm_token_is_a_different_secret_for_the_other_endpoint_only(session
         created = accounts.add_account(session, ACCOUNT, name="A", box=BOX)
     assert created.crm_token != created.token and len(created.crm_token) >= 32
     with sessions() as session:
-        assert accounts.account_for_token(session, created.crm_token, "crm").id == ACCOUNT
-        assert accounts.account_for_token(session, created.crm_token, "virtualpbx") is None
-        assert accounts.account_for_token(session, created.token, "crm") is None
+        assert opened(session, created.crm_token, "crm") == ACCOUNT
+        assert opened(session, created.crm_token, "virtualpbx") is None
+        assert opened(session, created.token, "crm") is None
         row = session.execute(sa.text("SELECT hook_token_hash, crm_token_hash, crm_token_encrypted FROM accounts")).one()
     assert created.crm_token not in "".join(row)
     with sessions.begin() as session:
         new_crm = accounts.rotate_token(session, ACCOUNT, box=BOX, kind="crm")
     with sessions() as session:
-        assert accounts.account_for_token(session, created.crm_token, "crm") is None
-        assert accounts.account_for_token(session, new_crm, "crm").id == ACCOUNT
-        assert accounts.account_for_token(session, created.token).id == ACCOUNT  # the Kazoo URL is untouched
+        assert opened(session, created.crm_token, "crm") is None
+        assert opened(session, new_crm, "crm") == ACCOUNT
+        assert opened(session, created.token) == ACCOUNT  # the Kazoo URL is untouched
         assert accounts.hook_token(session.get(accounts.Account, ACCOUNT), BOX, "crm") == new_crm
     with sessions.begin() as session, pytest.raises(accounts.AccountError, match="unknown hook kind 'sms'"):
         accounts.rotate_token(session, ACCOUNT, box=BOX, kind="sms")
@@ -141,8 +147,8 @@ def test_migration_0003r_keeps_existing_accounts_and_gives_them_no_shared_crm_to
     migrate(database_url)
     sessions = session_factory(database_url)
     with sessions.begin() as session:
-        assert accounts.account_for_token(session, "old-token").id == ACCOUNT
-        assert accounts.account_for_token(session, "old-token", "crm") is None
+        assert opened(session, "old-token") == ACCOUNT
+        assert opened(session, "old-token", "crm") is None
         account = session.get(accounts.Account, ACCOUNT)
         assert account.crm_token_hash is None and account.crm_unsigned is False
         with pytest.raises(accounts.AccountError, match="rotate-token 91eb05e5c68d7ca05e7618b6821d2d16 --crm"):
@@ -150,7 +156,7 @@ def test_migration_0003r_keeps_existing_accounts_and_gives_them_no_shared_crm_to
         first = accounts.ensure_crm_token(account, BOX)
         assert first and accounts.ensure_crm_token(account, BOX) is None  # issued once, then kept
     with sessions() as session:
-        assert accounts.account_for_token(session, first, "crm").id == ACCOUNT
+        assert opened(session, first, "crm") == ACCOUNT
     sessions.kw["bind"].dispose()
 
 
