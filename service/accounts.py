@@ -137,6 +137,20 @@ def hook_account(connection: sa.Connection, token: str, kind: str) -> HookAccoun
     return HookAccount(row[0], row[2], bool(row[3]))
 
 
+def token_epoch_key(namespace: str) -> str:
+    """The Redis key whose value changes whenever a hook token is revoked (see ``revoke_cached_tokens``)."""
+    return f"{namespace}:hook-token-epoch"
+
+
+def revoke_cached_tokens(redis, namespace: str) -> None:
+    """After a token change is committed: every receiver's token cache is stale from now on.
+
+    A fresh random value rather than a counter: a Redis that lost the key must not bring back a
+    value some receiver cached entries under.
+    """
+    redis.set(token_epoch_key(namespace), secrets.token_hex(8))
+
+
 def hook_url(public_url: str, token: str, kind: str = "virtualpbx") -> str:
     """The URL VirtualPBX (or a CRM) posts to for this token."""
     return f"{public_url}/hooks/{kind}/{token}"

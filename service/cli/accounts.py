@@ -9,6 +9,7 @@ import sqlalchemy as sa
 
 from service import accounts, engine
 from service.cli.base import fail_on_domain_errors, main, open_runtime
+from service.web import TOKEN_CACHE_SECONDS
 
 
 # --- accounts ----------------------------------------------------------------------------------------
@@ -85,8 +86,18 @@ def accounts_rotate(account_id: str, crm: bool) -> None:
     """Issue a new VirtualPBX hook URL (or, with --crm, CRM hook URL); the old one stops working at once."""
     kind = "crm" if crm else "virtualpbx"
     rt = open_runtime()
+    try:  # receivers cache tokens under an epoch in Redis: without it, the old token could outlive the command
+        rt.redis.ping()
+    except Exception as exc:
+        raise click.ClickException(f"Redis does not answer ({type(exc).__name__}): nothing rotated; running "
+                                   "receivers could keep accepting the old token; try again when it does") from None
     with rt.sessions.begin() as session:
         token = accounts.rotate_token(session, account_id, box=rt.box, kind=kind)
+    try:
+        accounts.revoke_cached_tokens(rt.redis, rt.settings.namespace)
+    except Exception as exc:
+        click.echo(f"warning: rotated, but Redis failed ({type(exc).__name__}): receivers may accept the old "
+                   f"token for up to {TOKEN_CACHE_SECONDS:.0f} more seconds", err=True)
     click.echo(accounts.hook_url(rt.settings.public_url, token, kind))
     if not crm:
         click.echo(f"re-register it with VirtualPBX: pbxrelay accounts connect {account_id}", err=True)

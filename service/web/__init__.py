@@ -30,6 +30,11 @@ from service.web.signing import SignatureError, verify
 from service.web.spool import Spool, SpoolFull
 
 log = logging.getLogger(__name__)
+# A cached VirtualPBX hook token is served only while the Redis token epoch it was read under is current
+# (a rotation changes it at once); this age limit is only the backstop should that change ever be missed.
+TOKEN_CACHE_SECONDS = 5.0
+# After Redis failed to answer, how long requests skip the epoch check (and the cache) for the database.
+REDIS_RETRY_SECONDS = 1.0
 # Largest voicemail the media link serves (Kazoo voicemails are minutes of MP3: a few MB).
 MAX_LINKED_AUDIO_BYTES = 100 * 1024 * 1024
 
@@ -43,6 +48,9 @@ class Receiver:
         # Fails at once when Redis is away (the spool takes over); one producer per request thread.
         self.queue = TaskQueue(settings, fail_fast=True)
         self.engine = runtime.sessions.kw["bind"]
+        self.redis = runtime.redis
+        self._tokens: dict[str, tuple[str, str, float]] = {}  # token -> (account id, epoch, expiry)
+        self._redis_down_until = 0.0
         self.spool = Spool(settings.var_dir / "spool", max_events=settings.spool_max_events)
         self.received = Counter("pbxrelay_hooks_received", "Authenticated hook deliveries", ["kind", "result"],
                                 registry=registry)
@@ -52,13 +60,37 @@ class Receiver:
                                  buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1))
 
     def account_for(self, kind: str, token: str) -> accounts.HookAccount | None:
-        """The account whose ``kind`` endpoint ``token`` opens, looked up in the database on every request.
+        """The account whose ``kind`` endpoint ``token`` opens, or None.
 
-        No cache, so a rotated token stops working at once on every web process; the lookup is one
-        indexed row read without the ORM.
+        VirtualPBX tokens (the hot path) are cached per process, each entry valid only while the token
+        epoch in Redis is the one read before its database lookup: `rotate-token` commits, then changes
+        the epoch, so no process serves a revoked token after the command returns (a lookup that raced
+        the rotation cached under the old epoch). CRM tokens, rarer and carrying signing settings that
+        `rules apply` changes, are read from the database every time.
         """
+        epoch = self._token_epoch() if kind == "virtualpbx" else None
+        now = time.monotonic()
+        if epoch is not None:
+            cached = self._tokens.get(token)
+            if cached and cached[1] == epoch and cached[2] > now:
+                return accounts.HookAccount(cached[0], None, False)
         with self.engine.connect() as connection:
-            return accounts.hook_account(connection, token, kind)
+            found = accounts.hook_account(connection, token, kind)
+        if found is not None and epoch is not None:
+            if len(self._tokens) > 10_000:
+                self._tokens.clear()
+            self._tokens[token] = (found.account_id, epoch, now + TOKEN_CACHE_SECONDS)
+        return found
+
+    def _token_epoch(self) -> str | None:
+        """The current token epoch ("" when never set), or None when Redis does not answer (no caching then)."""
+        if time.monotonic() < self._redis_down_until:
+            return None
+        try:
+            return self.redis.get(accounts.token_epoch_key(self.settings.namespace)) or ""
+        except Exception:  # redis-py raises several types for "Redis is away"
+            self._redis_down_until = time.monotonic() + REDIS_RETRY_SECONDS
+            return None
 
     def publish(self, envelope: dict[str, Any]) -> None:
         """Put one envelope on the ingest queue (raises when Redis is unreachable)."""

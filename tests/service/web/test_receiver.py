@@ -181,19 +181,22 @@ def test_unsigned_crm_hooks_are_refused_unless_the_rules_say_signing_none(tmp_pa
 
 
 def test_rotation_takes_effect_at_once_on_every_web_process(tmp_path, redis_url, namespace, redis_client):
-    """Two receivers sharing the database: a rotated token is 404 on both on the very next request."""
+    """Two receivers sharing the database and Redis: a rotated token is 404 on both on the very next request,
+    though both had it in their token cache."""
     settings = make_settings(tmp_path, redis_url, namespace)
     migrate(settings.effective_database_url)
     with session_factory(settings.effective_database_url).begin() as session:
         created = accounts.add_account(session, ACCOUNT, name="Acme", box=secret_box(settings))
     _apply_crm(settings, tmp_path, "{signing: none}")
     webs = [create_app(settings, start_drainer=False).test_client() for _ in range(2)]
-    for web in webs:  # both have served the current tokens (a per-process cache would now hold them)
+    for web in webs:  # both have served the current tokens, so both hold the Kazoo one in their cache
         assert web.post(f"/hooks/virtualpbx/{created.token}", json={}).status_code == 200
         assert web.post(f"/hooks/crm/{created.crm_token}", json={}).status_code == 200
+        assert created.token in web.application.extensions["pbxrelay.receiver"]._tokens
     with session_factory(settings.effective_database_url).begin() as session:
         new_hook = accounts.rotate_token(session, ACCOUNT, box=secret_box(settings))
         new_crm = accounts.rotate_token(session, ACCOUNT, box=secret_box(settings), kind="crm")
+    accounts.revoke_cached_tokens(redis_client, namespace)  # what `rotate-token` does after its commit
     for web in webs:
         assert web.post(f"/hooks/virtualpbx/{created.token}", json={}).status_code == 404
         assert web.post(f"/hooks/crm/{created.crm_token}", json={}).status_code == 404
