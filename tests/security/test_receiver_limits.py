@@ -25,7 +25,7 @@ import requests
 
 from service.sandbox.virtualpbx.sender import encode_kazoo_form
 from tests.conftest import load_fixture
-from tests.harness import Service, free_port
+from tests.harness import Service, free_port, wait_for
 from tests.service.web.test_receiver import queued
 
 ACCOUNT = "91eb05e5c68d7ca05e7618b6821d2d16"
@@ -304,8 +304,8 @@ def test_rotation_is_immediate_on_every_gunicorn_worker(tmp_path, redis_url):
         rules.write_text(f"account: {{id: {ACCOUNT}, name: Acme, timezone: UTC}}\ncrm: {{signing: none}}\n")
         svc.cli("rules", "apply", str(rules))
         svc.start_web()
-        workers = set(tree_rss_kb(svc.processes["web"].pid)) - {svc.processes["web"].pid}
-        assert len(workers) == 2, workers
+        master = svc.processes["web"].pid
+        wait_for(lambda: len(set(tree_rss_kb(master)) - {master}) == 2, timeout=30, message="two gunicorn workers")
 
         def statuses(url: str, body: dict) -> set[int]:
             # a fresh connection per request, so the kernel spreads them over both workers
