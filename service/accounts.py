@@ -29,12 +29,17 @@ class AccountError(ValueError):
     """An operator request about accounts that cannot be carried out; the message says why."""
 
 
+# The two hook endpoints, each with its own token: a CRM's URL must not open the Kazoo hook, nor the reverse.
+HOOK_KINDS = ("virtualpbx", "crm")
+
+
 @dataclass(frozen=True)
 class NewAccount:
-    """An account just created, with the only copy of its hook token."""
+    """An account just created, with its VirtualPBX hook token and its (different) CRM hook token."""
 
     account: Account
     token: str
+    crm_token: str
 
 
 def validate_account_id(account_id: str) -> str:
@@ -61,28 +66,50 @@ def add_account(session: Session, account_id: str, *, name: str, box: SecretBox,
         raise AccountError("account name must not be empty")
     if session.get(Account, account_id) is not None:
         raise AccountError(f"account {account_id} exists already (use `pbxrelay accounts rotate-token` for a new URL)")
-    token = secrets.token_urlsafe(24)
-    account = Account(id=account_id, name=name.strip(), timezone=timezone, hook_token_hash=hash_token(token),
-                      hook_token_encrypted=box.encrypt({"token": token}))
+    account = Account(id=account_id, name=name.strip(), timezone=timezone)
+    token = _issue_token(account, "virtualpbx", box)
+    crm_token = _issue_token(account, "crm", box)
     session.add(account)
     session.flush()
-    return NewAccount(account=account, token=token)
+    return NewAccount(account=account, token=token, crm_token=crm_token)
 
 
-def rotate_token(session: Session, account_id: str, *, box: SecretBox) -> str:
-    """Issue a new hook token for an account (the old URL stops working)."""
-    account = get_account(session, account_id)
+def _issue_token(account: Account, kind: str, box: SecretBox) -> str:
+    """Give ``account`` a fresh 192-bit token for the ``kind`` endpoint, replacing the previous one."""
     token = secrets.token_urlsafe(24)
-    account.hook_token_hash = hash_token(token)
-    account.hook_token_encrypted = box.encrypt({"token": token})
+    if kind == "crm":
+        account.crm_token_hash = hash_token(token)
+        account.crm_token_encrypted = box.encrypt({"token": token})
+    else:
+        account.hook_token_hash = hash_token(token)
+        account.hook_token_encrypted = box.encrypt({"token": token})
     return token
 
 
-def hook_token(account: Account, box: SecretBox) -> str:
-    """The account's current hook token (decrypted), to build its hook URL."""
-    if not account.hook_token_encrypted:
-        raise AccountError(f"account {account.id} predates stored tokens; run `pbxrelay accounts rotate-token`")
-    return box.decrypt(account.hook_token_encrypted)["token"]
+def rotate_token(session: Session, account_id: str, *, box: SecretBox, kind: str = "virtualpbx") -> str:
+    """Issue a new token for one of the account's hook endpoints (its old URL stops working; the other is kept)."""
+    if kind not in HOOK_KINDS:
+        raise AccountError(f"unknown hook kind {kind!r}: expected one of {', '.join(HOOK_KINDS)}")
+    token = _issue_token(get_account(session, account_id), kind, box)
+    session.flush()
+    return token
+
+
+def ensure_crm_token(account: Account, box: SecretBox) -> str | None:
+    """Issue a CRM token for an account that has none (created before 0003r); the new token, else None."""
+    if account.crm_token_hash is not None:
+        return None
+    return _issue_token(account, "crm", box)
+
+
+def hook_token(account: Account, box: SecretBox, kind: str = "virtualpbx") -> str:
+    """The account's current token for the ``kind`` endpoint (decrypted), to build its URL."""
+    encrypted = account.crm_token_encrypted if kind == "crm" else account.hook_token_encrypted
+    if not encrypted:
+        flag = " --crm" if kind == "crm" else ""
+        raise AccountError(f"account {account.id} has no stored {kind} hook token; run "
+                           f"`pbxrelay accounts rotate-token {account.id}{flag}`")
+    return box.decrypt(encrypted)["token"]
 
 
 def get_account(session: Session, account_id: str) -> Account:
@@ -93,15 +120,40 @@ def get_account(session: Session, account_id: str) -> Account:
     return account
 
 
-def account_for_token(session: Session, token: str) -> Account | None:
-    """The account owning a hook token, found by hash and confirmed with a constant-time compare."""
+@dataclass(frozen=True)
+class HookAccount:
+    """What the receiver needs of the account a hook token opens."""
+
+    account_id: str
+    crm_secret_encrypted: str | None  # the CRM hook's signing secret, encrypted (None: unsigned)
+    crm_unsigned: bool  # the rules file opted in to unsigned CRM hooks (`crm: {signing: none}`)
+
+
+def hook_account(connection: sa.Connection, token: str, kind: str) -> HookAccount | None:
+    """The account ``token`` opens on the ``kind`` endpoint: one indexed row, read without the ORM (hot path)."""
     if not token or len(token) > 200:
         return None
     digest = hash_token(token)
-    account = session.scalars(sa.select(Account).where(Account.hook_token_hash == digest)).first()
-    if account is None or not hmac.compare_digest(account.hook_token_hash, digest):
+    column = Account.crm_token_hash if kind == "crm" else Account.hook_token_hash
+    row = connection.execute(sa.select(Account.id, column, Account.crm_secret_encrypted, Account.crm_unsigned)
+                             .where(column == digest)).first()
+    if row is None or not hmac.compare_digest(row[1] or "", digest):
         return None
-    return account
+    return HookAccount(row[0], row[2], bool(row[3]))
+
+
+def token_epoch_key(namespace: str) -> str:
+    """The Redis key whose value changes whenever a hook token is revoked (see ``revoke_cached_tokens``)."""
+    return f"{namespace}:hook-token-epoch"
+
+
+def revoke_cached_tokens(redis, namespace: str) -> None:
+    """After a token change is committed: every receiver's token cache is stale from now on.
+
+    A fresh random value rather than a counter: a Redis that lost the key must not bring back a
+    value some receiver cached entries under.
+    """
+    redis.set(token_epoch_key(namespace), secrets.token_hex(8))
 
 
 def hook_url(public_url: str, token: str, kind: str = "virtualpbx") -> str:
@@ -206,6 +258,9 @@ def apply_rules(session: Session, text: str, *, account_id: str | None, filename
         except rules_mod.RulesError as exc:
             raise AccountError(str(exc)) from None
     account.crm_secret_encrypted = box.encrypt({"secret": crm_secret}) if crm_secret else None
+    account.crm_unsigned = parsed.crm is not None and parsed.crm.signing == "none"
+    if parsed.crm is not None:
+        ensure_crm_token(account, box)
     account.name = parsed.account.name or account.name
     account.timezone = parsed.account.timezone
     for name, connection in stored.items():

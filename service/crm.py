@@ -22,9 +22,10 @@ from service.events import Event
 from service.rules import CrmSpec, lookup_path
 from service.store.models import OptOut
 
-# Replies that opt a number out of (or back into) texts: the CTIA keywords carriers honour.
+# Replies that opt a number out of texts: the CTIA keywords carriers honour (plus the FCC's REVOKE / OPT OUT).
 STOP_WORDS = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "OPTOUT", "REVOKE"})
-START_WORDS = frozenset({"START", "UNSTOP", "YES", "OPTIN"})
+# Only the carriers' re-opt-in keywords: a "YES" is an everyday answer (to a reminder, say), not consent.
+START_WORDS = frozenset({"START", "UNSTOP"})
 _TRUTHY = frozenset({"1", "true", "yes", "y", "on", "opted_out", "opt_out", "optout"})
 
 

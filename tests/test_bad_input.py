@@ -68,10 +68,10 @@ def deployment(tmp_path, redis_url, namespace, redis_client):
     rules = tmp_path / "rules.yaml"
     rules.write_text(RULES)
     with session_factory(config.effective_database_url).begin() as session:
-        token = accounts.add_account(session, ACCOUNT, name="Campaign", box=secret_box(config)).token
+        created = accounts.add_account(session, ACCOUNT, name="Campaign", box=secret_box(config))
         accounts.apply_rules_file(session, rules, registry=rt.registry, box=rt.box)
     client = create_app(config, start_drainer=False).test_client()
-    return client, token, rt
+    return client, created.token, rt, created.crm_token
 
 
 @settings(max_examples=250, deadline=None, suppress_health_check=SUPPRESS)
@@ -79,7 +79,7 @@ def deployment(tmp_path, redis_url, namespace, redis_client):
        ctype=st.sampled_from(["application/json", "application/x-www-form-urlencoded", "text/plain", ""]))
 def test_receiver_never_answers_5xx_to_an_authenticated_hook(deployment, form, payload, raw, ctype):
     """Any body in any of Kazoo's forms gets 200 (or 413 when too large), never a server error."""
-    client, token, _ = deployment
+    client, token, _, _ = deployment
     url = f"/hooks/virtualpbx/{token}"
     if form == "json":
         response = client.post(url, data=json.dumps(payload), content_type="application/json")
@@ -102,7 +102,7 @@ def test_receiver_never_answers_5xx_to_an_authenticated_hook(deployment, form, p
 @given(payload=kazooish, raw=st.binary(max_size=600), as_json=st.booleans(), repeat=st.integers(1, 3))
 def test_worker_ingest_never_crashes_and_keeps_every_delivery(deployment, payload, raw, as_json, repeat):
     """The worker stores or quarantines (with a reason) every delivery, however hostile, never raising."""
-    _client, _token, rt = deployment
+    _client, _token, rt, _ = deployment
     body = json.dumps(payload).encode() if as_json else raw
     for _ in range(repeat):
         envelope = make_envelope(source="virtualpbx", account_id=ACCOUNT, method="POST",
@@ -120,8 +120,8 @@ def test_worker_ingest_never_crashes_and_keeps_every_delivery(deployment, payloa
                                st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=60)))
 def test_crm_endpoint_refuses_unsigned_bodies_cleanly(deployment, body, headers):
     """With a signing secret configured, random headers get 401 (never 5xx) and nothing is queued."""
-    client, token, _ = deployment
-    response = client.post(f"/hooks/crm/{token}", data=body, headers=headers, content_type="application/json")
+    client, _, _, crm_token = deployment
+    response = client.post(f"/hooks/crm/{crm_token}", data=body, headers=headers, content_type="application/json")
     assert response.status_code == 401
 
 
@@ -129,12 +129,12 @@ def test_a_signed_crm_event_is_accepted_once(deployment):
     """A correctly signed CRM body gets 200; the worker stores one crm.event for two copies."""
     from service.web.signing import sign
 
-    client, token, rt = deployment
+    client, _, rt, crm_token = deployment
     body = json.dumps({"id": "evt_" + uuid.uuid4().hex, "contact": {"phone": "+15551230000"}}).encode()
     stamp = int(datetime.now(timezone.utc).timestamp())
     headers = {"webhook-id": "msg_1", "webhook-timestamp": str(stamp),
                "webhook-signature": sign(CRM_SECRET, "msg_1", stamp, body)}
-    assert client.post(f"/hooks/crm/{token}", data=body, headers=headers,
+    assert client.post(f"/hooks/crm/{crm_token}", data=body, headers=headers,
                        content_type="application/json").status_code == 200
     envelope = make_envelope(source="crm", account_id=ACCOUNT, method="POST", content_type="application/json",
                              query_string="", body=body, headers={"webhook-id": "msg_1"})

@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from tests.harness import Service
+from tests.harness import Service, free_port
 
 ACCOUNT = "91eb05e5c68d7ca05e7618b6821d2d16"
 
@@ -116,3 +116,50 @@ def test_rules_test_is_a_dry_run(cli, tmp_path):
     broken.write_text("{nope")
     result = cli.cli("rules", "test", ACCOUNT, str(broken), check=False)
     assert result.returncode == 1 and "invalid JSON" in result.stderr
+
+
+def test_rotate_token_rotates_each_hook_url_separately_and_apply_warns_about_unsigned_crm(cli, tmp_path):
+    """rotate-token prints a new Kazoo URL, --crm a new CRM URL, each leaving the other; signing: none warns."""
+    account = "e" * 32
+    added = json.loads(cli.cli("accounts", "add", account, "--name", "Rotating", "--json").stdout)
+    assert added["crm_hook_url"].startswith(f"{cli.url}/hooks/crm/")
+    assert added["crm_hook_url"].rsplit("/", 1)[1] != added["hook_url"].rsplit("/", 1)[1]
+    hook = cli.cli("accounts", "rotate-token", account).stdout.strip()
+    assert hook.startswith(f"{cli.url}/hooks/virtualpbx/") and hook != added["hook_url"]
+    crm = cli.cli("accounts", "rotate-token", account, "--crm").stdout.strip()
+    assert crm.startswith(f"{cli.url}/hooks/crm/") and crm != added["crm_hook_url"]
+    rules = tmp_path / "unsigned.yaml"
+    rules.write_text(f"account: {{id: {account}, name: Rotating, timezone: UTC}}\ncrm: {{signing: none}}\n")
+    applied = cli.cli("rules", "apply", str(rules))
+    assert "warning: crm.signing is none" in applied.stderr
+    rules.write_text(f"account: {{id: {account}, name: Rotating, timezone: UTC}}\ncrm: {{event_id: id}}\n")
+    assert "refuses every request (401)" in cli.cli("rules", "apply", str(rules)).stderr
+    rules.write_text(f"account: {{id: {account}, name: Rotating, timezone: UTC}}\n"
+                     "crm: {signing: none, signing_secret: whsec_x}\n")
+    both = cli.cli("rules", "apply", str(rules), check=False)
+    assert both.returncode == 1 and "either signing_secret or signing: none" in both.stdout + both.stderr
+
+
+def test_rotate_token_refuses_without_redis_and_rotates_nothing(cli):
+    """Without Redis, receivers' token caches could not be told: the command refuses and the old URL stays."""
+    account = "f" * 32
+    added = json.loads(cli.cli("accounts", "add", account, "--name", "NoRedis", "--json").stdout)
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(cli.env["PBXRELAY_DATABASE_URL"])
+    stored = lambda: engine.connect().execute(  # noqa: E731
+        sa.text("SELECT hook_token_hash, crm_token_hash FROM accounts WHERE id = :id"), {"id": account}).one()
+    before = stored()
+    saved = cli.env["PBXRELAY_REDIS_URL"]
+    cli.env["PBXRELAY_REDIS_URL"] = f"redis://127.0.0.1:{free_port()}/0"
+    try:
+        refused = [cli.cli("accounts", "rotate-token", account, *flag, check=False) for flag in ([], ["--crm"])]
+    finally:
+        cli.env["PBXRELAY_REDIS_URL"] = saved
+    for result in refused:
+        assert result.returncode == 1 and "Redis does not answer" in result.stderr and "nothing rotated" in result.stderr
+        assert "/hooks/" not in result.stdout
+    assert stored() == before
+    assert cli.cli("accounts", "rotate-token", account).stdout.strip() != added["hook_url"]
+    assert stored()[0] != before[0] and stored()[1] == before[1]
+    engine.dispose()

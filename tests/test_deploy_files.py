@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
 from pathlib import Path
 
 import check_jsonschema
 import jsonschema
+import pytest
 import yaml
 from click.testing import CliRunner
 
@@ -64,3 +67,70 @@ def test_dockerfile_installs_the_packages_compose_runs():
     for package in ("service", "workers", "integrations"):
         assert f"COPY {package} ./{package}" in dockerfile
     assert "pip install" in dockerfile
+
+
+def nginx_directives() -> dict[str, list[str]]:
+    """deploy/nginx.conf's active (uncommented) simple directives: name -> list of their argument strings."""
+    found: dict[str, list[str]] = {}
+    for line in (ROOT / "deploy" / "nginx.conf").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line.endswith(";"):
+            name, _, args = line[:-1].partition(" ")
+            found.setdefault(name, []).append(args.strip())
+    return found
+
+
+def nginx_size(value: str) -> int:
+    """An nginx size ("256k", "1m", "512") in bytes."""
+    units = {"k": 1024, "m": 1024 * 1024}
+    return int(value[:-1]) * units[value[-1].lower()] if value[-1].lower() in units else int(value)
+
+
+def test_only_nginx_is_published_and_it_runs_the_shipped_config():
+    """`proxy` (nginx) mounts deploy/nginx.conf and is the one published port; web is reachable only behind it."""
+    services = compose()["services"]
+    proxy = services["proxy"]
+    assert proxy["image"].startswith("nginx:")
+    assert "./deploy/nginx.conf:/etc/nginx/nginx.conf:ro" in proxy["volumes"]
+    assert proxy["depends_on"]["web"]["condition"] == "service_healthy"
+    assert "ports" not in services["web"] and services["web"]["expose"] == ["8000"]
+    published = [name for name, spec in services.items() if spec.get("ports")]
+    assert published == ["proxy"]
+    directives = nginx_directives()
+    web_port = services["web"]["command"][services["web"]["command"].index("--port") + 1]
+    assert directives["server"] == [f"web:{web_port}"]
+
+
+def test_nginx_limits_match_the_receiver():
+    """Body limit = max_body_bytes; a 16 KB line admits Kazoo's longest GET; header/body/send timeouts; buffering."""
+    from service.sandbox.virtualpbx.sender import encode_kazoo_form
+    from service.web.server import LINE_LIMIT
+    from tests.conftest import load_fixture
+
+    d = nginx_directives()
+    assert nginx_size(d["client_max_body_size"][0]) == Settings().max_body_bytes
+    assert nginx_size(d["client_body_buffer_size"][0]) >= Settings().max_body_bytes  # never spooled to disk
+    count, size = d["large_client_header_buffers"][0].split()
+    longest_get = len(encode_kazoo_form(load_fixture("kazoo/webhook_notifications_missed_call.json")))
+    assert nginx_size(size) == LINE_LIMIT and nginx_size(size) >= 2 * (longest_get + 100), (size, longest_get)
+    assert int(count) * nginx_size(size) <= 64 * 1024
+    for timeout in ("client_header_timeout", "client_body_timeout", "send_timeout", "lingering_time"):
+        assert int(d[timeout][0].rstrip("s")) <= 20, timeout
+    assert d["proxy_request_buffering"] == ["on"] and d["proxy_buffering"] == ["on"]
+    assert d["access_log"] == ["off"]  # hook URLs carry tokens
+    text = (ROOT / "deploy" / "nginx.conf").read_text()
+    assert "# server {" in text and "listen 443 ssl" in text and "ssl_certificate" in text  # TLS, ready to enable
+
+
+def test_nginx_accepts_the_shipped_config(tmp_path):
+    """`nginx -t` accepts deploy/nginx.conf (the compose host name `web` swapped for one that resolves here)."""
+    if not os.path.exists("/usr/sbin/nginx"):
+        if os.environ.get("CI"):
+            pytest.fail("/usr/sbin/nginx is required on CI (apt-get install -y nginx-light)")
+        pytest.skip("/usr/sbin/nginx not installed (apt-get install nginx-light)")
+    conf = tmp_path / "nginx.conf"
+    conf.write_text((ROOT / "deploy" / "nginx.conf").read_text().replace("server web:", "server 127.0.0.1:")
+                    .replace("listen 80;", "listen 127.0.0.1:1;"))
+    result = subprocess.run(["/usr/sbin/nginx", "-t", "-p", str(tmp_path), "-c", str(conf), "-e", "stderr",
+                             "-g", f"pid {tmp_path / 'nginx.pid'};"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

@@ -9,6 +9,7 @@ import click
 from service import accounts, engine
 from service.cli.base import fail_on_domain_errors, main, open_runtime
 from service.store import queries
+from service.web.receiver import TOKEN_CACHE_SECONDS
 
 
 # --- accounts ----------------------------------------------------------------------------------------
@@ -25,16 +26,18 @@ def accounts_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @fail_on_domain_errors
 def accounts_add(account_id: str, name: str, tz: str, as_json: bool) -> None:
-    """Add an account and print its hook URL (the token is shown only now)."""
+    """Add an account and print its VirtualPBX hook URL and its CRM hook URL (two different tokens)."""
     rt = open_runtime()
     with rt.sessions.begin() as session:
         created = accounts.add_account(session, account_id, name=name, timezone=tz, box=rt.box)
     url = accounts.hook_url(rt.settings.public_url, created.token)
+    crm_url = accounts.hook_url(rt.settings.public_url, created.crm_token, "crm")
     if as_json:
         click.echo(json.dumps({"account_id": account_id, "name": name, "timezone": tz, "hook_url": url,
-                               "crm_hook_url": accounts.hook_url(rt.settings.public_url, created.token, "crm")}))
+                               "crm_hook_url": crm_url}))
     else:
-        click.echo(f"account {account_id} ({name}) added.\nPoint its VirtualPBX webhooks at:\n  {url}")
+        click.echo(f"account {account_id} ({name}) added.\nPoint its VirtualPBX webhooks at:\n  {url}\n"
+                   f"and its CRM's webhooks (the rules file's crm: section) at:\n  {crm_url}")
 
 
 @accounts_group.command("list")
@@ -96,13 +99,27 @@ def accounts_unlink(account_id: str, sub_account_id: str) -> None:
         removed = accounts.unlink_sub_account(session, account_id, sub_account_id)
     click.echo(f"unlinked {sub_account_id} from {account_id}" if removed else "there was no such link")
 @click.argument("account_id")
+@click.option("--crm", "crm", is_flag=True, help="Rotate the CRM hook's token instead of the VirtualPBX one.")
 @fail_on_domain_errors
-def accounts_rotate(account_id: str) -> None:
-    """Issue a new hook URL for an account (the old one stops working)."""
+def accounts_rotate(account_id: str, crm: bool) -> None:
+    """Issue a new VirtualPBX hook URL (or, with --crm, CRM hook URL); the old one stops working at once."""
+    kind = "crm" if crm else "virtualpbx"
     rt = open_runtime()
+    try:  # receivers cache tokens under an epoch in Redis: without it, the old token could outlive the command
+        rt.redis.ping()
+    except Exception as exc:
+        raise click.ClickException(f"Redis does not answer ({type(exc).__name__}): nothing rotated; running "
+                                   "receivers could keep accepting the old token; try again when it does") from None
     with rt.sessions.begin() as session:
-        token = accounts.rotate_token(session, account_id, box=rt.box)
-    click.echo(accounts.hook_url(rt.settings.public_url, token))
+        token = accounts.rotate_token(session, account_id, box=rt.box, kind=kind)
+    try:
+        accounts.revoke_cached_tokens(rt.redis, rt.settings.namespace)
+    except Exception as exc:
+        click.echo(f"warning: rotated, but Redis failed ({type(exc).__name__}): receivers may accept the old "
+                   f"token for up to {TOKEN_CACHE_SECONDS:.0f} more seconds", err=True)
+    click.echo(accounts.hook_url(rt.settings.public_url, token, kind))
+    if not crm:
+        click.echo(f"re-register it with VirtualPBX: pbxrelay accounts connect {account_id}", err=True)
 
 
 @accounts_group.command("export")

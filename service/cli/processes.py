@@ -27,6 +27,7 @@ def web(host: str, port: int) -> None:
     from gunicorn.app.base import BaseApplication
 
     from service.web import create_app
+    from service.web.server import worker_class
 
     settings = load_settings()
     open_runtime()
@@ -36,12 +37,19 @@ def web(host: str, port: int) -> None:
             self.cfg.set("bind", f"{host}:{port}")
             self.cfg.set("workers", settings.web_workers)
             self.cfg.set("threads", settings.web_threads)
-            self.cfg.set("worker_class", "gthread")
-            self.cfg.set("timeout", 30)
-            self.cfg.set("accesslog", None)
-            # Kazoo's GET deliveries carry the whole payload in the query string (missed_call: ~5 KB);
-            # the receiver enforces max_body_bytes on it instead of gunicorn's 4 KB request-line cap.
+            # gthread whose threads get only complete requests; it also enforces the 16 KB request line
+            # (Kazoo's missed_call GET is ~5 KB, over gunicorn's 4 KB default, and gunicorn's own cap
+            # stops at 8 KB), the 32 KB head, and the head and body timeouts (service/web/server.py).
+            self.cfg.set("worker_class", worker_class(settings.max_body_bytes))
             self.cfg.set("limit_request_line", 0)
+            self.cfg.set("limit_request_fields", 100)
+            self.cfg.set("limit_request_field_size", 8190)
+            # Connections a worker holds at once (each buffers at most a head and one body).
+            self.cfg.set("worker_connections", 200)
+            self.cfg.set("timeout", 30)
+            self.cfg.set("graceful_timeout", 30)
+            self.cfg.set("keepalive", 5)
+            self.cfg.set("accesslog", None)
 
         def load(self):
             return create_app(settings)

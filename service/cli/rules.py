@@ -6,10 +6,12 @@ import json
 from pathlib import Path
 
 import click
+import sqlalchemy as sa
 
 from service import accounts, engine
 from service.pbx.payloads import MalformedPayload, parse_delivery
 from service.cli.base import fail_on_domain_errors, main, open_runtime
+from service.store.models import Account
 
 
 # --- rules -------------------------------------------------------------------------------------------
@@ -29,9 +31,21 @@ def rules_apply(file: Path, account_id: str | None) -> None:
     """Validate and apply a rules file atomically (all or nothing), as operator-supplied rules."""
     rt = open_runtime()
     with rt.sessions.begin() as session:
+        # Accounts older than 0003r get their CRM token on the first apply with a crm: section; say its URL then.
+        had_crm_token = set(session.scalars(sa.select(Account.id).where(Account.crm_token_hash.is_not(None))))
         ruleset = accounts.apply_rules_file(session, file, registry=rt.registry, box=rt.box, account_id=account_id,
                                             allow_private_urls=rt.settings.allow_private_urls)
+        account = session.get(Account, ruleset.account_id)
         click.echo(f"applied {file} to account {ruleset.account_id} (version {ruleset.version})")
+        if account.crm_unsigned:
+            click.echo("warning: crm.signing is none: anyone who learns the CRM hook URL can post CRM events "
+                       "(and so send texts); prefer crm.signing_secret", err=True)
+        elif account.crm_token_hash is not None and account.crm_secret_encrypted is None:
+            click.echo("warning: the CRM hook refuses every request (401): the crm section sets neither "
+                       "signing_secret nor signing: none", err=True)
+        if account.crm_token_hash is not None and account.id not in had_crm_token:
+            crm_url = accounts.hook_url(rt.settings.public_url, accounts.hook_token(account, rt.box, "crm"), "crm")
+            click.echo(f"the account's CRM hook URL (new): {crm_url}")
 
 
 @rules_group.command("export")

@@ -19,7 +19,9 @@ One YAML file per account::
       event_id: id                           # dotted path to the CRM's event id (de-duplication); else a hash
       fields: {phone: contact.phone, first_name: contact.first_name}   # template variable -> dotted path
       opt_out: contact.sms_opt_out           # truthy -> the `phone` field's number joins the opt-out list
-      signing_secret: env:ACME_CRM_SECRET    # optional Standard Webhooks secret (whsec_...): HMAC required
+      signing_secret: env:ACME_CRM_SECRET    # Standard Webhooks secret (whsec_...): HMAC required; or
+      # signing: none                        # accept unsigned CRM hooks (token only); without one of the
+                                             # two, the CRM hook refuses every request (401)
     rules:
       - name: missed calls to the front desk # unique within the file
         enabled: true                        # optional, default true
@@ -68,13 +70,13 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Callable, Iterator, Mapping, get_args
+from typing import Annotated, Any, Callable, Iterator, Literal, Mapping, get_args
 from zoneinfo import ZoneInfo
 
 import phonenumbers
 import yaml
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, SecretBytes, SecretStr,
-                      ValidationError, field_validator)
+                      ValidationError, field_validator, model_validator)
 from pydantic.fields import FieldInfo
 
 from integrations.base import Integration
@@ -353,6 +355,14 @@ class CrmSpec(_StrictModel):
     opt_out: str | None = Field(default=None, pattern=_FIELD_PATH.pattern)
     phone_field: str = "phone"
     signing_secret: str | None = None
+    # Unsigned CRM hooks are refused unless the file opts in with exactly `signing: none`.
+    signing: Literal["none"] | None = None
+
+    @model_validator(mode="after")
+    def _one_signing_choice(self) -> "CrmSpec":
+        if self.signing == "none" and self.signing_secret is not None:
+            raise ValueError("set either signing_secret or signing: none, not both")
+        return self
 
 
 class RulesFile(_StrictModel):

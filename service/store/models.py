@@ -37,8 +37,14 @@ class Account(Base):
     hook_token_hash: Mapped[str] = mapped_column(sa.String(64), unique=True, index=True)
     # The token itself, encrypted, so `accounts connect` can register the hook URL with VirtualPBX.
     hook_token_encrypted: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
-    # Standard Webhooks signing secret of the account's CRM hook, encrypted; None = token only.
+    # The CRM hook's own token (a different secret from the VirtualPBX one), hashed and encrypted like it;
+    # None for accounts created before 0003r until `rotate-token --crm` or a rules file with `crm:` makes one.
+    crm_token_hash: Mapped[str | None] = mapped_column(sa.String(64), unique=True, index=True, nullable=True)
+    crm_token_encrypted: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
+    # Standard Webhooks signing secret of the account's CRM hook, encrypted; None = unsigned.
     crm_secret_encrypted: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
+    # The rules file said `crm: {signing: none}`: unsigned CRM hooks are accepted (refused otherwise).
+    crm_unsigned: Mapped[bool] = mapped_column(sa.Boolean, default=False, server_default=sa.false())
     # Until when CDRs were reconciled against received hooks.
     reconciled_until: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True), nullable=True)
     created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)

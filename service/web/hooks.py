@@ -2,7 +2,7 @@
 
 Kazoo never retries a non-200 and disables a hook after more than 6 failures in 60 s, so every
 authenticated request that fits gets exactly 200; only an unknown token (404), an oversized body
-(413), a bad CRM signature (401) or a full spool with Redis away (503) get anything else.
+(413), a bad or missing CRM signature (401) or a full spool with Redis away (503) get anything else.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import time
 from flask import Blueprint, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from service.web.receiver import current_receiver, make_envelope
+from service.web.receiver import current_receiver, make_envelope, read_body
 from service.web.signing import SignatureError, verify
 from service.web.spool import SpoolFull
 
@@ -29,7 +29,7 @@ def virtualpbx_hook(token: str):
 
 @blueprint.post("/hooks/crm/<token>")
 def crm_hook(token: str):
-    """CRM webhooks (JSON or form), optionally signed with Standard Webhooks headers."""
+    """CRM webhooks (JSON or form), signed with Standard Webhooks headers unless the rules say signing: none."""
     return _receive("crm", token)
 
 
@@ -47,16 +47,15 @@ def _receive(kind: str, token: str):
     """Authenticate, size-check, verify a CRM signature, then queue or spool the raw request."""
     receiver = current_receiver()
     started = time.perf_counter()
-    found = receiver.account_for(token)
+    found = receiver.account_for(kind, token)
     if found is None:
         receiver.rejected.labels("unknown_token").inc()
         return jsonify(error="unknown hook token"), 404
-    account_id, crm_secret = found
-    try:
-        if len(request.query_string) > receiver.settings.max_body_bytes:
-            raise RequestEntityTooLarge()
-        body = request.get_data(cache=False)
-    except RequestEntityTooLarge:
+    account_id = found.account_id
+    crm_secret = (receiver.runtime.box.decrypt(found.crm_secret_encrypted)["secret"]
+                  if kind == "crm" and found.crm_secret_encrypted else None)
+    body = read_body(request.environ, receiver.settings.max_body_bytes)
+    if body is None or len(request.query_string) > receiver.settings.max_body_bytes:
         receiver.rejected.labels("too_large").inc()
         return _too_large()
     if kind == "crm" and crm_secret:
@@ -65,6 +64,10 @@ def _receive(kind: str, token: str):
         except SignatureError as exc:
             receiver.rejected.labels("bad_signature").inc()
             return jsonify(error=f"signature check failed: {exc}"), 401
+    elif kind == "crm" and not found.crm_unsigned:
+        receiver.rejected.labels("unsigned").inc()
+        return jsonify(error="unsigned CRM hooks are refused: set crm.signing_secret in the account's rules "
+                             "file (or crm.signing: none to accept them unsigned)"), 401
     headers = {name.lower(): request.headers[name][:200]
                for name in ("X-Hook-ID", "X-Account-ID", "webhook-id") if name in request.headers}
     envelope = make_envelope(source=kind, account_id=account_id, method=request.method,

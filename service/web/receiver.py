@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import threading
 import time
 from datetime import datetime, timezone
 from typing import Any
@@ -25,7 +24,11 @@ from service.runtime import Runtime
 from service.web.spool import Spool
 
 log = logging.getLogger(__name__)
-TOKEN_CACHE_SECONDS = 30.0
+# A cached VirtualPBX hook token is served only while the Redis token epoch it was read under is current
+# (a rotation changes it at once); this age limit is only the backstop should that change ever be missed.
+TOKEN_CACHE_SECONDS = 5.0
+# After Redis failed to answer, how long requests skip the epoch check (and the cache) for the database.
+REDIS_RETRY_SECONDS = 1.0
 
 
 class Receiver:
@@ -37,9 +40,11 @@ class Receiver:
         self.registry = registry  # this web process's metrics (served by /metrics)
         # Fails at once when Redis is away (the spool takes over); one producer per request thread.
         self.queue = TaskQueue(settings, fail_fast=True)
+        self.engine = runtime.sessions.kw["bind"]
+        self.redis = runtime.redis
+        self._tokens: dict[str, tuple[str, str, float]] = {}  # token -> (account id, epoch, expiry)
+        self._redis_down_until = 0.0
         self.spool = Spool(private_dir(settings.var_dir) / "spool", max_events=settings.spool_max_events)
-        self._tokens: dict[str, tuple[str, str | None, float]] = {}
-        self._lock = threading.Lock()
         self.received = Counter("pbxrelay_hooks_received", "Authenticated hook deliveries", ["kind", "result"],
                                 registry=registry)
         self.rejected = Counter("pbxrelay_hooks_rejected", "Rejected hook requests", ["reason"], registry=registry)
@@ -47,24 +52,38 @@ class Receiver:
         self.latency = Histogram("pbxrelay_hook_seconds", "Time to accept a hook", registry=registry,
                                  buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1))
 
-    def account_for(self, token: str) -> tuple[str, str | None] | None:
-        """(account id, CRM signing secret or None) for ``token``, from a short-lived cache or the database."""
+    def account_for(self, kind: str, token: str) -> accounts.HookAccount | None:
+        """The account whose ``kind`` endpoint ``token`` opens, or None.
+
+        VirtualPBX tokens (the hot path) are cached per process, each entry valid only while the token
+        epoch in Redis is the one read before its database lookup: `rotate-token` commits, then changes
+        the epoch, so no process serves a revoked token after the command returns (a lookup that raced
+        the rotation cached under the old epoch). CRM tokens, rarer and carrying signing settings that
+        `rules apply` changes, are read from the database every time.
+        """
+        epoch = self._token_epoch() if kind == "virtualpbx" else None
         now = time.monotonic()
-        cached = self._tokens.get(token)
-        if cached and cached[2] > now:
-            return cached[0], cached[1]
-        with self.runtime.sessions() as session:
-            account = accounts.account_for_token(session, token)
-            if account is None:
-                return None
-            secret = (self.runtime.box.decrypt(account.crm_secret_encrypted)["secret"]
-                      if account.crm_secret_encrypted else None)
-            account_id = account.id
-        with self._lock:
+        if epoch is not None:
+            cached = self._tokens.get(token)
+            if cached and cached[1] == epoch and cached[2] > now:
+                return accounts.HookAccount(cached[0], None, False)
+        with self.engine.connect() as connection:
+            found = accounts.hook_account(connection, token, kind)
+        if found is not None and epoch is not None:
             if len(self._tokens) > 10_000:
                 self._tokens.clear()
-            self._tokens[token] = (account_id, secret, now + TOKEN_CACHE_SECONDS)
-        return account_id, secret
+            self._tokens[token] = (found.account_id, epoch, now + TOKEN_CACHE_SECONDS)
+        return found
+
+    def _token_epoch(self) -> str | None:
+        """The current token epoch ("" when never set), or None when Redis does not answer (no caching then)."""
+        if time.monotonic() < self._redis_down_until:
+            return None
+        try:
+            return self.redis.get(accounts.token_epoch_key(self.settings.namespace)) or ""
+        except Exception:  # redis-py raises several types for "Redis is away"
+            self._redis_down_until = time.monotonic() + REDIS_RETRY_SECONDS
+            return None
 
     def publish(self, envelope: dict[str, Any]) -> None:
         """Put one envelope on the ingest queue (raises when Redis is unreachable)."""
@@ -94,6 +113,33 @@ class Receiver:
             except Exception as exc:
                 log.debug("spool drain postponed: %s", type(exc).__name__)
             self.spooled.set(self.spool.depth())
+
+
+def read_body(environ: dict[str, Any], limit: int) -> bytes | None:
+    """The request body, or None when it is longer than ``limit`` however it is framed.
+
+    Werkzeug's MAX_CONTENT_LENGTH stops a chunked body (no Content-Length) silently at the limit, so a
+    cut body would be accepted: read one byte past the limit from the server's own de-chunking stream.
+    """
+    declared = environ.get("CONTENT_LENGTH")
+    if declared:
+        try:
+            length = int(declared)
+        except ValueError:
+            return None  # gunicorn refuses a malformed Content-Length first; nothing else reaches here
+        if length > limit:
+            return None
+    elif not environ.get("wsgi.input_terminated"):
+        return b""  # no length and a stream that may not end: WSGI says there is no body
+    stream = environ["wsgi.input"]
+    chunks, size = [], 0
+    while size <= limit:
+        chunk = stream.read(min(65536, limit + 1 - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return None if size > limit else b"".join(chunks)
 
 
 def make_envelope(*, source: str, account_id: str, method: str, content_type: str, query_string: str,

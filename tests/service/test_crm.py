@@ -120,3 +120,31 @@ def test_stop_and_start_replies_maintain_the_opt_out_list(database_url):
         assert crm.apply_sms_reply(session, "acc", reply("START"), "US") == "opted_in"
         assert not crm.is_opted_out(session, "acc", "+15551234567")
     sessions.kw["bind"].dispose()
+
+
+@pytest.mark.parametrize("word", ["STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT"])
+def test_every_carrier_stop_word_opts_out(database_url, word):
+    """The carriers' STOP keywords, in any case and with spaces around, put the sender on the list."""
+    migrate(database_url)
+    sessions = session_factory(database_url)
+    with sessions.begin() as session:
+        assert crm.apply_sms_reply(session, "acc", {"from": "+15551234567", "body": f" {word.lower()} "},
+                                   "US") == "opted_out"
+        assert crm.is_opted_out(session, "acc", "+15551234567")
+    sessions.kw["bind"].dispose()
+
+
+def test_only_start_and_unstop_opt_back_in_never_yes(database_url):
+    """YES (an everyday answer) and OPTIN leave an opted-out number opted out; START and UNSTOP re-opt in."""
+    migrate(database_url)
+    sessions = session_factory(database_url)
+    reply = lambda body: {"from": "+15551234567", "body": body}  # noqa: E731
+    with sessions.begin() as session:
+        for word in ("START", "UNSTOP"):
+            assert crm.apply_sms_reply(session, "acc", reply("STOP"), "US") == "opted_out"
+            for not_consent in ("YES", "yes", "OPTIN", "Y"):
+                assert crm.apply_sms_reply(session, "acc", reply(not_consent), "US") is None
+                assert crm.is_opted_out(session, "acc", "+15551234567"), not_consent
+            assert crm.apply_sms_reply(session, "acc", reply(word.lower()), "US") == "opted_in"
+            assert not crm.is_opted_out(session, "acc", "+15551234567")
+    sessions.kw["bind"].dispose()

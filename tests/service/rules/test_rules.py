@@ -665,3 +665,17 @@ def test_event_values_are_escaped_for_the_integration_but_rule_text_is_not():
     escaped = render_action(planned, event, account, escape=SlackIntegration.template_escape)
     assert escaped["text"] == "<@U123> call from &lt;!channel&gt; &amp; co & +15551230000"
     assert render_action(planned, event, account)["text"] == "<@U123> call from <!channel> & co & +15551230000"
+
+
+@pytest.mark.parametrize("crm, message", [
+    ({"signing": "off"}, "crm.signing"),
+    ({"signing": "none", "signing_secret": "whsec_x"}, "either signing_secret or signing: none"),
+], ids=["unknown-value", "both"])
+def test_crm_signing_is_none_or_a_secret_never_both(crm, message):
+    """`signing` accepts only the explicit word none, and not together with a signing_secret."""
+    document = base_document()
+    document["crm"] = crm
+    with pytest.raises(RulesError, match=message):
+        load_document(document)
+    document["crm"] = {"signing": "none"}
+    assert load_document(document).crm.signing == "none"

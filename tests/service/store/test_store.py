@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import sqlalchemy as sa
 from cryptography.fernet import Fernet
@@ -12,6 +14,12 @@ from service.store.models import Connection, StoredEvent, migrate, session_facto
 
 ACCOUNT = "91eb05e5c68d7ca05e7618b6821d2d16"
 BOX = SecretBox([Fernet.generate_key().decode()])
+
+
+def opened(session, token: str, kind: str = "virtualpbx") -> str | None:
+    """The id of the account ``token`` opens on the ``kind`` endpoint, as the receiver looks it up."""
+    found = accounts.hook_account(session.connection(), token, kind)
+    return found.account_id if found else None
 
 
 @pytest.fixture
@@ -59,9 +67,9 @@ def test_add_account_and_find_it_by_token(sessions):
         created = accounts.add_account(session, ACCOUNT, name="Acme Dental", timezone="America/New_York", box=BOX)
     assert len(created.token) >= 32  # 24 random bytes, base64url: 192 bits
     with sessions() as session:
-        assert accounts.account_for_token(session, created.token).id == ACCOUNT
-        assert accounts.account_for_token(session, created.token + "x") is None
-        assert accounts.account_for_token(session, "") is None
+        assert opened(session, created.token) == ACCOUNT
+        assert opened(session, created.token + "x") is None
+        assert opened(session, "") is None
         stored = session.execute(sa.text("SELECT hook_token_hash FROM accounts")).scalar_one()
     assert created.token not in stored
 
@@ -93,8 +101,63 @@ def test_rotate_token_invalidates_the_old_url(sessions):
     with sessions.begin() as session:
         new = accounts.rotate_token(session, ACCOUNT, box=BOX)
     with sessions() as session:
-        assert accounts.account_for_token(session, old) is None
-        assert accounts.account_for_token(session, new).id == ACCOUNT
+        assert opened(session, old) is None
+        assert opened(session, new) == ACCOUNT
+
+
+def test_the_crm_token_is_a_different_secret_for_the_other_endpoint_only(sessions):
+    """Each endpoint's token finds the account on that endpoint alone; rotating one keeps the other."""
+    with sessions.begin() as session:
+        created = accounts.add_account(session, ACCOUNT, name="A", box=BOX)
+    assert created.crm_token != created.token and len(created.crm_token) >= 32
+    with sessions() as session:
+        assert opened(session, created.crm_token, "crm") == ACCOUNT
+        assert opened(session, created.crm_token, "virtualpbx") is None
+        assert opened(session, created.token, "crm") is None
+        row = session.execute(sa.text("SELECT hook_token_hash, crm_token_hash, crm_token_encrypted FROM accounts")).one()
+    assert created.crm_token not in "".join(row)
+    with sessions.begin() as session:
+        new_crm = accounts.rotate_token(session, ACCOUNT, box=BOX, kind="crm")
+    with sessions() as session:
+        assert opened(session, created.crm_token, "crm") is None
+        assert opened(session, new_crm, "crm") == ACCOUNT
+        assert opened(session, created.token) == ACCOUNT  # the Kazoo URL is untouched
+        assert accounts.hook_token(session.get(accounts.Account, ACCOUNT), BOX, "crm") == new_crm
+    with sessions.begin() as session, pytest.raises(accounts.AccountError, match="unknown hook kind 'sms'"):
+        accounts.rotate_token(session, ACCOUNT, box=BOX, kind="sms")
+
+
+def test_migration_0003r_keeps_existing_accounts_and_gives_them_no_shared_crm_token(database_url):
+    """An account stored at 0002 survives 0003r with its hook token; its old token does not open the CRM hook,
+    and its first CRM token comes from rotate-token --crm (or applying rules with crm:)."""
+    from alembic import command
+    from alembic.config import Config
+
+    from service.store.models import hash_token
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(accounts.__file__).parent / "store" / "migrations"))
+    cfg.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
+    command.upgrade(cfg, "0002")
+    engine = sa.create_engine(database_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO accounts (id, name, timezone, hook_token_hash, created_at) "
+                             "VALUES (:id, 'Old', 'UTC', :h, CURRENT_TIMESTAMP)"), {"id": ACCOUNT, "h": hash_token("old-token")})
+    engine.dispose()
+    migrate(database_url)
+    sessions = session_factory(database_url)
+    with sessions.begin() as session:
+        assert opened(session, "old-token") == ACCOUNT
+        assert opened(session, "old-token", "crm") is None
+        account = session.get(accounts.Account, ACCOUNT)
+        assert account.crm_token_hash is None and account.crm_unsigned is False
+        with pytest.raises(accounts.AccountError, match="rotate-token 91eb05e5c68d7ca05e7618b6821d2d16 --crm"):
+            accounts.hook_token(account, BOX, "crm")
+        first = accounts.ensure_crm_token(account, BOX)
+        assert first and accounts.ensure_crm_token(account, BOX) is None  # issued once, then kept
+    with sessions() as session:
+        assert opened(session, first, "crm") == ACCOUNT
+    sessions.kw["bind"].dispose()
 
 
 def test_credentials_are_encrypted_at_rest_and_keys_rotate(sessions):

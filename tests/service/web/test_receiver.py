@@ -146,3 +146,92 @@ def test_voicemail_links_refuse_forged_tokens_and_accounts_without_virtualpbx(re
     link = media.voicemail_link(Runtime(settings), ACCOUNT, "box1", "msg1")
     response = client.get(link.removeprefix(settings.public_url))
     assert (response.status_code, response.get_json()) == (404, {"error": "the account has no virtualpbx connection"})
+
+
+def test_each_token_opens_only_its_own_endpoint(tmp_path, redis_url, namespace, redis_client):
+    """The CRM token gets 404 on the Kazoo URL and the Kazoo token 404 on the CRM URL; nothing is queued."""
+    settings = make_settings(tmp_path, redis_url, namespace)
+    migrate(settings.effective_database_url)
+    with session_factory(settings.effective_database_url).begin() as session:
+        created = accounts.add_account(session, ACCOUNT, name="Acme", box=secret_box(settings))
+    client = create_app(settings, start_drainer=False).test_client()
+    assert client.post(f"/hooks/virtualpbx/{created.crm_token}", json={"hook_event": "sms"}).status_code == 404
+    assert client.get(f"/hooks/virtualpbx/{created.crm_token}?hook_event=sms&body=STOP").status_code == 404
+    assert client.post(f"/hooks/crm/{created.token}", json={"id": "1"}).status_code == 404
+    assert queued(redis_client, namespace) == []
+    assert client.post(f"/hooks/virtualpbx/{created.token}", json={"hook_event": "sms"}).status_code == 200
+
+
+def _apply_crm(settings: Settings, tmp_path: Path, crm: str) -> None:
+    """Apply a rules file whose crm section is ``crm`` (YAML flow mapping)."""
+    from service.runtime import Runtime
+
+    rt = Runtime(settings)
+    path = tmp_path / "rules.yaml"
+    path.write_text(f"account: {{id: {ACCOUNT}, name: Acme, timezone: UTC}}\ncrm: {crm}\n")
+    with rt.sessions.begin() as session:
+        accounts.apply_rules_file(session, path, registry=rt.registry, box=rt.box)
+
+
+def test_unsigned_crm_hooks_are_refused_unless_the_rules_say_signing_none(tmp_path, redis_url, namespace,
+                                                                          redis_client):
+    """No rules, or a crm section without a secret: 401 with the reason; `signing: none` opts in explicitly."""
+    settings = make_settings(tmp_path, redis_url, namespace)
+    migrate(settings.effective_database_url)
+    with session_factory(settings.effective_database_url).begin() as session:
+        crm_token = accounts.add_account(session, ACCOUNT, name="Acme", box=secret_box(settings)).crm_token
+    client = create_app(settings, start_drainer=False).test_client()
+    url = f"/hooks/crm/{crm_token}"
+    refused = client.post(url, json={"id": "1"})
+    assert refused.status_code == 401 and "crm.signing_secret" in refused.json["error"]
+    _apply_crm(settings, tmp_path, "{event_id: id}")
+    assert client.post(url, json={"id": "2"}).status_code == 401
+    assert queued(redis_client, namespace) == []
+    _apply_crm(settings, tmp_path, "{event_id: id, signing: none}")
+    assert client.post(url, json={"id": "3"}).status_code == 200
+    (envelope,) = queued(redis_client, namespace)
+    assert envelope["source"] == "crm" and envelope["body"] == '{"id": "3"}'
+
+
+def test_rotation_takes_effect_at_once_on_every_web_process(tmp_path, redis_url, namespace, redis_client):
+    """Two receivers sharing the database and Redis: a rotated token is 404 on both on the very next request,
+    though both had it in their token cache."""
+    settings = make_settings(tmp_path, redis_url, namespace)
+    migrate(settings.effective_database_url)
+    with session_factory(settings.effective_database_url).begin() as session:
+        created = accounts.add_account(session, ACCOUNT, name="Acme", box=secret_box(settings))
+    _apply_crm(settings, tmp_path, "{signing: none}")
+    webs = [create_app(settings, start_drainer=False).test_client() for _ in range(2)]
+    for web in webs:  # both have served the current tokens, so both hold the Kazoo one in their cache
+        assert web.post(f"/hooks/virtualpbx/{created.token}", json={}).status_code == 200
+        assert web.post(f"/hooks/crm/{created.crm_token}", json={}).status_code == 200
+        assert created.token in web.application.extensions["pbxrelay.receiver"]._tokens
+    with session_factory(settings.effective_database_url).begin() as session:
+        new_hook = accounts.rotate_token(session, ACCOUNT, box=secret_box(settings))
+        new_crm = accounts.rotate_token(session, ACCOUNT, box=secret_box(settings), kind="crm")
+    accounts.revoke_cached_tokens(redis_client, namespace)  # what `rotate-token` does after its commit
+    for web in webs:
+        assert web.post(f"/hooks/virtualpbx/{created.token}", json={}).status_code == 404
+        assert web.post(f"/hooks/crm/{created.crm_token}", json={}).status_code == 404
+        assert web.post(f"/hooks/virtualpbx/{new_hook}", json={}).status_code == 200
+        assert web.post(f"/hooks/crm/{new_crm}", json={}).status_code == 200
+
+
+def test_a_chunked_body_over_the_limit_is_413_not_cut(receiver, redis_client, namespace):
+    """A body without Content-Length (chunked, de-chunked by the server) over max_body_bytes gets 413."""
+    import io
+
+    client, token, settings = receiver
+    url = f"/hooks/virtualpbx/{token}"
+    terminated = {"wsgi.input_terminated": True}
+    over = b'{"hook_event": "channel_create", "x": "' + b"x" * settings.max_body_bytes + b'"}'
+    response = client.post(url, input_stream=io.BytesIO(over), content_type="application/json",
+                           environ_overrides=terminated)
+    assert response.status_code == 413
+    assert queued(redis_client, namespace) == []
+    exact = b"y" * settings.max_body_bytes
+    assert client.post(url, input_stream=io.BytesIO(exact), content_type="application/octet-stream",
+                       environ_overrides=terminated).status_code == 200
+    from service.engine import envelope_body
+
+    assert [envelope_body(e) for e in queued(redis_client, namespace)] == [exact]
