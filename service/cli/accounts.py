@@ -98,6 +98,9 @@ def accounts_unlink(account_id: str, sub_account_id: str) -> None:
     with rt.sessions.begin() as session:
         removed = accounts.unlink_sub_account(session, account_id, sub_account_id)
     click.echo(f"unlinked {sub_account_id} from {account_id}" if removed else "there was no such link")
+
+
+@accounts_group.command("rotate-token")
 @click.argument("account_id")
 @click.option("--crm", "crm", is_flag=True, help="Rotate the CRM hook's token instead of the VirtualPBX one.")
 @fail_on_domain_errors
