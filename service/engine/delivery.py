@@ -22,7 +22,7 @@ from service.pbx import media
 from service.runtime import Runtime
 from service.store.models import (Account, AuditEntry, Connection, Delivery, StoredEvent, utcnow)
 from service.engine.ingest import store_event
-from service.engine.planning import ruleset_of
+from service.engine.planning import render_params, ruleset_of
 
 log = logging.getLogger(__name__)
 
@@ -89,14 +89,28 @@ def execute_delivery(rt: Runtime, delivery_id: int) -> str:
             return "paused"
         stored = session.scalars(sa.select(StoredEvent).where(StoredEvent.account_id == delivery.account_id,
                                                               StoredEvent.key == delivery.event_key)).first()
+        # The account's rules as stored now (never what this process happened to plan with).
+        ruleset = ruleset_of(session, rt, delivery.account_id)
+        event = (Event(type=stored.type, account_id=stored.account_id, key=stored.key,
+                       occurred_at=aware(stored.occurred_at), data=stored.data) if stored else None)
         job = _Job(delivery_id=delivery.id, account_id=delivery.account_id, integration=delivery.integration,
                    action=delivery.action, connection=delivery.connection, params=dict(delivery.params or {}),
                    attempt=delivery.attempts, created_at=aware(delivery.created_at),
-                   timezone=account.timezone if account else "UTC", region=_region(session, rt, delivery.account_id),
-                   config=rt.box.decrypt(connection.config_encrypted) if connection else None,
-                   event=(Event(type=stored.type, account_id=stored.account_id, key=stored.key,
-                                occurred_at=aware(stored.occurred_at), data=stored.data) if stored else None))
+                   timezone=account.timezone if account else "UTC",
+                   region=ruleset.account.region if ruleset else "US",
+                   config=rt.box.decrypt(connection.config_encrypted) if connection else None, event=event)
+        account_spec = ruleset.account if ruleset else None
 
+    if not delivery.rendered:  # (loaded above; the session kept it without expiring)
+        # Outside the claiming transaction: a template may take its whole time budget, and must not hold
+        # a database lock meanwhile. Every attempt renders again (same event, same templates, same text).
+        try:
+            if job.event is None or account_spec is None:
+                raise PermanentError("cannot render the action: its event or the account's rules are gone")
+            job.params = render_params(rt, delivery, job.event, account_spec)
+        except PermanentError as exc:  # TemplateError: a permanent failure of this action, in the delivery log
+            _record_failure(rt, job, exc, [])
+            raise
     secrets_seen: list[str] = []
     try:
         integration = _integration(rt, job)
@@ -135,12 +149,6 @@ class _Job:
     region: str
     config: dict[str, Any] | None
     event: Event | None
-
-
-def _region(session: Session, rt: Runtime, account_id: str) -> str:
-    """The account's phone-number region, from its stored rules (never from what this process happened to plan)."""
-    ruleset = ruleset_of(session, rt, account_id)
-    return ruleset.account.region if ruleset else "US"
 
 
 def follow_ups(exc: BaseException) -> list[int]:
@@ -234,7 +242,7 @@ def _plan_alert(session: Session, rt: Runtime, account_id: str, text: str, *, ex
     integration = ruleset.connections[target].integration
     delivery = Delivery(account_id=account_id, event_key=event.key, event_type=event.type, rule_name="(alert)",
                         action_index=0, connection=target, integration=integration, action="post_message",
-                        status="pending", params={"text": text})
+                        status="pending", params={"text": text}, rendered=True)
     session.add(delivery)
     session.flush()
     return [delivery.id]
