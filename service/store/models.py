@@ -97,8 +97,8 @@ class QuarantinedDelivery(Base):
 
     @property
     def body_text(self) -> str:
-        """The body for people: UTF-8, with undecodable bytes shown as backslash escapes."""
-        return self.body.decode("utf-8", "backslashreplace")
+        """The body for people: UTF-8, with NUL and undecodable bytes shown as backslash escapes."""
+        return self.body.decode("utf-8", "backslashreplace").replace("\x00", "\\x00")
 
 
 class Delivery(Base):
