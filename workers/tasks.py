@@ -139,7 +139,7 @@ def run_action(self, delivery_id: int) -> str:
     """Run one delivery; retry RetryableError after the computed delay; PermanentError is final."""
     rt = runtime()
     try:
-        return engine.execute_delivery(rt, delivery_id)
+        return engine.execute_delivery(rt, delivery_id, time_limit_errors=(SoftTimeLimitExceeded,))
     except RetryableError as exc:
         delay = engine.retry_delay(rt, self.request.retries + 1, exc.retry_after, code=exc.code)
         raise self.retry(countdown=delay, exc=exc, max_retries=None)

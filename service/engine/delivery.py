@@ -64,8 +64,13 @@ CIRCUIT_THRESHOLD = 3
 CIRCUIT_WINDOW_SECONDS = 600
 
 
-def execute_delivery(rt: Runtime, delivery_id: int) -> str:
-    """Run one planned action once; record the attempt; raise RetryableError/PermanentError on failure."""
+def execute_delivery(rt: Runtime, delivery_id: int,
+                     time_limit_errors: tuple[type[BaseException], ...] = ()) -> str:
+    """Run one planned action once; record the attempt; raise RetryableError/PermanentError on failure.
+
+    ``time_limit_errors`` are the caller's soft time limit (Celery's SoftTimeLimitExceeded, which the
+    engine cannot import): recorded as an attempt in doubt and retried, never mistaken for a bug.
+    """
     with rt.sessions.begin() as session:
         # One attempt may hold the delivery for its time limit plus a margin; after that a re-sent
         # copy of the task (its worker was killed mid-action) may take over.
@@ -101,24 +106,26 @@ def execute_delivery(rt: Runtime, delivery_id: int) -> str:
                    config=rt.box.decrypt(connection.config_encrypted) if connection else None, event=event)
         account_spec = ruleset.account if ruleset else None
 
-    if not delivery.rendered:  # (loaded above; the session kept it without expiring)
-        # Outside the claiming transaction: a template may take its whole time budget, and must not hold
-        # a database lock meanwhile. Every attempt renders again (same event, same templates, same text).
-        try:
-            if job.event is None or account_spec is None:
-                raise PermanentError("cannot render the action: its event or the account's rules are gone")
-            job.params = render_params(rt, delivery, job.event, account_spec)
-        except PermanentError as exc:  # TemplateError: a permanent failure of this action, in the delivery log
-            _record_failure(rt, job, exc, [])
-            raise
     secrets_seen: list[str] = []
     try:
+        if not delivery.rendered:  # (loaded above; the session kept it without expiring)
+            # Outside the claiming transaction: a template may take its whole time budget, and must not hold
+            # a database lock meanwhile. Every attempt renders again (same event, same templates, same text).
+            if job.event is None or account_spec is None:
+                raise PermanentError("cannot render the action: its event or the account's rules are gone")
+            job.params = render_params(rt, delivery, job.event, account_spec)  # TemplateError is permanent
         integration = _integration(rt, job)
         secrets_seen = integration.secrets()
         result = integration.run(job.action, job.params, _context(rt, job))
     except IntegrationError as exc:
         _record_failure(rt, job, exc, secrets_seen)
         raise
+    except time_limit_errors:
+        # The caller's soft time limit: the request may have reached the vendor, so the next attempt
+        # waits like any request in doubt, and its duplicate check sees a late effect.
+        wrapped = RetryableError("the attempt ran past its time limit", code="timeout")
+        _record_failure(rt, job, wrapped, secrets_seen)
+        raise wrapped from None
     except Exception as exc:  # an unmapped failure: keep the action (retry), never swallow it
         log.exception("delivery %s: unexpected %s", delivery_id, type(exc).__name__)
         wrapped = RetryableError(scrub(f"unexpected {type(exc).__name__}: {exc}", secrets_seen)[:1000])

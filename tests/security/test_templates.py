@@ -177,3 +177,29 @@ def test_the_clock_alone_stops_a_template_at_action_time(rt, slack, tmp_path):
     with rt.sessions() as session:
         row = session.get(Delivery, delivery_id)
         assert row.status == "failed" and "ran out of time" in row.last_error
+
+
+@pytest.mark.parametrize("where", ["render", "vendor-call"])
+def test_a_soft_time_limit_at_action_time_is_an_attempt_in_doubt_not_a_bug(rt, slack, monkeypatch, where):
+    """The worker's soft limit, while rendering or while the vendor is called, is recorded as a retry that
+    waits at least the action time limit (the request may have reached the vendor), never as success or loss."""
+    from integrations.base import RetryableError
+    from service.engine import delivery as delivery_mod
+
+    delivery_id = engine.ingest(rt, parking_envelope(VICTIM, "soft-limit-call")).deliveries[0]
+
+    def interrupted(*_args, **_kwargs):
+        raise FakeSoftTimeLimit()
+
+    if where == "render":
+        monkeypatch.setattr(delivery_mod, "render_params", interrupted)
+    else:
+        monkeypatch.setattr(rt.registry["slack"], "run", interrupted)
+    with pytest.raises(RetryableError) as caught:
+        engine.execute_delivery(rt, delivery_id, time_limit_errors=(FakeSoftTimeLimit,))
+    assert caught.value.code == "timeout"
+    assert engine.retry_delay(rt, 1, None, code=caught.value.code) >= rt.settings.action_timeout_seconds
+    with rt.sessions() as session:
+        row = session.get(Delivery, delivery_id)
+        assert row.status == "retrying" and "ran past its time limit" in row.last_error
+    assert slack.messages_in("CGOOD") == []
