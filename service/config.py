@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     # Hard time limit of one action attempt; a claim on a delivery lasts this plus 15 s, after which a
     # re-sent task (worker killed mid-action) may take the delivery over.
     action_timeout_seconds: int = Field(default=60, ge=5, le=3600)
+    # Hard time limit of one ingest run (one hook); its soft limit is half of it. A hook whose runs were
+    # killed (this limit, OOM, kill -9) 3 times is quarantined with that reason on its next run.
+    ingest_timeout_seconds: int = Field(default=60, ge=2, le=3600)
     # The scheduler re-enqueues an action whose task message vanished (kombu's Redis transport pops a message
     # before recording it as unacked, so a worker killed in between loses it): never attempted for this long,
     # retrying this long past the longest countdown, or claimed this long past its lease.

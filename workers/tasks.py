@@ -10,9 +10,9 @@ import requests
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_init
 from kombu.exceptions import OperationalError as BrokerError
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
-from integrations.base import PermanentError, RetryableError
+from integrations.base import PermanentError, RetryableError, scrub
 from service import engine, queue, tenant_data
 from service.config import get_settings
 from service.runtime import Runtime
@@ -53,22 +53,75 @@ def enqueue_actions(delivery_ids: list[int]) -> None:
         run_action.delay(delivery_id)
 
 
+# Runs of one hook that may end without a word (hard time limit, OOM, kill -9) before it is quarantined.
+MAX_KILLED_RUNS = 3
+RUN_COUNT_TTL_SECONDS = 7 * 24 * 3600
+
+
+def _run_key(rt: Runtime, task_id: str) -> str:
+    return f"{rt.settings.namespace}:ingest-runs:{task_id}"
+
+
+def start_run(rt: Runtime, task_id: str) -> int:
+    """Count one more start of this ingest task (by task id, which retries and worker-lost re-sends keep)."""
+    key = _run_key(rt, task_id)
+    with rt.redis.pipeline() as pipe:
+        runs, _ = pipe.incr(key).expire(key, RUN_COUNT_TTL_SECONDS).execute()
+    return int(runs)
+
+
+def end_run(rt: Runtime, task_id: str) -> None:
+    """This run ended on its own (done, retried or quarantined): it was not killed, so it does not count."""
+    rt.redis.delete(_run_key(rt, task_id))
+
+
+# The hard time limit kills the pool process; Celery would then acknowledge the message (its default for
+# timeouts) and the hook would be lost. acks_on_timeout=False requeues it; the run count ends the loop.
 @app.task(name=queue.INGEST, bind=True, max_retries=None, autoretry_for=INFRA_ERRORS,
-          retry_backoff=1, retry_backoff_max=60, retry_jitter=True, soft_time_limit=30, time_limit=60)
+          retry_backoff=1, retry_backoff_max=60, retry_jitter=True, acks_on_timeout=False)
 def ingest(self, envelope: dict) -> str:
-    """Ingest one received delivery, schedule its call's finalising and enqueue what it planned."""
+    """Ingest one received delivery, schedule its call's finalising and enqueue what it planned.
+
+    Every way out keeps the hook: stored, quarantined with the reason, or retried (infrastructure).
+    """
     rt = runtime()
+    task_id = self.request.id or "eager"
+    runs = start_run(rt, task_id)
+    if runs > MAX_KILLED_RUNS:
+        reason = f"processing was killed {runs - 1} times (time limit or crash)"
+        return _quarantine_or_retry(self, rt, task_id, envelope, reason)
     try:
-        outcome = engine.ingest(rt, envelope, rerun=is_rerun(self.request))
+        outcome = engine.ingest(rt, envelope, rerun=runs > 1 or is_rerun(self.request))
     except SoftTimeLimitExceeded:
-        # A pathological rule template can outrun any in-process guard; keep the event, don't loop on it.
-        engine.quarantine(rt, envelope, "processing exceeded the 30 s time limit (check the rules' templates)")
-        return "quarantined"
+        limit = rt.settings.ingest_timeout_seconds / 2
+        return _quarantine_or_retry(self, rt, task_id, envelope, f"processing exceeded the {limit:g} s time limit")
+    except INFRA_ERRORS:
+        end_run(rt, task_id)
+        raise  # autoretry_for: retried with backoff
+    except Exception as exc:  # a bug or a database refusal: keep the hook with the reason, never drop it
+        log.exception("ingest of a delivery for %s failed", envelope.get("account_id"))
+        return _quarantine_or_retry(self, rt, task_id, envelope,
+                                    f"processing failed: {type(exc).__name__}: {scrub(str(exc))}"[:2000])
     if outcome.finalize_call:
         finalize_call.apply_async((envelope["account_id"], outcome.finalize_call),
                                   countdown=rt.settings.call_settle_seconds)
     enqueue_actions(outcome.deliveries)
+    end_run(rt, task_id)
     return outcome.status
+
+
+def _quarantine_or_retry(task, rt: Runtime, task_id: str, envelope: dict, reason: str) -> str:
+    """Quarantine the envelope with ``reason``; a database or Redis error while doing so is retried, not dropped."""
+    try:
+        engine.quarantine(rt, envelope, reason)
+    except (SQLAlchemyError, redis.RedisError, BrokerError) as exc:
+        end_run(rt, task_id)
+        raise task.retry(countdown=engine.retry_delay(rt, task.request.retries + 1, None),
+                         exc=RetryableError(f"infrastructure while quarantining: {type(exc).__name__}"),
+                         max_retries=None)
+    log.warning("quarantined a delivery for %s: %s", envelope.get("account_id"), reason)
+    end_run(rt, task_id)
+    return "quarantined"
 
 
 @app.task(name=queue.FINALIZE_CALL, bind=True, max_retries=None, autoretry_for=INFRA_ERRORS,
@@ -86,7 +139,7 @@ def run_action(self, delivery_id: int) -> str:
     """Run one delivery; retry RetryableError after the computed delay; PermanentError is final."""
     rt = runtime()
     try:
-        return engine.execute_delivery(rt, delivery_id)
+        return engine.execute_delivery(rt, delivery_id, time_limit_errors=(SoftTimeLimitExceeded,))
     except RetryableError as exc:
         delay = engine.retry_delay(rt, self.request.retries + 1, exc.retry_after, code=exc.code)
         raise self.retry(countdown=delay, exc=exc, max_retries=None)

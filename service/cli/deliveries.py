@@ -51,7 +51,7 @@ def quarantine(account_id: str, limit: int, as_json: bool) -> None:
         rows = queries.quarantined(session, account_id, limit=limit)
     for q in rows:
         doc = {"id": q.id, "received_at": q.received_at.isoformat(), "reason": q.reason, "method": q.method,
-               "content_type": q.content_type, "query_string": q.query_string, "body": q.body}
+               "content_type": q.content_type, "query_string": q.query_string, "body": q.body_text}
         click.echo(json.dumps(doc) if as_json else f"#{q.id} {q.received_at:%Y-%m-%d %H:%M:%S} {q.reason}")
 
 

@@ -23,7 +23,7 @@ from service.runtime import Runtime
 from service.store import queries
 from service.store.models import Account, AuditEntry, Connection, Delivery, utcnow
 from service.engine.ingest import store_event
-from service.engine.planning import ruleset_of
+from service.engine.planning import render_params, ruleset_of
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +65,13 @@ CIRCUIT_THRESHOLD = 3
 CIRCUIT_WINDOW_SECONDS = 600
 
 
-def execute_delivery(rt: Runtime, delivery_id: int) -> str:
-    """Run one planned action once; record the attempt; raise RetryableError/PermanentError on failure."""
+def execute_delivery(rt: Runtime, delivery_id: int,
+                     time_limit_errors: tuple[type[BaseException], ...] = ()) -> str:
+    """Run one planned action once; record the attempt; raise RetryableError/PermanentError on failure.
+
+    ``time_limit_errors`` are the caller's soft time limit (Celery's SoftTimeLimitExceeded, which the
+    engine cannot import): recorded as an attempt in doubt and retried, never mistaken for a bug.
+    """
     with rt.sessions.begin() as session:
         # One attempt may hold the delivery for its time limit plus a margin; after that a re-sent
         # copy of the task (its worker was killed mid-action) may take over.
@@ -91,25 +96,41 @@ def execute_delivery(rt: Runtime, delivery_id: int) -> str:
         stored = queries.stored_event(session, delivery.account_id, delivery.event_key)
         config = rt.box.decrypt(connection.config_encrypted) if connection else None
         integration_cls = rt.registry.get(delivery.integration)
+        # The account's rules as stored now (never what this process happened to plan with).
+        ruleset = ruleset_of(session, rt, delivery.account_id)
+        event = (Event(type=stored.type, account_id=stored.account_id, key=stored.key,
+                       occurred_at=aware(stored.occurred_at), data=stored.data) if stored else None)
         job = _Job(delivery_id=delivery.id, account_id=delivery.account_id, integration=delivery.integration,
                    action=delivery.action, connection=delivery.connection, params=dict(delivery.params or {}),
                    attempt=delivery.attempts, created_at=aware(delivery.created_at),
-                   timezone=account.timezone if account else "UTC", region=_region(session, rt, delivery.account_id),
-                   config=config,
+                   timezone=account.timezone if account else "UTC",
+                   region=ruleset.account.region if ruleset else "US", config=config,
                    # Connections stored before accounts were bound (or since unlinked) must not act for another.
                    binding_problem=(accounts.binding_problem(session, delivery.account_id, integration_cls, config)
                                     if config is not None and integration_cls is not None else None),
-                   event=(Event(type=stored.type, account_id=stored.account_id, key=stored.key,
-                                occurred_at=aware(stored.occurred_at), data=stored.data) if stored else None))
+                   event=event)
+        account_spec = ruleset.account if ruleset else None
 
     secrets_seen: list[str] = []
     try:
+        if not delivery.rendered:  # (loaded above; the session kept it without expiring)
+            # Outside the claiming transaction: a template may take its whole time budget, and must not hold
+            # a database lock meanwhile. Every attempt renders again (same event, same templates, same text).
+            if job.event is None or account_spec is None:
+                raise PermanentError("cannot render the action: its event or the account's rules are gone")
+            job.params = render_params(rt, delivery, job.event, account_spec)  # TemplateError is permanent
         integration = _integration(rt, job)
         secrets_seen = integration.secrets()
         result = integration.run(job.action, job.params, _context(rt, job))
     except IntegrationError as exc:
         _record_failure(rt, job, exc, secrets_seen)
         raise
+    except time_limit_errors:
+        # The caller's soft time limit: the request may have reached the vendor, so the next attempt
+        # waits like any request in doubt, and its duplicate check sees a late effect.
+        wrapped = RetryableError("the attempt ran past its time limit", code="timeout")
+        _record_failure(rt, job, wrapped, secrets_seen)
+        raise wrapped from None
     except Exception as exc:  # an unmapped failure: keep the action (retry), never swallow it
         log.exception("delivery %s: unexpected %s", delivery_id, type(exc).__name__)
         wrapped = RetryableError(scrub(f"unexpected {type(exc).__name__}: {exc}", secrets_seen)[:1000])
@@ -141,12 +162,6 @@ class _Job:
     config: dict[str, Any] | None
     binding_problem: str | None
     event: Event | None
-
-
-def _region(session: Session, rt: Runtime, account_id: str) -> str:
-    """The account's phone-number region, from its stored rules (never from what this process happened to plan)."""
-    ruleset = ruleset_of(session, rt, account_id)
-    return ruleset.account.region if ruleset else "US"
 
 
 def follow_ups(exc: BaseException) -> list[int]:
@@ -246,7 +261,7 @@ def _plan_alert(session: Session, rt: Runtime, account_id: str, text: str, *, ex
     integration = ruleset.connections[target].integration
     delivery = Delivery(account_id=account_id, event_key=event.key, event_type=event.type, rule_name="(alert)",
                         action_index=0, connection=target, integration=integration, action="post_message",
-                        status="pending", params={"text": text})
+                        status="pending", params={"text": text}, rendered=True)
     session.add(delivery)
     session.flush()
     return [delivery.id]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -54,12 +54,39 @@ def quarantine(rt: Runtime, envelope: dict[str, Any], reason: str) -> None:
 
 
 def _quarantine(session: Session, envelope: dict[str, Any], reason: str) -> None:
-    body = envelope_body(envelope)
+    # The body is kept as bytes; the text columns get NUL escaped, which PostgreSQL's text refuses
+    # (a reason may quote the body, e.g. a JSON parse error).
     session.add(QuarantinedDelivery(
-        account_id=envelope["account_id"], reason=reason[:2000], source=envelope.get("source", "virtualpbx"),
-        method=envelope.get("method", "POST"), content_type=(envelope.get("content_type") or "")[:200],
-        query_string=envelope.get("query_string") or "", body=body.decode("utf-8", "backslashreplace"),
+        account_id=envelope["account_id"], reason=_nul_free(reason[:2000]),
+        source=_nul_free(envelope.get("source", "virtualpbx")), method=_nul_free(envelope.get("method", "POST")[:10]),
+        content_type=_nul_free((envelope.get("content_type") or "")[:200]),
+        query_string=_nul_free(envelope.get("query_string") or ""), body=envelope_body(envelope),
         received_at=datetime.fromisoformat(envelope["received_at"])))
+
+
+def _nul_free(text: str) -> str:
+    """``text`` with NUL shown as the escape ``\\x00``: PostgreSQL text and jsonb cannot hold NUL."""
+    return text.replace("\x00", "\\x00")
+
+
+def _nul_free_json(value: Any) -> Any:
+    """A parsed JSON value with :func:`_nul_free` applied to every string in it, keys included."""
+    if isinstance(value, str):
+        return _nul_free(value)
+    if isinstance(value, dict):
+        return {_nul_free(key) if isinstance(key, str) else key: _nul_free_json(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_nul_free_json(item) for item in value]
+    return value
+
+
+def without_nul(event: Event) -> Event:
+    """The event with NUL escaped in its key and data, so it stores the same on SQLite and PostgreSQL.
+
+    A hook may carry ``\\u0000`` inside a JSON string; kept as is, PostgreSQL refuses the row and the
+    hook would be neither stored nor quarantined.
+    """
+    return replace(event, type=_nul_free(event.type), key=_nul_free(event.key), data=_nul_free_json(event.data))
 
 
 def store_event(session: Session, event: Event) -> bool:
@@ -77,8 +104,8 @@ def parse_envelope(envelope: dict[str, Any]) -> Event:
     """Turn a receiver envelope into the raw ``virtualpbx.*`` event (MalformedPayload if unreadable)."""
     payload = parse_delivery(method=envelope.get("method", "POST"), content_type=envelope.get("content_type", ""),
                              body=envelope_body(envelope), query_string=envelope.get("query_string", ""))
-    return to_hook_event(payload, account_id=envelope["account_id"],
-                         received_at=datetime.fromisoformat(envelope["received_at"]))
+    return without_nul(to_hook_event(payload, account_id=envelope["account_id"],
+                                     received_at=datetime.fromisoformat(envelope["received_at"])))
 
 
 def ingest(rt: Runtime, envelope: dict[str, Any], *, rerun: bool = False) -> IngestOutcome:
@@ -140,9 +167,9 @@ def _ingest_crm(session: Session, rt: Runtime, account: Account, envelope: dict[
         _quarantine(session, envelope, f"malformed: {exc}")
         return IngestOutcome(status="quarantined", reason=f"malformed: {exc}")
     ruleset = ruleset_of(session, rt, account.id)
-    event = crm.crm_event(payload, account_id=account.id, crm=ruleset.crm if ruleset else None,
-                          received_at=datetime.fromisoformat(envelope["received_at"]),
-                          webhook_id=(envelope.get("headers") or {}).get("webhook-id"))
+    event = without_nul(crm.crm_event(payload, account_id=account.id, crm=ruleset.crm if ruleset else None,
+                                      received_at=datetime.fromisoformat(envelope["received_at"]),
+                                      webhook_id=(envelope.get("headers") or {}).get("webhook-id")))
     if not store_event(session, event):
         return _stored_before(session, envelope, account.id, [event.key], rerun=rerun)
     if event.data.get("opt_out") and ruleset is not None and ruleset.crm is not None:

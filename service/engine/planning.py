@@ -7,9 +7,9 @@ from typing import Any, Callable
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from integrations.base import PermanentError, scrub
 from service.events import Event
 from service import rules as rules_mod
+from service.rules import AccountSpec
 from service.runtime import Runtime
 from service.store.models import (Account, Delivery, RuleSet)
 
@@ -30,7 +30,12 @@ def ruleset_of(session: Session, rt: Runtime, account_id: str):
 
 
 def plan_deliveries(session: Session, rt: Runtime, ruleset, account: Account, event: Event) -> list[int]:
-    """Create a delivery row for each matching rule action; return the ids that need a task."""
+    """Create a delivery row for each matching rule action; return the ids that need a task.
+
+    The row keeps the action's templates, not their output: they render when the action runs
+    (:func:`service.engine.delivery.execute_delivery`), so a slow template costs its own account's
+    action task and never the ingest that every account shares.
+    """
     if ruleset is None:
         return []
     ids = []
@@ -38,21 +43,22 @@ def plan_deliveries(session: Session, rt: Runtime, ruleset, account: Account, ev
         delivery = Delivery(account_id=account.id, event_key=event.key[:300], event_type=event.type,
                             rule_name=planned.rule_name, action_index=planned.index,
                             connection=planned.connection, integration=planned.integration,
-                            action=planned.action, status="pending", params={})
-        try:
-            delivery.params = rules_mod.render_action(planned, event, ruleset.account,
-                                                      escape=template_escape(rt, planned.integration))
-        except PermanentError as exc:
-            delivery.status = "failed"
-            delivery.last_error = scrub(str(exc))[:2000]
+                            action=planned.action, status="pending", params=planned.params_template, rendered=False)
         try:
             with session.begin_nested():
                 session.add(delivery)
         except IntegrityError:
             continue  # planned before (a re-delivered task): the existing row is authoritative
-        if delivery.status == "pending":
-            ids.append(delivery.id)
+        ids.append(delivery.id)
     return ids
+
+
+def render_params(rt: Runtime, delivery: Delivery, event: Event, account: AccountSpec) -> dict[str, Any]:
+    """A planned delivery's templates rendered with its event; TemplateError (permanent) when one fails."""
+    planned = rules_mod.PlannedAction(rule_name=delivery.rule_name, index=delivery.action_index,
+                                      connection=delivery.connection, integration=delivery.integration,
+                                      action=delivery.action, params_template=dict(delivery.params or {}))
+    return rules_mod.render_action(planned, event, account, escape=template_escape(rt, delivery.integration))
 
 
 def template_escape(rt: Runtime, integration: str) -> Callable[[str], str] | None:

@@ -204,11 +204,13 @@ def render_action(planned: PlannedAction, event: Event, account: AccountSpec,
                                        timezone=account.timezone)
     if escape is not None:
         context = _escaped(context, escape)
+    deadline = templating.render_deadline()  # one time budget for the whole action, not one per param
 
     def render(value: Any, path: str) -> Any:
         if isinstance(value, str):
             try:
-                return templating.render_template(value, context, timezone=account.timezone, region=account.region)
+                return templating.render_template(value, context, timezone=account.timezone, region=account.region,
+                                                  deadline=deadline)
             except templating.TemplateError as exc:
                 raise templating.TemplateError(
                     f"rule {planned.rule_name!r}: do[{planned.index}].with.{path}: {exc.message}",

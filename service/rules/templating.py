@@ -7,11 +7,19 @@ an error, not a silent blank), while a field that is present but ``None`` render
 
 The sandbox blocks code execution but not resource exhaustion, so rendering also enforces:
 
-* at most :data:`MAX_STEPS` loop iterations plus calls per render (nested loops, macro recursion);
+* at most :data:`MAX_STEPS` loop iterations plus calls, filters and tests per render (nested loops,
+  macro recursion, ``map`` over a long sequence: items that filters yield are counted too);
+* a wall-clock deadline (:data:`MAX_RENDER_SECONDS` per action, all its params together), checked at
+  every step, so work hidden inside filters cannot run on for minutes;
 * ``range()`` of at most :data:`MAX_RANGE` items; no ``lipsum``;
 * size checks *before* the allocating operators ``+ * ** %`` and ``~`` and before the filters
   whose argument sets the output size (``center``, ``indent``, ``format``, ``join``, ``replace``...);
+* what every filter and call returns is checked too: a string of at most :data:`MAX_OUTPUT_CHARS`
+  characters, a list, tuple, dict or set of at most :data:`MAX_ITEMS` items (``'x' * 99999 | list``);
 * at most :data:`MAX_OUTPUT_CHARS` characters of output per template.
+
+Only the errors a template can cause (arithmetic, lookup, type, value, recursion, memory) become
+TemplateErrors; anything else, such as a worker's soft time limit, passes through untouched.
 
 Every failure, at compile time or at render time, is a :class:`TemplateError` (a
 :class:`~integrations.base.PermanentError`: retrying a broken template cannot help).
@@ -30,10 +38,12 @@ from __future__ import annotations
 
 import functools
 import re
+import time
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import jinja2
@@ -49,6 +59,8 @@ from service.events import Event, aware
 MAX_OUTPUT_CHARS = 100_000  # per rendered string; Slack caps text at 40k, a Sheets cell at 50k
 MAX_STEPS = 100_000  # loop iterations plus calls in one render: far above any sane message template
 MAX_RANGE = 10_000
+MAX_ITEMS = 10_000  # items in a list, tuple, dict or set that a filter or call returns
+MAX_RENDER_SECONDS = 1.0  # wall clock per action (all its params): a sane template renders in milliseconds
 MAX_FILTER_ARGUMENT = 1_000  # widths, counts and fill strings of the size-setting filters
 MAX_INT_BITS = 4_096  # for `**` and `*` on integers
 MAX_ERROR_CHARS = 500
@@ -65,6 +77,10 @@ _UNBOUNDED_STR_METHODS = frozenset({"center", "ljust", "rjust", "zfill", "expand
                                     "join", "replace"})
 # Jinja filters whose non-value arguments set the output size: capped at MAX_FILTER_ARGUMENT.
 _SIZE_ARGUMENT_FILTERS = ("center", "indent", "batch", "slice", "wordwrap", "tojson")
+# Filters that walk their input item by item (a string: character by character) in Python, where no
+# step is counted: their input is capped at MAX_ITEMS, so one call stays within milliseconds.
+_ITEMWISE_FILTERS = frozenset({"batch", "dictsort", "groupby", "list", "map", "max", "min", "reject", "rejectattr",
+                               "select", "selectattr", "slice", "sort", "sum", "unique", "urlize", "wordwrap"})
 # printf-style conversions, to find widths and precisions before `%` allocates them.
 _PERCENT_CONVERSION = re.compile(r"%(?:\([^)]*\))?[#0+\- ]*(\*|\d+)?(?:\.(\*|\d+))?")
 _PHONE_FORMATS = {
@@ -78,19 +94,34 @@ class TemplateError(PermanentError):
     """A template that does not compile or cannot render; retrying cannot fix it."""
 
 
+# What a template can break by itself: `1/0`, `'a' + 1`, `x[9]`, int('x'), deep recursion, a huge list.
+# Deliberately not `Exception`: a worker's soft time limit (Celery's SoftTimeLimitExceeded is an
+# Exception) must reach the task that set it, not become this template's error.
+_TEMPLATE_FAULTS = (ArithmeticError, AttributeError, LookupError, TypeError, ValueError, RuntimeError, MemoryError)
+
+
 @dataclass
 class _RenderState:
-    """What the filters and guards of one render need: the account's locale and the step count."""
+    """What the filters and guards of one render need: the account's locale, the step count and the deadline."""
 
     timezone: str
     region: str
+    deadline: float  # time.monotonic() value
     steps: int = 0
 
     def step(self) -> None:
-        """Count one loop iteration or call; TemplateError past MAX_STEPS."""
+        """Count one loop iteration, call, filter or test; TemplateError past MAX_STEPS or the deadline."""
         self.steps += 1
         if self.steps > MAX_STEPS:
             raise TemplateError(f"template runs more than {MAX_STEPS} loop iterations and calls")
+        if time.monotonic() > self.deadline:
+            raise TemplateError(f"template ran out of time: rendering an action may take {MAX_RENDER_SECONDS:g} s "
+                                f"(filters and loops included)", code="template")
+
+
+def render_deadline() -> float:
+    """The deadline (a time.monotonic() value) of a render starting now; share it across one action's params."""
+    return time.monotonic() + MAX_RENDER_SECONDS
 
 
 # A ContextVar, not template globals: compiled templates are shared between threads, and templates
@@ -194,9 +225,9 @@ class _GuardedEnvironment(ImmutableSandboxedEnvironment):
         return None
 
     def call(self, context: Any, obj: Any, /, *args: Any, **kwargs: Any) -> Any:
-        """Count the call (macros included), then let the sandbox check and make it."""
+        """Count the call (macros included), let the sandbox check and make it, then check what it returned."""
         _render_state.get().step()
-        return super().call(context, obj, *args, **kwargs)
+        return _checked_result(super().call(context, obj, *args, **kwargs), "call")
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         """Check the size of the result of + * ** % before computing it."""
@@ -206,10 +237,46 @@ class _GuardedEnvironment(ImmutableSandboxedEnvironment):
 
 @pass_context
 def _counted_iteration(context: Any, iterable: Iterable[Any]) -> Iterator[Any]:
+    return _counted(iter(iterable))
+
+
+def _checked_result(value: Any, what: str) -> Any:
+    """``value`` if it is small; an iterator comes back counted, item by item, against the step budget."""
+    if isinstance(value, str):
+        _check_size(len(value), f"{what} result")
+    elif isinstance(value, (list, tuple, dict, set, frozenset)):
+        if len(value) > MAX_ITEMS:
+            raise _limit_error(f"{what} result of {len(value)} items (limit {MAX_ITEMS})")
+    elif isinstance(value, Iterator):
+        return _counted(value)
+    return value
+
+
+def _counted(iterator: Iterator[Any]) -> Iterator[Any]:
     state = _render_state.get()
-    for item in iterable:
+    for item in iterator:
         state.step()
         yield item
+
+
+def _budgeted(function: Callable[..., Any], what: str, *, itemwise: bool = False) -> Callable[..., Any]:
+    """Wrap a filter or test: one step (and a deadline check) per call, and its result checked.
+
+    ``itemwise`` filters also refuse an input of more than MAX_ITEMS items (or characters).
+    """
+    value_at = 1 if hasattr(function, "jinja_pass_arg") else 0  # after the context Jinja passes first
+
+    @functools.wraps(function)  # also copies jinja_pass_arg, so Jinja calls the wrapper the same way
+    def budgeted(*args: Any, **kwargs: Any) -> Any:
+        # Outside a render (Jinja constant-folding at compile time) there is no state: LookupError tells
+        # Jinja the value is not constant, so all the work happens at render time, under the budget.
+        _render_state.get().step()
+        if itemwise and len(args) > value_at and isinstance(args[value_at], (str, list, tuple, dict)) \
+                and len(args[value_at]) > MAX_ITEMS:
+            raise _limit_error(f"{what} of {len(args[value_at])} items or characters (limit {MAX_ITEMS})")
+        return _checked_result(function(*args, **kwargs), what)
+
+    return budgeted
 
 
 @pass_context
@@ -346,8 +413,13 @@ def _build_environment() -> _GuardedEnvironment:
     filters["format"] = _checked_format(filters["format"])
     filters["replace"] = _checked_replace(filters["replace"])
     filters["join"] = _checked_join(filters["join"])
-    filters.update({"phone": _phone, "localtime": _localtime, "duration": _duration,
-                    _COUNTED_ITERATION: _counted_iteration, _CHECKED_CONCAT: _checked_concat})
+    filters.update({"phone": _phone, "localtime": _localtime, "duration": _duration})
+    for name, function in filters.items():
+        filters[name] = _budgeted(function, f"filter {name}", itemwise=name in _ITEMWISE_FILTERS)
+    for name, function in environment.tests.items():
+        environment.tests[name] = _budgeted(function, f"test {name}")
+    # The guards count steps themselves; budgeting them again would count every loop item twice.
+    filters.update({_COUNTED_ITERATION: _counted_iteration, _CHECKED_CONCAT: _checked_concat})
     return environment
 
 
@@ -374,10 +446,12 @@ def compile_check(source: str) -> None:
     _compiled(source)
 
 
-def render_template(source: str, context: dict[str, Any], *, timezone: str = "UTC", region: str = "US") -> str:
-    """Render ``source`` with ``context`` in the sandbox; every failure is a TemplateError."""
+def render_template(source: str, context: dict[str, Any], *, timezone: str = "UTC", region: str = "US",
+                    deadline: float | None = None) -> str:
+    """Render ``source`` with ``context`` in the sandbox, by ``deadline`` (default: render_deadline())."""
     template = _compiled(source)
-    token = _render_state.set(_RenderState(timezone=timezone, region=region))
+    state = _RenderState(timezone=timezone, region=region, deadline=deadline or render_deadline())
+    token = _render_state.set(state)
     pieces: list[str] = []
     size = 0
     try:
@@ -390,7 +464,7 @@ def render_template(source: str, context: dict[str, Any], *, timezone: str = "UT
         raise
     except jinja2.TemplateError as exc:  # undefined names, sandbox refusals, bad filter arguments
         raise TemplateError(_short(exc.message or type(exc).__name__), code="template") from None
-    except Exception as exc:  # a template is user code: 1/0, 'a' + 1... are its errors, not ours
+    except _TEMPLATE_FAULTS as exc:  # a template is user code: 1/0, 'a' + 1... are its errors, not ours
         raise TemplateError(_short(f"{type(exc).__name__}: {exc}"), code="template") from None
     finally:
         _render_state.reset(token)

@@ -110,8 +110,14 @@ class QuarantinedDelivery(Base):
     method: Mapped[str] = mapped_column(sa.String(10))
     content_type: Mapped[str] = mapped_column(sa.String(200), default="")
     query_string: Mapped[str] = mapped_column(sa.Text, default="")
-    body: Mapped[str] = mapped_column(sa.Text, default="")
+    # The raw bytes: NUL and invalid UTF-8 must survive (PostgreSQL's text refuses both).
+    body: Mapped[bytes] = mapped_column(sa.LargeBinary, default=b"")
     received_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
+
+    @property
+    def body_text(self) -> str:
+        """The body for people: UTF-8, with NUL and undecodable bytes shown as backslash escapes."""
+        return self.body.decode("utf-8", "backslashreplace").replace("\x00", "\\x00")
 
 
 class Delivery(Base):
@@ -129,6 +135,9 @@ class Delivery(Base):
     integration: Mapped[str] = mapped_column(sa.String(50))
     action: Mapped[str] = mapped_column(sa.String(50))
     params: Mapped[dict] = mapped_column(sa.JSON, default=dict)
+    # False: params are the rule's templates, rendered with the stored event when the action runs (so a
+    # slow template costs its own account's action, not the shared ingest); True: params are final.
+    rendered: Mapped[bool] = mapped_column(default=False, server_default=sa.true())
     # pending -> running -> succeeded | retrying | failed (permanent) | dead (past the retry horizon)
     status: Mapped[str] = mapped_column(sa.String(20), default="pending", index=True)
     # A running attempt holds the delivery until then; a redelivered task waits or takes over after.

@@ -18,3 +18,117 @@ from workers.tasks import is_rerun
 def test_a_rerun_is_a_retry_or_a_broker_redelivery(retries, delivery_info, expected):
     """Either sign of an earlier run counts; a first delivery does not."""
     assert is_rerun(SimpleNamespace(retries=retries, delivery_info=delivery_info)) is expected
+
+
+# --- every way out of ingest keeps the hook ----------------------------------------------------------------
+
+ACCOUNT = "e0000000000000000000000000000007"
+
+
+@pytest.fixture
+def tasks_rt(tmp_path, redis_url, namespace, redis_client, database_url, monkeypatch):
+    """workers.tasks running on a Runtime with one account (no rules: nothing is sent to the broker)."""
+    import json
+
+    from cryptography.fernet import Fernet
+
+    from service import accounts
+    from service.config import Settings
+    from service.runtime import Runtime
+    from service.store.models import migrate
+    from service.web import make_envelope
+    from tests.conftest import FIXTURES
+    from workers import tasks
+
+    settings = Settings(var_dir=tmp_path / "var", redis_url=redis_url, namespace=namespace, database_url=database_url,
+                        secret_keys=Fernet.generate_key().decode())
+    migrate(database_url)
+    rt = Runtime(settings)
+    with rt.sessions.begin() as session:
+        accounts.add_account(session, ACCOUNT, name="Tasks", box=rt.box)
+    monkeypatch.setattr(tasks, "_runtime", rt)
+    payload = json.loads((FIXTURES / "kazoo/webhook_parking_park_parked.json").read_text())
+    rt.envelope = make_envelope(source="virtualpbx", account_id=ACCOUNT, method="POST",
+                                content_type="application/json", query_string="",
+                                body=json.dumps(payload).encode(), headers={})
+    yield rt
+    rt.sessions.kw["bind"].dispose()
+
+
+def _kept(rt) -> tuple[list[str], list[str]]:
+    """(stored event types, quarantine reasons) of the account."""
+    import sqlalchemy as sa
+
+    from service.store.models import QuarantinedDelivery, StoredEvent
+
+    with rt.sessions() as session:
+        return (list(session.scalars(sa.select(StoredEvent.type))),
+                list(session.scalars(sa.select(QuarantinedDelivery.reason))))
+
+
+def test_a_hook_whose_runs_were_killed_3_times_is_quarantined_with_the_reason(tasks_rt):
+    """Three starts that never ended (hard time limit, OOM, kill -9): the fourth quarantines, and says why."""
+    from workers import tasks
+
+    tasks_rt.redis.set(tasks._run_key(tasks_rt, "killed-task"), tasks.MAX_KILLED_RUNS)
+    result = tasks.ingest.apply(args=(tasks_rt.envelope,), task_id="killed-task")
+    assert result.get() == "quarantined"
+    assert _kept(tasks_rt) == ([], ["processing was killed 3 times (time limit or crash)"])
+    assert not tasks_rt.redis.exists(tasks._run_key(tasks_rt, "killed-task")), "the count ends with the run"
+
+
+def test_a_hook_killed_fewer_times_is_processed_as_a_rerun(tasks_rt):
+    """Two kills: the third run processes the hook (a kill -9 storm must not quarantine good hooks)."""
+    from workers import tasks
+
+    tasks_rt.redis.set(tasks._run_key(tasks_rt, "unlucky-task"), tasks.MAX_KILLED_RUNS - 1)
+    assert tasks.ingest.apply(args=(tasks_rt.envelope,), task_id="unlucky-task").get() == "accepted"
+    assert _kept(tasks_rt) == (["virtualpbx.parking"], [])
+    assert not tasks_rt.redis.exists(tasks._run_key(tasks_rt, "unlucky-task"))
+
+
+@pytest.mark.parametrize(("raised", "reason"), [
+    ("soft-limit", "processing exceeded the 30 s time limit"),
+    ("bug", "processing failed: KeyError: 'boom'"),
+])
+def test_the_soft_time_limit_and_unexpected_errors_quarantine_the_hook(tasks_rt, monkeypatch, raised, reason):
+    """Neither Celery's soft limit nor a bug in ingest lets the message be acknowledged with the hook lost."""
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    from service import engine
+    from workers import tasks
+
+    def failing(*_args, **_kwargs):
+        raise SoftTimeLimitExceeded() if raised == "soft-limit" else KeyError("boom")
+
+    monkeypatch.setattr(engine, "ingest", failing)
+    assert tasks.ingest.apply(args=(tasks_rt.envelope,), task_id=f"{raised}-task").get() == "quarantined"
+    assert _kept(tasks_rt) == ([], [reason])
+
+
+def test_a_database_error_while_quarantining_is_retried_not_dropped(tasks_rt, monkeypatch):
+    """A DataError (not an OperationalError, so not autoretried) while quarantining used to lose the hook;
+    now the task is retried, and its next run keeps the hook."""
+    from sqlalchemy.exc import DataError
+
+    from service import engine
+    from workers import tasks
+
+    real_quarantine = engine.quarantine
+    calls = []
+
+    def refused_once(*args, **kwargs):
+        calls.append(args[2])
+        if len(calls) == 1:
+            raise DataError("INSERT", {}, Exception("invalid byte sequence"))
+        return real_quarantine(*args, **kwargs)
+
+    def broken(*_args, **_kwargs):
+        raise ValueError("bad")
+
+    monkeypatch.setattr(engine, "ingest", broken)
+    monkeypatch.setattr(engine, "quarantine", refused_once)
+    monkeypatch.setattr(engine, "retry_delay", lambda *_args, **_kwargs: 0)
+    assert tasks.ingest.apply(args=(tasks_rt.envelope,), task_id="refused-task").get() == "quarantined"
+    assert calls == ["processing failed: ValueError: bad"] * 2
+    assert _kept(tasks_rt) == ([], ["processing failed: ValueError: bad"])

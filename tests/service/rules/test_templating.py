@@ -120,8 +120,9 @@ def test_template_errors(source, message):
      "{% endfor %}", "replace() result"),
     ("{{ range(1000) | join('x' * 1000) }}", "join() result"),
     ("{% for i in range(10000) %}{% for j in range(10000) %}{% endfor %}{% endfor %}", "loop iterations and calls"),
+    # Macro calls are slow enough that, on a busy machine, the time budget may run out before the steps.
     ("{% macro f(n) %}{% if n %}{{ f(n - 1) }}{{ f(n - 1) }}{% endif %}{% endmacro %}{{ f(40) }}",
-     "loop iterations and calls"),
+     ("loop iterations and calls", "ran out of time")),
     ("{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}", "RecursionError"),
     ("{% for i in range(2000) %}{{ 'x' * 100 }}{% endfor %}", "output longer than 100000"),
 ], ids=["str-mro", "cycler-globals", "dict-class", "str-format", "str-format-width", "str-ljust", "list-append",
@@ -132,7 +133,7 @@ def test_sandbox_and_limits(source, message):
     """Escapes and resource bombs fail fast with a TemplateError instead of running or hanging."""
     with pytest.raises(TemplateError) as caught:
         render_template(source, CONTEXT)
-    assert message in str(caught.value)
+    assert any(each in str(caught.value) for each in ((message,) if isinstance(message, str) else message))
 
 
 def test_output_at_the_cap_renders():
