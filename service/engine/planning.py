@@ -13,19 +13,21 @@ from service.rules import AccountSpec
 from service.runtime import Runtime
 from service.store.models import (Account, Delivery, RuleSet)
 
-_RULES_CACHE: dict[str, tuple[int, Any]] = {}
+# account id -> (version, source, parsed rules). The source is compared too: a version number alone can
+# repeat (an account deleted and added again, a restored database), and equal strings compare cheaply.
+_RULES_CACHE: dict[str, tuple[int, str, Any]] = {}
 
 
 def ruleset_of(session: Session, rt: Runtime, account_id: str):
-    """The parsed rules of an account, cached per process until its version changes."""
+    """The parsed rules of an account, cached per process while its stored rules stay the same."""
     row = session.get(RuleSet, account_id)
     if row is None:
         return None
     cached = _RULES_CACHE.get(account_id)
-    if cached and cached[0] == row.version:
-        return cached[1]
+    if cached and cached[0] == row.version and cached[1] == row.source:
+        return cached[2]
     parsed = rules_mod.load_rules(row.source, filename=f"<rules of {account_id}>", registry=rt.registry)
-    _RULES_CACHE[account_id] = (row.version, parsed)
+    _RULES_CACHE[account_id] = (row.version, row.source, parsed)
     return parsed
 
 

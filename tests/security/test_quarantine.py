@@ -25,7 +25,7 @@ ACCOUNT = "d0000000000000000000000000000009"
 def rt(tmp_path, redis_url, namespace, redis_client, database_url):
     """A Runtime on a migrated database (SQLite and PostgreSQL) with one account and no rules."""
     settings = Settings(var_dir=tmp_path / "var", redis_url=redis_url, namespace=namespace, database_url=database_url,
-                        secret_keys=Fernet.generate_key().decode())
+                        secret_keys=Fernet.generate_key().decode(), allow_private_urls=True)
     migrate(database_url)
     runtime = Runtime(settings)
     with runtime.sessions.begin() as session:

@@ -108,7 +108,7 @@ def rules(account_id: str, channel: str, text: str) -> str:
 def rt(tmp_path, redis_url, namespace, redis_client, slack, database_url):
     """A Runtime (SQLite and PostgreSQL) with a hostile account and a victim account, both posting to Slack."""
     settings = Settings(var_dir=tmp_path / "var", redis_url=redis_url, namespace=namespace, database_url=database_url,
-                        secret_keys=Fernet.generate_key().decode(), slack_api_url=slack.api_url)
+                        secret_keys=Fernet.generate_key().decode(), slack_api_url=slack.api_url, allow_private_urls=True)
     migrate(database_url)
     runtime = Runtime(settings)
     with runtime.sessions.begin() as session:
@@ -117,7 +117,7 @@ def rt(tmp_path, redis_url, namespace, redis_client, slack, database_url):
             accounts.add_account(session, account_id, name=account_id[:6], box=runtime.box)
             path = tmp_path / f"{account_id}.yaml"
             path.write_text(rules(account_id, channel, text))
-            accounts.apply_rules_file(session, path, registry=runtime.registry, box=runtime.box)
+            accounts.apply_rules_file(session, path, registry=runtime.registry, box=runtime.box, allow_private_urls=True)
     planning._RULES_CACHE.clear()
     slack.reset()
     yield runtime
@@ -167,7 +167,7 @@ def test_the_clock_alone_stops_a_template_at_action_time(rt, slack, tmp_path):
     path = tmp_path / "slow.yaml"
     path.write_text(rules(HOSTILE, "CBAD", SLOW_TEMPLATE))
     with rt.sessions.begin() as session:
-        accounts.apply_rules_file(session, path, registry=rt.registry, box=rt.box)
+        accounts.apply_rules_file(session, path, registry=rt.registry, box=rt.box, allow_private_urls=True)
     planning._RULES_CACHE.clear()
     delivery_id = engine.ingest(rt, parking_envelope(HOSTILE, "slow-call")).deliveries[0]
     started = time.monotonic()

@@ -41,7 +41,7 @@ def tasks_rt(tmp_path, redis_url, namespace, redis_client, database_url, monkeyp
     from workers import tasks
 
     settings = Settings(var_dir=tmp_path / "var", redis_url=redis_url, namespace=namespace, database_url=database_url,
-                        secret_keys=Fernet.generate_key().decode())
+                        secret_keys=Fernet.generate_key().decode(), allow_private_urls=True)
     migrate(database_url)
     rt = Runtime(settings)
     with rt.sessions.begin() as session:
