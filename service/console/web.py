@@ -120,7 +120,7 @@ def console_blueprint(settings: Settings, runtime: Runtime) -> Blueprint:
     def login():
         """Sign in with email and password (rate limited per email and per address)."""
         next_url = request.values.get("next", "")
-        if not next_url.startswith("/console/") or next_url.startswith("//"):
+        if not next_url.startswith("/console/"):
             next_url = url_for("console.home")  # only ever back into the console: no open redirect
         if request.method == "GET":
             return render_template("console/login.html", next=next_url, error=None, email="")

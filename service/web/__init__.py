@@ -24,6 +24,7 @@ from integrations.base import IntegrationError, PermanentError
 from service import accounts
 from service.pbx import media
 from service.config import Settings, get_settings
+from service.console.web import console_blueprint
 from service.queue import INGEST, TaskQueue
 from service.runtime import Runtime
 from service.web.signing import SignatureError, verify
@@ -126,6 +127,7 @@ def create_app(settings: Settings | None = None, *, start_drainer: bool = True) 
     app.extensions["pbxrelay.receiver"] = receiver
     if start_drainer:
         threading.Thread(target=receiver.drain_forever, name="spool-drainer", daemon=True).start()
+    app.register_blueprint(console_blueprint(settings, runtime))
 
     def receive(kind: str, token: str):
         started = time.perf_counter()
