@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from service.cli.base import main, open_runtime
 from service.console import invites, sessions, users
-from service.console.audit import CLI_ACTOR, audit
+from service.console.audit import CLI_ACTOR
 from service.console.errors import ConsoleError
 
 
@@ -96,6 +96,5 @@ def users_sign_out(email: str) -> None:
         user = users.find_user(session, email)
         if user is None:
             raise ConsoleError(f"email: no user {email}")
-        count = sessions.revoke_all_sessions(session, user.id)
-        audit(session, None, "signed_out_everywhere", f"user {user.id}: {count} session(s) ended", CLI_ACTOR)
+        count = sessions.revoke_all_sessions(session, user.id, actor=CLI_ACTOR)
     click.echo(f"ended {count} session(s) of {email}")

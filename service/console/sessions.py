@@ -8,6 +8,7 @@ from datetime import timedelta
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from service.console.audit import audit
 from service.events import aware
 from service.store.access import ConsoleSession, User
 from service.store.models import hash_token, utcnow
@@ -53,9 +54,10 @@ def revoke_session(session: Session, token: str | None) -> None:
                         .values(revoked_at=utcnow()))
 
 
-def revoke_all_sessions(session: Session, user_id: int) -> int:
-    """End every live session of a user (sign out everywhere); returns how many were live."""
+def revoke_all_sessions(session: Session, user_id: int, *, actor: str) -> int:
+    """End every live session of a user (sign out everywhere), audited; returns how many were live."""
     result = session.execute(sa.update(ConsoleSession).where(ConsoleSession.user_id == user_id,
                                                              ConsoleSession.revoked_at.is_(None))
                              .values(revoked_at=utcnow()))
+    audit(session, None, "signed_out_everywhere", f"user {user_id}: {result.rowcount} session(s) ended", actor)
     return result.rowcount

@@ -148,7 +148,7 @@ def console_blueprint(settings: Settings, runtime: Runtime) -> Blueprint:
             return render_template("console/logout.html", principal=g.principal)
         with runtime.sessions.begin() as db:
             if g.principal is not None and request.form.get("everywhere"):
-                sessions.revoke_all_sessions(db, g.principal.id)
+                sessions.revoke_all_sessions(db, g.principal.id, actor=g.principal.actor)
             else:
                 sessions.revoke_session(db, g.session_token)
         response = redirect(url_for("console.login"))

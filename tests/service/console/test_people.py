@@ -176,7 +176,8 @@ def test_sign_out_everywhere_and_disabling_end_sessions(sessions_for):
         tokens = [sessions.create_session(db, db.get(User, ann), absolute_seconds=3600) for _ in range(3)]
         bobs = sessions.create_session(db, db.get(User, bob), absolute_seconds=3600)
     with sessions_for.begin() as db:
-        assert sessions.revoke_all_sessions(db, ann) == 3
+        assert sessions.revoke_all_sessions(db, ann, actor=f"user:{ann}") == 3
+        assert audit_entries(db, None, limit=1)[0].actor == f"user:{ann}"
     with sessions_for.begin() as db:
         assert all(sessions.load_session(db, t, idle_seconds=600) is None for t in tokens)
         assert sessions.load_session(db, bobs, idle_seconds=600) is not None

@@ -12,7 +12,7 @@ from cryptography.fernet import Fernet
 
 from service.config import Settings
 from service.console import invites, users
-from service.console.audit import CLI_ACTOR
+from service.console.audit import CLI_ACTOR, audit_entries
 from service.store.access import ConsoleSession, Invite, User
 from service.store.models import session_factory, utcnow
 from service.web import create_app
@@ -222,6 +222,9 @@ def test_sign_out_everywhere(console):
     assert laptop.get("/console/").status_code == 302 and phone.get("/console/").status_code == 302
     assert colleague.get("/console/").status_code == 200
     assert sum(row.revoked_at is None for row in session_rows(console.settings.database_url)) == 1
+    with session_factory(console.settings.database_url)() as db:
+        entry = audit_entries(db, None, limit=1)[0]
+    assert entry.kind == "signed_out_everywhere" and entry.actor.startswith("user:") and "2 session(s)" in entry.detail
 
 
 def test_signing_in_again_ends_the_previous_session_of_that_browser(console):
