@@ -71,10 +71,11 @@ def console_blueprint(settings: Settings, runtime: Runtime) -> Blueprint:
 
     def csrf_binding() -> str | None:
         # Signed in: the session itself; before: a random cookie, issued with the first form.
-        return g.session_token or request.cookies.get(cookies.csrf) or g.new_csrf_cookie
+        return g.get("session_token") or request.cookies.get(cookies.csrf) or g.get("new_csrf_cookie")
 
     @bp.app_template_global("csrf_token")
     def csrf_token() -> str:
+        """The CSRF token for forms and the X-CSRFToken header of this browser (issuing its cookie if needed)."""
         binding = csrf_binding()
         if binding is None:
             g.new_csrf_cookie = binding = secrets.token_urlsafe(32)
