@@ -1,4 +1,4 @@
-"""`pbxrelay users`: the first operator, invite links, listing users and signing a user out everywhere."""
+"""`pbxrelay users`: the first operator, invite links, listing, signing a user out everywhere, disabling."""
 
 from __future__ import annotations
 
@@ -98,3 +98,18 @@ def users_sign_out(email: str) -> None:
             raise ConsoleError(f"email: no user {email}")
         count = sessions.revoke_all_sessions(session, user.id, actor=CLI_ACTOR)
     click.echo(f"ended {count} session(s) of {email}")
+
+
+@users_group.command("disable")
+@click.argument("email")
+@fail_on_console_errors
+def users_disable(email: str) -> None:
+    """Stop a user signing in and end their sessions (memberships are kept for the record)."""
+    rt = open_runtime()
+    with rt.sessions.begin() as session:
+        user = users.find_user(session, email)
+        if user is None:
+            raise ConsoleError(f"email: no user {email}")
+        users.disable_user(session, user, actor=CLI_ACTOR)
+        count = sessions.revoke_all_sessions(session, user.id, actor=CLI_ACTOR)
+    click.echo(f"{email} disabled; ended {count} session(s)")

@@ -68,3 +68,18 @@ def test_sign_out_a_user_everywhere(cli):
     assert "ended 2 session(s) of second@example.com" in cli.cli("users", "sign-out", "second@example.com").stdout
     with factory.begin() as db:
         assert all(sessions.load_session(db, token, idle_seconds=600) is None for token in tokens)
+
+
+def test_disable_a_user(cli):
+    """users disable stops the password working and ends the user's sessions."""
+    from service.console import sessions, users
+
+    cli.cli("users", "add", "leaver@example.com", "--operator", "--password-stdin", input=PASSWORD + "\n")
+    factory = session_factory(cli.env["PBXRELAY_DATABASE_URL"])
+    with factory.begin() as db:
+        token = sessions.create_session(db, users.find_user(db, "leaver@example.com"), absolute_seconds=3600)
+    assert "leaver@example.com disabled; ended 1 session(s)" in cli.cli("users", "disable", "leaver@example.com").stdout
+    with factory.begin() as db:
+        assert sessions.load_session(db, token, idle_seconds=600) is None
+        assert users.authenticate(db, "leaver@example.com", PASSWORD) is None
+    assert "leaver@example.com  operator disabled" in cli.cli("users", "list").stdout
