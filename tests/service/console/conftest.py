@@ -15,15 +15,15 @@ ACCOUNT_B = "b" * 32
 PASSWORD = "correct horse battery"
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture
 def fast_hashing(monkeypatch):
     """scrypt at n=2**10: these tests are about access, not hashing cost (test_passwords uses the real one)."""
     monkeypatch.setattr(passwords, "N", 2**10)
 
 
 @pytest.fixture
-def sessions_for(database_url):
-    """A session factory on a migrated database holding accounts A and B."""
+def sessions_for(database_url, fast_hashing):
+    """A session factory on a migrated database holding accounts A and B (with cheap password hashing)."""
     migrate(database_url)
     factory = session_factory(database_url)
     box = SecretBox([Fernet.generate_key().decode()])
