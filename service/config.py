@@ -89,6 +89,10 @@ class Settings(BaseSettings):
     # Durable spool for events received while Redis is unreachable.
     spool_max_events: int = Field(default=100_000, ge=10)
     log_level: str = "INFO"
+    # Console sign-in: a session ends after this many seconds without a request, and after the absolute
+    # lifetime whatever happens (then sign in again).
+    console_session_idle_seconds: int = Field(default=2 * 3600, ge=60)
+    console_session_absolute_seconds: int = Field(default=24 * 3600, ge=300)
 
     @field_validator("tenant_env_prefix")
     @classmethod

@@ -162,14 +162,17 @@ class OptOut(Base):
 
 
 class AuditEntry(Base):
-    """Something the service did on its own that an operator should be able to see later."""
+    """A change to an account (or, with no account, to the console's people), and who made it."""
 
     __tablename__ = "audit_log"
     id: Mapped[int] = mapped_column(primary_key=True)
-    account_id: Mapped[str] = mapped_column(sa.String(64), index=True)
+    # None for changes to no one account (an operator created).
+    account_id: Mapped[str | None] = mapped_column(sa.String(64), index=True, nullable=True)
     kind: Mapped[str] = mapped_column(sa.String(50))
     detail: Mapped[str] = mapped_column(sa.Text)
     at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
+    # "service" (the service on its own), "user:<id>", "api_key:<id>" or "operator-cli".
+    actor: Mapped[str] = mapped_column(sa.String(100), default="service", server_default="service")
 
 
 def hash_token(token: str) -> str:

@@ -14,6 +14,7 @@ from flask import Flask
 from prometheus_client import CollectorRegistry
 
 from service.config import Settings, get_settings
+from service.console.web import console_blueprint
 from service.runtime import Runtime
 from service.web import health, hooks, media
 from service.web.receiver import Receiver, make_envelope
@@ -26,10 +27,12 @@ def create_app(settings: Settings | None = None, *, start_drainer: bool = True) 
     settings = settings or get_settings()
     app = Flask("pbxrelay")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    receiver = Receiver(settings, Runtime(settings), CollectorRegistry())
+    runtime = Runtime(settings)
+    receiver = Receiver(settings, runtime, CollectorRegistry())
     app.extensions["pbxrelay.receiver"] = receiver
     for part in (hooks, media, health):
         app.register_blueprint(part.blueprint)
+    app.register_blueprint(console_blueprint(settings, runtime))
     if start_drainer:
         threading.Thread(target=receiver.drain_forever, name="spool-drainer", daemon=True).start()
     return app
