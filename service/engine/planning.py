@@ -29,8 +29,10 @@ def ruleset_of(session: Session, rt: Runtime, account_id: str):
     return parsed
 
 
-def plan_deliveries(session: Session, rt: Runtime, ruleset, account: Account, event: Event) -> list[int]:
-    """Create a delivery row for each matching rule action; return the ids that need a task."""
+def plan_deliveries(session: Session, rt: Runtime, ruleset, account: Account, event: Event, *,
+                    request_id: str | None = None) -> list[int]:
+    """Create a delivery row for each matching rule action (``request_id``: the receiver's id of the request
+    behind it, for the logs); return the ids that need a task."""
     if ruleset is None:
         return []
     ids = []
@@ -38,7 +40,7 @@ def plan_deliveries(session: Session, rt: Runtime, ruleset, account: Account, ev
         delivery = Delivery(account_id=account.id, event_key=event.key[:300], event_type=event.type,
                             rule_name=planned.rule_name, action_index=planned.index,
                             connection=planned.connection, integration=planned.integration,
-                            action=planned.action, status="pending", params={})
+                            action=planned.action, status="pending", params={}, request_id=request_id)
         try:
             delivery.params = rules_mod.render_action(planned, event, ruleset.account,
                                                       escape=template_escape(rt, planned.integration))

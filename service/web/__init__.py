@@ -9,6 +9,7 @@ Kazoo never retries a non-200 and disables a hook after more than 6 failures in 
 from __future__ import annotations
 
 import base64
+import secrets
 import logging
 import threading
 import time
@@ -21,10 +22,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from integrations.base import IntegrationError, PermanentError
-from service import accounts
+from service import accounts, metrics as shared_metrics
 from service.pbx import media
 from service.config import Settings, get_settings
-from service.queue import INGEST, TaskQueue
+from service.queue import INGEST, TaskQueue, queue_names
 from service.runtime import Runtime
 from service.web.signing import SignatureError, verify
 from service.web.spool import Spool, SpoolFull
@@ -110,7 +111,8 @@ def make_envelope(*, source: str, account_id: str, method: str, content_type: st
     except UnicodeDecodeError:
         text, b64 = base64.b64encode(body).decode(), True
     return {"v": 1, "source": source, "account_id": account_id,
-            "received_at": datetime.now(timezone.utc).isoformat(), "method": method,
+            "received_at": datetime.now(timezone.utc).isoformat(), "request_id": secrets.token_hex(8),
+            "method": method,
             "content_type": content_type or "", "query_string": query_string, "body": text, "body_b64": b64,
             "headers": headers}
 
@@ -123,6 +125,13 @@ def create_app(settings: Settings | None = None, *, start_drainer: bool = True) 
     runtime = Runtime(settings)
     registry = CollectorRegistry()
     receiver = Receiver(settings, runtime, registry)
+    # What /metrics shows: every local pbxrelay process's files in multiprocess mode, else this process.
+    scrape = registry
+    if shared_metrics.multiprocess_enabled():
+        scrape = CollectorRegistry()
+        scrape.register(shared_metrics.AllProcessesCollector(shared_metrics.metrics_root(settings.var_dir)))
+    scrape.register(shared_metrics.QueueDepthCollector(
+        lambda: {kind: runtime.redis.llen(name) for kind, name in queue_names(settings).items()}))
     app.extensions["pbxrelay.receiver"] = receiver
     if start_drainer:
         threading.Thread(target=receiver.drain_forever, name="spool-drainer", daemon=True).start()
@@ -223,8 +232,8 @@ def create_app(settings: Settings | None = None, *, start_drainer: bool = True) 
 
     @app.get("/metrics")
     def metrics():
-        """Prometheus metrics of this web process."""
+        """Prometheus metrics of every local pbxrelay process (multiprocess mode), else of this one."""
         receiver.spooled.set(receiver.spool.depth())
-        return Response(generate_latest(registry), mimetype="text/plain; version=0.0.4")
+        return Response(generate_latest(scrape), mimetype="text/plain; version=0.0.4")
 
     return app
