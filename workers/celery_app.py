@@ -56,3 +56,4 @@ def make_celery(settings: Settings) -> Celery:
 
 
 app = make_celery(get_settings())
+import workers.metrics  # noqa: E402,F401  (connects the task-duration signals)
