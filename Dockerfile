@@ -11,7 +11,7 @@ COPY integrations ./integrations
 # The project itself: no dependency resolution, and built with the locked setuptools (no build isolation,
 # so nothing unpinned is fetched for the build). pip check fails the build if the lock no longer covers pyproject.toml.
 RUN python -m pip install --no-cache-dir --no-deps --no-build-isolation . && python -m pip check \
-    && useradd --create-home pbxrelay && mkdir -p /app/var && chown pbxrelay /app/var
+    && useradd --create-home pbxrelay && mkdir -p /app/var/metrics && chown -R pbxrelay /app/var
 USER pbxrelay
 ENV PBXRELAY_VAR_DIR=/app/var
 EXPOSE 8000

@@ -9,6 +9,12 @@ not recorded; then requests are measured until ``seconds`` pass or ``max_request
 were started, whichever comes first. Per request: latency (perf_counter, send to last byte read) and
 status; anything but 200 (including a transport error, recorded as status 0) is an error.
 
+With ``rate`` (requests/s, used by ``bench/e2e``) the threads send on a fixed schedule instead of as fast
+as they can: request n is due at start + n / rate (a thread that falls behind sends at once). With
+``sequential_ids`` request n gets the id ``<prefix><n:08d>`` and template n mod the number of templates
+(so ids are unique across threads and their last digits spread evenly); with ``record_ids`` the result
+lists every request as [id, wall-clock send time, status].
+
 While measuring, a sampler thread records the CPU seconds of the watched process trees (the servers)
 and of this process, and the peak RSS of every watched process. Standard library only.
 """
@@ -27,6 +33,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import proctools  # noqa: E402
 
+# gunicorn closes a keep-alive connection idle for 2 s (its default keepalive); at a low fixed rate a thread's
+# connection idles longer than that, so it opens a new one rather than write into a closed one.
+IDLE_RECONNECT_SECONDS = 1.0
+
 
 def run(cfg: dict) -> dict:
     host, port, timeout = cfg["host"], cfg["port"], cfg.get("timeout", 10.0)
@@ -37,6 +47,8 @@ def run(cfg: dict) -> dict:
     n_templates = len(templates)
     concurrency, max_requests = cfg["concurrency"], cfg["max_requests"]
     prefix = cfg["id_prefix"]
+    rate, sequential, record_ids = cfg.get("rate"), cfg.get("sequential_ids", False), cfg.get("record_ids", False)
+    sequence = itertools.count()  # the schedule / id counter shared by every thread
     measured_started = itertools.count()  # next() is atomic under the GIL
     barrier = threading.Barrier(concurrency + 1)
     clock: dict[str, float] = {}
@@ -48,7 +60,9 @@ def run(cfg: dict) -> dict:
         kinds: list[int] = []
         warm, measured = Counter(), Counter()
         errors: list[dict] = []
+        sent: list[tuple[str, float, int]] = []
         conn: http.client.HTTPConnection | None = None
+        conn_used = 0.0
         seq, i = 0, tid
         barrier.wait()
         warm_end, end = clock["warm_end"], clock["end"]
@@ -59,15 +73,29 @@ def run(cfg: dict) -> dict:
                 break
             if now >= warm_end and next(measured_started) >= max_requests:
                 break
-            k = i % n_templates
-            i += 1
+            if sequential or rate:
+                n = next(sequence)
+                if rate:
+                    due = clock["start"] + n / rate
+                    if due >= end:
+                        break
+                    if due > now:
+                        time.sleep(due - now)
+                k = n % n_templates
+                uid = f"{prefix}{n:08d}"
+            else:
+                k = i % n_templates
+                i += 1
+                uid = f"{prefix}{tid:02d}x{seq:07d}"
+                seq += 1
             method, url, headers, body = templates[k]
-            uid = f"{prefix}{tid:02d}x{seq:07d}"
-            seq += 1
             url = url.replace(placeholder, uid)
             if body is not None:
                 body = body.replace(placeholder_b, uid.encode())
-            t0 = time.perf_counter()
+            t0, wall0 = time.perf_counter(), time.time()
+            if conn is not None and t0 - conn_used > IDLE_RECONNECT_SECONDS:
+                conn.close()  # the server may have closed it meanwhile: writing to it would fail
+                conn = None
             try:
                 if conn is None:
                     conn = http.client.HTTPConnection(host, port, timeout=timeout)
@@ -83,7 +111,9 @@ def run(cfg: dict) -> dict:
                 if conn is not None:
                     conn.close()
                 conn = None
-            t1 = time.perf_counter()
+            t1 = conn_used = time.perf_counter()
+            if record_ids:
+                sent.append((uid, wall0, status))
             if t0 >= warm_end:
                 measured[status] += 1
                 lat.append((t1 - t0) * 1000.0)
@@ -96,7 +126,7 @@ def run(cfg: dict) -> dict:
         if conn is not None:
             conn.close()
         per_thread[tid] = {"lat": lat, "kinds": kinds, "warm": warm, "measured": measured, "errors": errors,
-                           "last_done": last_done}
+                           "last_done": last_done, "sent": sent}
 
     watch: dict[str, int] = cfg.get("watch", {})
     samples: dict[str, dict] = {}
@@ -151,6 +181,7 @@ def run(cfg: dict) -> dict:
         "latency_ms": lat, "template": kinds, "errors": errors[:10],
         "cpu_seconds": cpu,  # over the measured window: "process" is this load generator
         "peak_rss_kib": {str(p): v for p, v in peak_rss.items()},
+        **({"sent": [s for r in per_thread for s in r["sent"]]} if record_ids else {}),
     }
 
 

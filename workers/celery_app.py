@@ -70,3 +70,4 @@ def _cap_sdk_loggers(**_kwargs) -> None:
 restrict_umask()
 cap_sdk_loggers()
 app = make_celery(get_settings())
+import workers.metrics  # noqa: E402,F401  (connects the task-duration signals)

@@ -30,7 +30,8 @@ def deliveries(account_id: str, status: str | None, limit: int, as_json: bool) -
     for d in rows:
         doc = {"id": d.id, "event": d.event_type, "event_key": d.event_key, "rule": d.rule_name,
                "action": f"{d.connection}.{d.action}", "status": d.status, "attempts": d.attempts,
-               "external_id": d.external_id, "error": d.last_error, "updated_at": d.updated_at.isoformat()}
+               "external_id": d.external_id, "error": d.last_error, "updated_at": d.updated_at.isoformat(),
+               "succeeded_at": d.succeeded_at.isoformat() if d.succeeded_at else None, "request_id": d.request_id}
         if as_json:
             click.echo(json.dumps(doc))
         else:

@@ -24,12 +24,18 @@ from service.redisserver import RedisServerError, redis_server_binary
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535), help="TCP port.")
 def web(host: str, port: int) -> None:
     """Run the webhook receiver (gunicorn)."""
+    settings = load_settings()
+    imported_before = "prometheus_client" in sys.modules
+    from service import metrics
+
+    if metrics.use_process_dir(settings.var_dir, "web") and imported_before:
+        # prometheus-client picks its value store when imported: start again with the directory set.
+        os.execv(sys.executable, [sys.executable, "-m", "service.cli", *sys.argv[1:]])
     from gunicorn.app.base import BaseApplication
 
     from service.web import create_app
     from service.web.server import worker_class
 
-    settings = load_settings()
     open_runtime()
 
     class _Gunicorn(BaseApplication):
@@ -50,6 +56,7 @@ def web(host: str, port: int) -> None:
             self.cfg.set("graceful_timeout", 30)
             self.cfg.set("keepalive", 5)
             self.cfg.set("accesslog", None)
+            self.cfg.set("child_exit", lambda _arbiter, child: metrics.mark_dead(child.pid))
 
         def load(self):
             return create_app(settings)
@@ -62,8 +69,11 @@ def web(host: str, port: int) -> None:
 @click.option("--pool", type=click.Choice(["prefork", "threads", "solo"]), default="prefork", show_default=True)
 def worker(concurrency: int | None, pool: str) -> None:
     """Run a Celery worker consuming the ingest and action queues."""
+    from service import metrics
+
     settings = load_settings()
     open_runtime()
+    metrics.use_process_dir(settings.var_dir, "worker")  # before exec: Celery and its pool inherit it
     queues = ",".join(queue.queue_names(settings).values())
     _exec_celery(["worker", "-Q", queues, "-P", pool, "-c", str(concurrency or settings.worker_concurrency),
                   "--loglevel", settings.log_level, "-n", f"pbxrelay-{os.getpid()}@%h", "--without-mingle",

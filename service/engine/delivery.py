@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from integrations.base import ActionContext, AuthError, IntegrationError, PermanentError, RetryableError, scrub
-from service import accounts, crm
+from service import accounts, crm, metrics
 from service.events import Event, aware
 from service.pbx import media
 from service.runtime import Runtime
@@ -110,6 +110,8 @@ def execute_delivery(rt: Runtime, delivery_id: int,
                                     if config is not None and integration_cls is not None else None),
                    event=event)
         account_spec = ruleset.account if ruleset else None
+        received_at = aware(stored.received_at) if stored else None
+        request_id = delivery.request_id
 
     secrets_seen: list[str] = []
     try:
@@ -136,12 +138,16 @@ def execute_delivery(rt: Runtime, delivery_id: int,
         wrapped = RetryableError(scrub(f"unexpected {type(exc).__name__}: {exc}", secrets_seen)[:1000])
         _record_failure(rt, job, wrapped, secrets_seen)
         raise wrapped from None
+    landed = utcnow()
     with rt.sessions.begin() as session:
         session.execute(sa.update(Delivery).where(Delivery.id == delivery_id).values(
             status="succeeded", external_id=(result.external_id or "")[:300] or None,
             last_error=("deduplicated: the effect was already there" if result.deduplicated else
                         (result.detail[:2000] if result.detail else None)),
-            claimed_until=None, updated_at=utcnow()))
+            claimed_until=None, updated_at=landed, succeeded_at=landed))
+    if received_at is not None:
+        metrics.observe_hook_to_effect(job.integration, (landed - received_at).total_seconds())
+    log.info("delivery %s (request %s) succeeded", delivery_id, request_id)
     return "succeeded"
 
 

@@ -89,12 +89,14 @@ def without_nul(event: Event) -> Event:
     return replace(event, type=_nul_free(event.type), key=_nul_free(event.key), data=_nul_free_json(event.data))
 
 
-def store_event(session: Session, event: Event) -> bool:
-    """Insert the event's row; False when an event with that key was stored before."""
+def store_event(session: Session, event: Event, received_at: datetime | None = None) -> bool:
+    """Insert the event's row (``received_at``: when the receiver accepted the hook behind it, default now);
+    False when an event with that key was stored before."""
     try:
         with session.begin_nested():
             session.add(StoredEvent(account_id=event.account_id, key=event.key[:300], type=event.type,
-                                    occurred_at=event.occurred_at, data=event.data))
+                                    occurred_at=event.occurred_at, data=event.data,
+                                    **({"received_at": received_at} if received_at else {})))
         return True
     except IntegrityError:
         return False
@@ -137,7 +139,8 @@ def ingest(rt: Runtime, envelope: dict[str, Any], *, rerun: bool = False) -> Ing
             unsupported_log.info("quarantined an unknown hook type for %s", account.id)
             _quarantine(session, envelope, "unknown hook type (no hook_event, event_name or object fields)")
             return IngestOutcome(status="quarantined", event_key=raw.key, reason="unknown hook type")
-        if not store_event(session, raw):
+        received_at = datetime.fromisoformat(envelope["received_at"])
+        if not store_event(session, raw, received_at):
             if not rerun:
                 return _stored_before(session, envelope, account.id, [raw.key], rerun=False)
             again = rt.correlator.observe(raw)
@@ -152,8 +155,11 @@ def ingest(rt: Runtime, envelope: dict[str, Any], *, rerun: bool = False) -> Ing
         correlation = rt.correlator.observe(raw)
         outcome = IngestOutcome(status="accepted", event_key=raw.key, finalize_call=correlation.finalize_call)
         for event in [raw, *correlation.events]:
-            if event is raw or store_event(session, event):
-                outcome.deliveries.extend(plan_deliveries(session, rt, ruleset, account, event))
+            if event is raw or store_event(session, event, received_at):
+                outcome.deliveries.extend(plan_deliveries(session, rt, ruleset, account, event,
+                                                          request_id=envelope.get("request_id")))
+    # The request id made by the receiver links this line to the action attempts' lines (by delivery id).
+    log.info("request %s: %s planned deliveries %s", envelope.get("request_id"), raw.key, outcome.deliveries)
     return outcome
 
 
@@ -167,16 +173,19 @@ def _ingest_crm(session: Session, rt: Runtime, account: Account, envelope: dict[
         _quarantine(session, envelope, f"malformed: {exc}")
         return IngestOutcome(status="quarantined", reason=f"malformed: {exc}")
     ruleset = ruleset_of(session, rt, account.id)
+    received_at = datetime.fromisoformat(envelope["received_at"])
     event = without_nul(crm.crm_event(payload, account_id=account.id, crm=ruleset.crm if ruleset else None,
-                                      received_at=datetime.fromisoformat(envelope["received_at"]),
+                                      received_at=received_at,
                                       webhook_id=(envelope.get("headers") or {}).get("webhook-id")))
-    if not store_event(session, event):
+    if not store_event(session, event, received_at):
         return _stored_before(session, envelope, account.id, [event.key], rerun=rerun)
     if event.data.get("opt_out") and ruleset is not None and ruleset.crm is not None:
         number = crm.to_e164(event.data.get(ruleset.crm.phone_field), ruleset.account.region)
         if number:
             crm.add_opt_out(session, account.id, number, "crm")
-    return IngestOutcome(status="accepted", event_key=event.key, deliveries=plan_deliveries(session, rt, ruleset, account, event))
+    planned = plan_deliveries(session, rt, ruleset, account, event, request_id=envelope.get("request_id"))
+    log.info("request %s: %s planned deliveries %s", envelope.get("request_id"), event.key, planned)
+    return IngestOutcome(status="accepted", event_key=event.key, deliveries=planned)
 
 
 def _stored_before(session: Session, envelope: dict[str, Any], account_id: str, keys: list[str], *,

@@ -31,8 +31,11 @@ def ruleset_of(session: Session, rt: Runtime, account_id: str):
     return parsed
 
 
-def plan_deliveries(session: Session, rt: Runtime, ruleset, account: Account, event: Event) -> list[int]:
+def plan_deliveries(session: Session, rt: Runtime, ruleset, account: Account, event: Event, *,
+                    request_id: str | None = None) -> list[int]:
     """Create a delivery row for each matching rule action; return the ids that need a task.
+
+    ``request_id`` is the receiver's id of the request behind it, carried to the action's log lines.
 
     The row keeps the action's templates, not their output: they render when the action runs
     (:func:`service.engine.delivery.execute_delivery`), so a slow template costs its own account's
@@ -45,7 +48,8 @@ def plan_deliveries(session: Session, rt: Runtime, ruleset, account: Account, ev
         delivery = Delivery(account_id=account.id, event_key=event.key[:300], event_type=event.type,
                             rule_name=planned.rule_name, action_index=planned.index,
                             connection=planned.connection, integration=planned.integration,
-                            action=planned.action, status="pending", params=planned.params_template, rendered=False)
+                            action=planned.action, status="pending", params=planned.params_template, rendered=False,
+                            request_id=request_id)
         try:
             with session.begin_nested():
                 session.add(delivery)

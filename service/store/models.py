@@ -147,6 +147,10 @@ class Delivery(Base):
     external_id: Mapped[str | None] = mapped_column(sa.String(300), nullable=True)
     created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    # When the effect landed at the vendor; with the event's received_at, the hook->effect latency.
+    succeeded_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True), nullable=True)
+    # The receiver's id of the request whose hook planned this action (None for timers and replays).
+    request_id: Mapped[str | None] = mapped_column(sa.String(32), nullable=True)
 
 
 class OptOut(Base):

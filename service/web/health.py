@@ -44,7 +44,7 @@ def readyz():
 
 @blueprint.get("/metrics")
 def metrics():
-    """Prometheus metrics of this web process."""
+    """Prometheus metrics of every local pbxrelay process (multiprocess mode), else of this one."""
     receiver = current_receiver()
     receiver.spooled.set(receiver.spool.depth())
-    return Response(generate_latest(receiver.registry), mimetype="text/plain; version=0.0.4")
+    return Response(generate_latest(receiver.scrape), mimetype="text/plain; version=0.0.4")

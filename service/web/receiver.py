@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import secrets
 import time
 from datetime import datetime, timezone
 from typing import Any
@@ -16,10 +17,10 @@ from typing import Any
 from flask import current_app
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from service import accounts
+from service import accounts, metrics as shared_metrics
 from service.datafiles import private_dir
 from service.config import Settings
-from service.queue import INGEST, TaskQueue
+from service.queue import INGEST, TaskQueue, queue_names
 from service.runtime import Runtime
 from service.web.spool import Spool
 
@@ -37,7 +38,14 @@ class Receiver:
     def __init__(self, settings: Settings, runtime: Runtime, registry: CollectorRegistry) -> None:
         self.settings = settings
         self.runtime = runtime
-        self.registry = registry  # this web process's metrics (served by /metrics)
+        self.registry = registry  # this web process's metrics
+        # What /metrics shows: every local pbxrelay process's files in multiprocess mode, else this process.
+        self.scrape = registry
+        if shared_metrics.multiprocess_enabled():
+            self.scrape = CollectorRegistry()
+            self.scrape.register(shared_metrics.AllProcessesCollector(shared_metrics.metrics_root(settings.var_dir)))
+        self.scrape.register(shared_metrics.QueueDepthCollector(
+            lambda: {kind: runtime.redis.llen(name) for kind, name in queue_names(settings).items()}))
         # Fails at once when Redis is away (the spool takes over); one producer per request thread.
         self.queue = TaskQueue(settings, fail_fast=True)
         self.engine = runtime.sessions.kw["bind"]
@@ -150,7 +158,8 @@ def make_envelope(*, source: str, account_id: str, method: str, content_type: st
     except UnicodeDecodeError:
         text, b64 = base64.b64encode(body).decode(), True
     return {"v": 1, "source": source, "account_id": account_id,
-            "received_at": datetime.now(timezone.utc).isoformat(), "method": method,
+            "received_at": datetime.now(timezone.utc).isoformat(), "request_id": secrets.token_hex(8),
+            "method": method,
             "content_type": content_type or "", "query_string": query_string, "body": text, "body_b64": b64,
             "headers": headers}
 

@@ -16,8 +16,10 @@ Test controls under ``/_standin/``: ``POST faults`` queues faults consumed one p
 e.g. ``[{"status": 500}, {"status": 429, "retry_after": 2}, {"delay": 3}, {"body": "<html>oops",
 "status": 502}, {"status": 500, "commit": true}]`` (``delay`` alone delays then answers normally;
 ``commit`` performs the request, then answers with the fault); ``GET messages``; ``GET calls``;
-``POST setup`` registers tokens/channels/webhooks (and the rate limit); ``POST reset`` forgets
-messages, calls, faults and rate windows, and with ``{"registrations": true}`` the registrations too.
+``POST setup`` registers tokens/channels/webhooks (and the rate limit, and ``answer_delay_ms``: every
+vendor request then waits that long before it is handled, like a real Slack's 100-300 ms); ``POST reset``
+forgets messages, calls, faults and rate windows, and with ``{"registrations": true}`` the registrations too.
+Each recorded message has ``received_at`` (Unix time it was posted; not part of Slack's own answers).
 """
 
 from __future__ import annotations
@@ -51,7 +53,8 @@ BOT_USER = "U0STANDINBOT"
 class SlackStandin:
     """The stand-in's workspace state: tokens, channels, webhooks, messages and the fault queue."""
 
-    def __init__(self, *, rate_limit_max: int | None = 5, rate_limit_window: float = 1.0) -> None:
+    def __init__(self, *, rate_limit_max: int | None = 5, rate_limit_window: float = 1.0,
+                 answer_delay: float = 0.0) -> None:
         self.lock = threading.Lock()
         self.tokens: dict[str, frozenset[str]] = {}
         self.revoked: set[str] = set()
@@ -63,6 +66,7 @@ class SlackStandin:
         # Slack: about one message per second per channel with short bursts; None disables the limit.
         self.rate_limit_max = rate_limit_max
         self.rate_limit_window = rate_limit_window
+        self.answer_delay = answer_delay  # seconds every vendor request waits (outside the lock)
         self._recent: dict[str, deque[float]] = {}
         self._last_micros = 0
 
@@ -198,6 +202,10 @@ def create_app(state: SlackStandin | None = None) -> Flask:
     @app.post("/_standin/setup")
     def setup() -> Response:
         body = request.get_json(force=True, silent=True) or {}
+        delay_ms = body.get("answer_delay_ms", None)
+        if delay_ms is not None and (isinstance(delay_ms, bool) or not isinstance(delay_ms, (int, float))
+                                     or not 0 <= delay_ms <= 60_000):  # checked before anything is applied
+            return _error("answer_delay_ms must be a number of milliseconds from 0 to 60000", 400)
         for token in body.get("tokens", []):
             state.add_token(token["token"], set(token.get("scopes", DEFAULT_SCOPES)))
         for channel in body.get("channels", []):
@@ -205,6 +213,9 @@ def create_app(state: SlackStandin | None = None) -> Flask:
                               is_archived=channel.get("is_archived", False))
         for hook in body.get("webhooks", []):
             state.add_webhook(hook["channel"], hook["path"])
+        if delay_ms is not None:
+            with state.lock:
+                state.answer_delay = delay_ms / 1000.0
         set_rate_limit(state, body)
         return _json({"ok": True})
 
@@ -218,6 +229,9 @@ def _with_fault(state: SlackStandin, endpoint: str, kind: str, handle) -> Respon
     with state.lock:
         fault = state.faults.pop()
         state.calls.append({"endpoint": endpoint, "fault": fault, "at": time.time()})
+        delay = state.answer_delay
+    if delay:
+        time.sleep(delay)
     return answer_with_fault(fault, handle, lambda f: fault_response(f, lambda status: _fault_body(status, kind)))
 
 
@@ -320,7 +334,7 @@ def _post_message(state: SlackStandin, args: dict[str, Any], scopes: frozenset[s
                        ("username", args.get("username")), ("icon_emoji", args.get("icon_emoji"))):
         if value not in (None, ""):
             message[key] = value
-    state.messages.append({**message, "channel": channel["id"], "via": "api"})
+    state.messages.append({**message, "channel": channel["id"], "via": "api", "received_at": time.time()})
     return _json({"ok": True, "channel": channel["id"], "ts": message["ts"], "message": message})
 
 
@@ -350,7 +364,7 @@ def _page(messages: list[dict[str, Any]], args: dict[str, Any]) -> Response:
     page = selected[start:start + limit]
     more = start + limit < len(selected)
     keep_metadata = _truthy(args.get("include_all_metadata"))
-    out = [{k: v for k, v in m.items() if k not in ("channel", "via") and (keep_metadata or k != "metadata")}
+    out = [{k: v for k, v in m.items() if k not in ("channel", "via", "received_at") and (keep_metadata or k != "metadata")}
            for m in page]
     cursor = base64.b64encode(f"next:{start + limit}".encode()).decode() if more else ""
     return _json({"ok": True, "messages": out, "has_more": more, "pin_count": 0,
@@ -428,5 +442,5 @@ def _incoming_webhook(state: SlackStandin, path: str) -> Response:
         for key in ("blocks", "thread_ts", "username", "icon_emoji"):
             if payload.get(key) not in (None, ""):
                 message[key] = payload[key]
-        state.messages.append({**message, "channel": channel["id"], "via": "webhook"})
+        state.messages.append({**message, "channel": channel["id"], "via": "webhook", "received_at": time.time()})
     return _text_response("ok", 200)

@@ -29,6 +29,7 @@ def slack(server):
     state = server.state
     state.reset(registrations=True)
     state.rate_limit_max, state.rate_limit_window = 5, 1.0
+    state.answer_delay = 0.0
     state.add_token(TOKEN)
     state.add_channel(CHAN, "calls")
     state.add_channel("C0ARCH0002", "old", is_archived=True)
@@ -225,6 +226,23 @@ def test_control_endpoints_setup_and_reset(slack):
     requests.post(f"{url}/_standin/reset", json={"registrations": True}, timeout=5)
     assert api(url, "chat.postMessage", token="xoxb-new", json={"channel": "#new", "text": "d"}).json() == {
         "ok": False, "error": "invalid_auth"}
+
+
+def test_answer_delay_is_set_up_and_checked_and_messages_record_their_arrival(slack):
+    """``answer_delay_ms`` applies to every request; a bad value is refused naming the field, with nothing
+    of that setup applied; each message keeps its arrival time, which Slack's own answers never show."""
+    url, state = slack
+    bad = requests.post(f"{url}/_standin/setup", timeout=5, json={
+        "tokens": [{"token": "xoxb-not-applied"}], "answer_delay_ms": "soon"})
+    assert bad.status_code == 400 and "answer_delay_ms" in bad.json()["error"]
+    assert "xoxb-not-applied" not in state.tokens and state.answer_delay == 0.0
+    ok = requests.post(f"{url}/_standin/setup", timeout=5, json={"answer_delay_ms": 20})
+    assert ok.json() == {"ok": True} and state.answer_delay == 0.02
+    assert api(url, "chat.postMessage", json={"channel": CHAN, "text": "timed"}).json()["ok"]
+    recorded = requests.get(f"{url}/_standin/messages", timeout=5).json()["messages"]
+    assert [m["text"] for m in recorded] == ["timed"] and recorded[0]["received_at"] > 0
+    history = api(url, "conversations.history", json={"channel": CHAN}).json()["messages"]
+    assert [m["text"] for m in history] == ["timed"] and "received_at" not in history[0]
 
 
 def test_unknown_method_and_default_workspace():
