@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from integrations.base import RetryableError
 from integrations.google_sheets.integration import _Keys
+from service.console import apikeys, invites, users
 from service import accounts, crm, engine, tenant_data
 from service.config import Settings, get_settings
 from service.engine import planning
@@ -121,6 +122,13 @@ def fill(rt, account_id: str) -> None:
     with rt.sessions.begin() as session:
         crm.add_opt_out(session, account_id, "+15553456789", "sms:stop")
         accounts.link_sub_account(session, account_id, "5" * 32)
+        # The console's rows: a member (users are shared across accounts; their membership is the account's),
+        # an invite and an API key.
+        member = users.create_user(session, f"owner-{account_id[:6]}@example.test", "a long enough password",
+                                   is_operator=False, actor="test")
+        users.set_role(session, account_id, member, "owner", actor="test")
+        invites.create_invite(session, account_id, f"new-{account_id[:6]}@example.test", "viewer", actor="test")
+        apikeys.create_api_key(session, account_id, "ci", "read", actor="test")
         session.add(AuditEntry(account_id=account_id, kind="connected", detail="hooks registered"))
     rt.redis.incr(f"{ns}:authfail:{account_id}:chat")
     rt.redis.set(f"{ns}:virtualpbx:token:{account_id}", "a-kazoo-session-jwt")
