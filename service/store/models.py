@@ -99,7 +99,9 @@ class Delivery(Base):
     """One planned action of one rule for one event, with every attempt's outcome (the delivery log)."""
 
     __tablename__ = "deliveries"
-    __table_args__ = (sa.UniqueConstraint("account_id", "event_key", "rule_name", "action_index"),)
+    __table_args__ = (sa.UniqueConstraint("account_id", "event_key", "rule_name", "action_index"),
+                      # The scheduler's query, every second: what is due now.
+                      sa.Index("ix_deliveries_status_next_attempt_at", "status", "next_attempt_at"))
     id: Mapped[int] = mapped_column(primary_key=True)
     account_id: Mapped[str] = mapped_column(sa.String(64), index=True)
     event_key: Mapped[str] = mapped_column(sa.String(300))
@@ -112,8 +114,11 @@ class Delivery(Base):
     params: Mapped[dict] = mapped_column(sa.JSON, default=dict)
     # pending -> running -> succeeded | retrying | failed (permanent) | dead (past the retry horizon)
     status: Mapped[str] = mapped_column(sa.String(20), default="pending", index=True)
-    # A running attempt holds the delivery until then; a redelivered task waits or takes over after.
+    # Running: the attempt holds the delivery until then (a re-sent task takes over after). Pending or retrying:
+    # the scheduler sent a task for it and sends another only after then (the message may have been lost).
     claimed_until: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True), nullable=True)
+    # When a retrying (or deferred) delivery may be attempted again; the scheduler enqueues it then.
+    next_attempt_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True), nullable=True)
     attempts: Mapped[int] = mapped_column(default=0)
     last_error: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
     external_id: Mapped[str | None] = mapped_column(sa.String(300), nullable=True)
