@@ -62,6 +62,19 @@ def retry_delay(rt: Runtime, attempt: int, retry_after: float | None, code: str 
 
 # Retry reasons that are waiting, not trying: nothing reached the vendor, so no attempt is counted.
 WAITING_CODES = frozenset({"paced", "deferred", "queued"})
+# How long the count of a delivery's consecutive rate-limit waits is kept (it only shapes the spread below).
+PACED_WAITS_TTL_SECONDS = 3600
+
+
+def paced_delay(rt: Runtime, delivery_id: int, retry_after: float) -> float:
+    """Seconds before a delivery that waited for a rate-limit token tries again: the limiter's wait plus full
+    jitter over a window that doubles with each consecutive wait, so many deliveries waiting on one bucket
+    spread out instead of all waking for its next single token (N waiters would cost N^2/2 tries)."""
+    key = f"{rt.settings.namespace}:paced-waits:{delivery_id}"
+    waits = rt.redis.incr(key)
+    rt.redis.expire(key, PACED_WAITS_TTL_SECONDS)
+    window = min(float(rt.settings.retry_max_countdown_seconds), retry_after * 2 ** min(waits - 1, 16))
+    return retry_after + random.uniform(0, window)
 # Permanent auth failures of one connection within the window that pause it (the circuit opens).
 CIRCUIT_THRESHOLD = 3
 CIRCUIT_WINDOW_SECONDS = 600
@@ -200,11 +213,14 @@ def _record_failure(rt: Runtime, job: _Job, exc: IntegrationError, secrets_seen:
         values["attempts"] = Delivery.attempts - 1
     else:
         values["last_error"] = f"{type(exc).__name__}: {exc.message}"[:2000]
+        rt.redis.delete(f"{rt.settings.namespace}:paced-waits:{job.delivery_id}")  # waits after this start anew
     if status == "retrying":
         # Backoff grows with the attempts that reached the vendor (the row's count), never with pacing waits.
         real_attempts = job.attempt - 1 if waiting else job.attempt
-        if waiting and exc.retry_after:
-            delay = exc.retry_after  # exactly as long as the limiter (or quiet hours) says: no backoff, no cap
+        if exc.code == "paced" and exc.retry_after:
+            delay = paced_delay(rt, job.delivery_id, exc.retry_after)
+        elif waiting and exc.retry_after:
+            delay = exc.retry_after  # quiet hours, a queued write: exactly as long as said, no backoff, no cap
         else:
             delay = retry_delay(rt, max(1, real_attempts), exc.retry_after, code=exc.code)
         values["next_attempt_at"] = now + timedelta(seconds=delay)
