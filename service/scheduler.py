@@ -82,7 +82,9 @@ class Scheduler:
         due = self.rt.redis.hgetall(self._periodic_key)
         count = 0
         for task, every in queue.PERIODIC.items():
-            if float(due.get(task, 0)) <= now:
+            if task not in due:  # a first start: the first run comes one interval later (as Celery beat did)
+                self.rt.redis.hsetnx(self._periodic_key, task, now + every)
+            elif float(due[task]) <= now:
                 self.tasks.send(task, [])
                 self.rt.redis.hset(self._periodic_key, task, now + every)
                 count += 1

@@ -44,8 +44,11 @@ def due_deliveries(rt: Runtime, *, limit: int = BATCH) -> list[int]:
             session.execute(sa.update(Delivery).where(Delivery.id.in_(ids), abandoned).values(
                 status="retrying", next_attempt_at=now, last_error="the worker running it was lost",
                 updated_at=now))
-            session.execute(sa.update(Delivery).where(Delivery.id.in_(ids), Delivery.status.in_(
-                ("pending", "retrying"))).values(claimed_until=now + lease))
+            # (Not a row an attempt re-scheduled meanwhile: its new due time must not wait for this lease.)
+            session.execute(sa.update(Delivery).where(
+                Delivery.id.in_(ids), Delivery.status.in_(("pending", "retrying")),
+                sa.or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now)).values(
+                claimed_until=now + lease))
     return ids
 
 
