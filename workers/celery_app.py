@@ -32,8 +32,14 @@ def make_celery(settings: Settings) -> Celery:
         task_queues=list(declared.values()),
         task_default_queue=queues["actions"],
         task_routes={task: {"queue": queues[kind]} for task, kind in queue.QUEUE_KIND.items()},
+        # A task whose pool process died is re-sent after default_retry_delay (Celery's default, 180 s, is a Task
+        # attribute no setting reaches): at once. Ingest and finalize are idempotent; an action's claim keeps a
+        # second run off it until the killed attempt's lease has run out, and the scheduler re-sends it then.
         task_annotations={queue.RUN_ACTION: {"time_limit": settings.action_timeout_seconds,
-                                             "soft_time_limit": max(1, settings.action_timeout_seconds - 5)}},
+                                             "soft_time_limit": max(1, settings.action_timeout_seconds - 5),
+                                             "default_retry_delay": 0},
+                          queue.INGEST: {"default_retry_delay": 0},
+                          queue.FINALIZE_CALL: {"default_retry_delay": 0}},
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
     )
@@ -49,11 +55,9 @@ def make_celery(settings: Settings) -> Celery:
         )
     else:
         app.conf.update(
-            # Redis: a pool child killed mid-task gets its task re-sent like retry() (Celery 5.7), at once: an
-            # action's claim keeps a second run off it until the killed attempt's lease has run out.
+            # Redis: a pool child killed mid-task gets its task re-sent like retry() (Celery 5.7).
             task_retry_on_worker_lost=True,
             task_reject_on_worker_lost=False,
-            task_default_retry_delay=0,
         )
     return app
 

@@ -38,4 +38,6 @@ def test_the_celery_app_uses_quorum_queues_and_reject_on_worker_lost_on_rabbitmq
     redis_conf = make_celery(Settings(var_dir=tmp_path, redis_url="redis://127.0.0.1:6379/0", namespace="cfg")).conf
     assert (redis_conf.task_retry_on_worker_lost, redis_conf.task_reject_on_worker_lost) == (True, False)
     assert {q.name: q.queue_arguments for q in redis_conf.task_queues} == {"cfg.ingest": None, "cfg.actions": None}
-    assert "default_retry_delay" not in redis_conf.task_annotations[queue.RUN_ACTION], "no countdown for actions"
+    assert {task: redis_conf.task_annotations[task]["default_retry_delay"]
+            for task in (queue.RUN_ACTION, queue.INGEST, queue.FINALIZE_CALL)} == dict.fromkeys(
+        (queue.RUN_ACTION, queue.INGEST, queue.FINALIZE_CALL), 0), "a worker-lost re-send is never delayed"
