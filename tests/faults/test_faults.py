@@ -234,7 +234,7 @@ def test_kill_9_of_a_whole_worker_while_actions_wait_for_tokens_and_retries(make
     before = len(rig.observed())
     replaced_at = time.time()
     rig.service.start_worker("replacement", concurrency=2)
-    finish(rig, report, "whole worker -9 while waiting", expected, started)
+    finish(rig, report, "worker -9 while waiting", expected, started)
     took = rig.last_vendor_call() - replaced_at
     print(f"\n[{broker}] {len(expected) - before} of {len(expected)} effects came after the kill; "
           f"the last vendor call {took:.1f} s after the replacement started")
