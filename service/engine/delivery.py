@@ -75,6 +75,8 @@ def paced_delay(rt: Runtime, delivery_id: int, retry_after: float) -> float:
     rt.redis.expire(key, PACED_WAITS_TTL_SECONDS)
     window = min(float(rt.settings.retry_max_countdown_seconds), retry_after * 2 ** min(waits - 1, 16))
     return retry_after + random.uniform(0, window)
+
+
 # Permanent auth failures of one connection within the window that pause it (the circuit opens).
 CIRCUIT_THRESHOLD = 3
 CIRCUIT_WINDOW_SECONDS = 600
