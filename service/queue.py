@@ -2,7 +2,8 @@
 
 The web app and the CLI enqueue through this module alone and never import Celery or ``workers``:
 the task names and queues below are the contract with ``workers.celery_app``, which routes the
-same names to the same queues and declares them the same way (one direct exchange per queue).
+same names to the same queues and declares them the same way (one direct exchange per queue; on
+RabbitMQ a quorum queue, which RabbitMQ replicates and confirms to disk before it accepts a message).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import os
 import socket
 import threading
 import uuid
-from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from kombu import Connection, Exchange, Queue
@@ -25,13 +25,15 @@ log = logging.getLogger(__name__)
 INGEST = "pbxrelay.ingest"
 FINALIZE_CALL = "pbxrelay.finalize_call"
 RUN_ACTION = "pbxrelay.run_action"
-REQUEUE_STALE = "pbxrelay.requeue_stale"
 RECONCILE = "pbxrelay.reconcile"
 REENABLE_HOOKS = "pbxrelay.reenable_hooks"
 PURGE = "pbxrelay.purge"
 # Which kind of queue each task goes to: hooks and housekeeping share one, actions have their own.
-QUEUE_KIND = {INGEST: "ingest", FINALIZE_CALL: "ingest", REQUEUE_STALE: "ingest", RECONCILE: "ingest",
-              REENABLE_HOOKS: "ingest", PURGE: "ingest", RUN_ACTION: "actions"}
+QUEUE_KIND = {INGEST: "ingest", FINALIZE_CALL: "ingest", RECONCILE: "ingest", REENABLE_HOOKS: "ingest",
+              PURGE: "ingest", RUN_ACTION: "actions"}
+# What the scheduler sends on its own clock, in seconds (reconcile CDRs; re-enable hooks Kazoo disabled;
+# purge what is past each account's retention).
+PERIODIC = {RECONCILE: 600.0, REENABLE_HOOKS: 300.0, PURGE: 3600.0}
 
 
 def queue_names(settings: Settings) -> dict[str, str]:
@@ -40,17 +42,33 @@ def queue_names(settings: Settings) -> dict[str, str]:
     return {"ingest": f"{ns}.ingest", "actions": f"{ns}.actions"}
 
 
-def declare(name: str) -> Queue:
-    """A queue bound to its own direct exchange (two queues on one exchange and key would each get a copy)."""
-    return Queue(name, Exchange(name, type="direct"), routing_key=name)
+def declare(name: str, *, quorum: bool = False) -> Queue:
+    """A queue bound to its own direct exchange (two queues on one exchange and key would each get a copy).
+
+    ``quorum`` (RabbitMQ): publisher and worker must declare it alike, or RabbitMQ refuses the second one.
+    """
+    arguments = {"x-queue-type": "quorum"} if quorum else None
+    return Queue(name, Exchange(name, type="direct"), routing_key=name, queue_arguments=arguments)
 
 
-def task_message(task: str, args: list[Any], *, countdown: float | None = None,
-                 argsrepr: str | None = None) -> tuple[list[Any], dict[str, Any], str]:
-    """(body, headers, task id) of a Celery protocol-2 task message."""
+def declare_all(settings: Settings) -> dict[str, Queue]:
+    """Every queue by kind, declared as this broker needs (quorum queues on RabbitMQ)."""
+    return {kind: declare(name, quorum=settings.broker_is_amqp) for kind, name in queue_names(settings).items()}
+
+
+def broker_transport_options(settings: Settings) -> dict[str, Any]:
+    """kombu transport options for this broker, shared by the publisher here and the Celery app."""
+    if settings.broker_is_amqp:
+        # Publisher confirms: a publish returns only once RabbitMQ has the message (a quorum queue: on a majority).
+        return {"confirm_publish": True}
+    # Redis: a message taken but never acknowledged comes back after the visibility timeout.
+    return {"visibility_timeout": settings.visibility_timeout_seconds, "socket_timeout": 5, "socket_connect_timeout": 5}
+
+
+def task_message(task: str, args: list[Any], *, argsrepr: str | None = None) -> tuple[list[Any], dict[str, Any], str]:
+    """(body, headers, task id) of a Celery protocol-2 task message (never delayed: due times live in the store)."""
     task_id = str(uuid.uuid4())
-    eta = (datetime.now(timezone.utc) + timedelta(seconds=countdown)).isoformat() if countdown else None
-    headers = {"lang": "py", "task": task, "id": task_id, "shadow": None, "eta": eta, "expires": None,
+    headers = {"lang": "py", "task": task, "id": task_id, "shadow": None, "eta": None, "expires": None,
                "group": None, "group_index": None, "retries": 0, "timelimit": [None, None],
                "root_id": task_id, "parent_id": None,
                # Never a repr of the arguments: they carry caller data, and Celery would log them.
@@ -64,14 +82,13 @@ class TaskQueue:
     """Publishes task messages; one producer per thread, reconnecting after a failure."""
 
     def __init__(self, settings: Settings, *, fail_fast: bool = False) -> None:
-        options: dict[str, Any] = {"socket_timeout": 5, "socket_connect_timeout": 5,
-                                   "visibility_timeout": settings.visibility_timeout_seconds}
-        if fail_fast:  # the receiver spools at once rather than wait for an absent Redis
+        options: dict[str, Any] = broker_transport_options(settings)
+        if fail_fast and not settings.broker_is_amqp:  # the receiver spools at once rather than wait for the broker
             options.update(socket_timeout=1, socket_connect_timeout=1, max_retries=0)
-        self._url = kombu_url(settings.effective_redis_url)
+        self._url = kombu_url(settings.effective_broker_url)
         self._options = options
         self._connect_timeout = 1 if fail_fast else 5
-        self._queues = {kind: declare(name) for kind, name in queue_names(settings).items()}
+        self._queues = declare_all(settings)
         self._local = threading.local()
 
     def _producer(self):
@@ -82,11 +99,10 @@ class TaskQueue:
             producer = self._local.producer = connection.Producer(serializer="json")
         return producer
 
-    def send(self, task: str, args: list[Any], *, countdown: float | None = None,
-             argsrepr: str | None = None) -> str:
+    def send(self, task: str, args: list[Any], *, argsrepr: str | None = None) -> str:
         """Publish one task by name; raises when the broker is unreachable. Returns the task id."""
         queue = self._queues[QUEUE_KIND[task]]
-        body, headers, task_id = task_message(task, args, countdown=countdown, argsrepr=argsrepr)
+        body, headers, task_id = task_message(task, args, argsrepr=argsrepr)
         producer = self._producer()
         try:
             producer.publish(body, exchange=queue.exchange, routing_key=queue.routing_key, declare=[queue],

@@ -16,6 +16,7 @@ import redis
 FIXTURES = Path(__file__).parent / "fixtures"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+DEFAULT_RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672//"
 
 
 def load_fixture(relpath: str) -> dict:
@@ -133,3 +134,30 @@ def _fresh_postgres_schema(url: str, request) -> str:
     request.addfinalizer(drop)
     sep = "&" if "?" in url else "?"
     return f"{url}{sep}options=-csearch_path%3D{schema}"
+
+
+def _rabbitmq_answers(url: str) -> bool:
+    from kombu import Connection
+
+    try:
+        with Connection(url, connect_timeout=1) as conn:
+            conn.ensure_connection(max_retries=1)
+        return True
+    except Exception:  # refused, timed out, bad credentials: all "not usable"
+        return False
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_url() -> str:
+    """A real RabbitMQ (PBXRELAY_TEST_RABBITMQ_URL, default 127.0.0.1:5672 guest/guest); required on CI."""
+    url = os.environ.get("PBXRELAY_TEST_RABBITMQ_URL", DEFAULT_RABBITMQ_URL)
+    if not _rabbitmq_answers(url):
+        if os.environ.get("CI"):
+            pytest.fail("RabbitMQ is required on CI but it does not answer (PBXRELAY_TEST_RABBITMQ_URL)")
+        pytest.skip("RabbitMQ not reachable; set PBXRELAY_TEST_RABBITMQ_URL")
+    return url
+
+
+def broker_url_for(request, kind: str) -> str | None:
+    """The broker URL of a parametrised test: None for Redis (the default), the test RabbitMQ for "rabbitmq"."""
+    return request.getfixturevalue("rabbitmq_url") if kind == "rabbitmq" else None

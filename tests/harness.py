@@ -84,9 +84,21 @@ class Service:
         """Start a Celery worker process."""
         return self._spawn(name, "worker", "--pool", pool, "--concurrency", str(concurrency))
 
-    def start_scheduler(self) -> subprocess.Popen:
-        """Start the periodic jobs (Celery beat), as production runs them."""
-        return self._spawn("scheduler", "scheduler")
+    def start_scheduler(self, name: str = "scheduler") -> subprocess.Popen:
+        """Start the scheduler (due actions and calls every second, periodic jobs), as production runs it."""
+        return self._spawn(name, "scheduler")
+
+    def delete_queues(self) -> None:
+        """Delete this deployment's queues on its RabbitMQ broker (they outlive its processes)."""
+        from kombu import Connection
+
+        from service import queue
+        from service.config import Settings
+
+        settings = Settings(namespace=self.env["PBXRELAY_NAMESPACE"], var_dir=self.var_dir)
+        with Connection(self.env["PBXRELAY_BROKER_URL"]) as conn:
+            for name in queue.queue_names(settings).values():
+                conn.default_channel.queue_delete(name)
 
     def log(self, name: str) -> str:
         """What a process printed so far."""

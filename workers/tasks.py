@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 import redis
 import requests
@@ -103,8 +103,8 @@ def ingest(self, envelope: dict) -> str:
         return _quarantine_or_retry(self, rt, task_id, envelope,
                                     f"processing failed: {type(exc).__name__}: {scrub(str(exc))}"[:2000])
     if outcome.finalize_call:
-        finalize_call.apply_async((envelope["account_id"], outcome.finalize_call),
-                                  countdown=rt.settings.call_settle_seconds)
+        # Due in call_settle_seconds, kept in Redis for the scheduler (not a countdown in this worker's memory).
+        engine.schedule_finalize(rt, envelope["account_id"], outcome.finalize_call)
     enqueue_actions(outcome.deliveries)
     end_run(rt, task_id)
     return outcome.status
@@ -127,38 +127,34 @@ def _quarantine_or_retry(task, rt: Runtime, task_id: str, envelope: dict, reason
 @app.task(name=queue.FINALIZE_CALL, bind=True, max_retries=None, autoretry_for=INFRA_ERRORS,
           retry_backoff=1, retry_backoff_max=60, retry_jitter=True)
 def finalize_call(self, account_id: str, call_key: str) -> int:
-    """Emit a finished call's call.ended / call.missed and enqueue their actions."""
-    planned = engine.finalize_call(runtime(), account_id, call_key, rerun=is_rerun(self.request))
+    """Emit a finished call's call.ended / call.missed, enqueue their actions, and take the call off the schedule."""
+    rt = runtime()
+    planned = engine.finalize_call(rt, account_id, call_key, rerun=is_rerun(self.request))
     enqueue_actions(planned)
+    engine.finalized(rt, account_id, call_key)
     return len(planned)
 
 
 # PermanentError is an expected outcome (recorded in the delivery log): `throws` logs it without a traceback.
 @app.task(name=queue.RUN_ACTION, bind=True, max_retries=None, throws=(PermanentError,))
 def run_action(self, delivery_id: int) -> str:
-    """Run one delivery; retry RetryableError after the computed delay; PermanentError is final."""
+    """Run one delivery. A retry or rate-limit wait is recorded on the delivery (status retrying, next_attempt_at)
+    and the scheduler enqueues it when due; nothing is held back here."""
     rt = runtime()
     try:
         return engine.execute_delivery(rt, delivery_id, time_limit_errors=(SoftTimeLimitExceeded,))
     except RetryableError as exc:
-        delay = engine.retry_delay(rt, self.request.retries + 1, exc.retry_after, code=exc.code)
-        raise self.retry(countdown=delay, exc=exc, max_retries=None)
+        log.info("delivery %s will be retried: %s", delivery_id, exc.code or "retryable")
+        return "retrying"
     except INFRA_ERRORS as exc:
-        raise self.retry(countdown=engine.retry_delay(rt, self.request.retries + 1, None),
-                         exc=RetryableError(f"infrastructure: {type(exc).__name__}"), max_retries=None)
+        # The database or Redis is away: the delivery is still pending/retrying under the scheduler's lease, or
+        # running under this attempt's claim, and the scheduler sends it again when that runs out.
+        log.warning("delivery %s left to the scheduler: %s", delivery_id, type(exc).__name__)
+        return "deferred"
     except PermanentError as exc:
         enqueue_actions(engine.follow_ups(exc))
         log.warning("delivery %s failed permanently: %s", delivery_id, exc)
         raise
-
-
-@app.task(name=queue.REQUEUE_STALE)
-def requeue_stale() -> int:
-    """Re-enqueue deliveries whose task message was lost (never attempted, or overdue retrying or running)."""
-    rt = runtime()
-    ids = engine.stale_deliveries(rt, timedelta(seconds=rt.settings.stale_after_seconds))
-    enqueue_actions(ids)
-    return len(ids)
 
 
 @app.task(name=queue.RECONCILE)

@@ -31,11 +31,13 @@ def deliveries(account_id: str, status: str | None, limit: int, as_json: bool) -
         doc = {"id": d.id, "event": d.event_type, "event_key": d.event_key, "rule": d.rule_name,
                "action": f"{d.connection}.{d.action}", "status": d.status, "attempts": d.attempts,
                "external_id": d.external_id, "error": d.last_error, "updated_at": d.updated_at.isoformat(),
-               "succeeded_at": d.succeeded_at.isoformat() if d.succeeded_at else None, "request_id": d.request_id}
+               "succeeded_at": d.succeeded_at.isoformat() if d.succeeded_at else None, "request_id": d.request_id,
+               "next_attempt_at": d.next_attempt_at.isoformat() if d.next_attempt_at else None}
         if as_json:
             click.echo(json.dumps(doc))
         else:
-            click.echo(f"#{d.id} {d.updated_at:%Y-%m-%d %H:%M:%S} {d.status:<9} x{d.attempts} {d.event_type:<24} "
+            due = f" next {d.next_attempt_at:%H:%M:%S}" if d.next_attempt_at else ""
+            click.echo(f"#{d.id} {d.updated_at:%Y-%m-%d %H:%M:%S} {d.status:<9}{due} x{d.attempts} {d.event_type:<24} "
                        f"{d.rule_name} -> {d.connection}.{d.action} {d.external_id or ''} {d.last_error or ''}")
 
 

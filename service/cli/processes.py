@@ -82,12 +82,18 @@ def worker(concurrency: int | None, pool: str) -> None:
 
 @main.command()
 def scheduler() -> None:
-    """Run the periodic jobs (Celery beat)."""
+    """Enqueue what is due every second, and the periodic jobs; several may run, one acts (a Redis lock)."""
+    import threading
+
+    from service.scheduler import Scheduler
+
     settings = load_settings()
-    open_runtime()
-    private_dir(settings.var_dir)
-    # Beat's shelve files take the process umask (0077 since `main`): 0600.
-    _exec_celery(["beat", "--loglevel", settings.log_level, "-s", str(settings.var_dir / "celerybeat-schedule")])
+    rt = open_runtime()
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    click.echo(f"scheduler {os.getpid()} started (one scheduler acts at a time)", err=True)
+    Scheduler(rt, queue.TaskQueue(settings)).run(stop)
 
 
 def _exec_celery(args: list[str]) -> None:

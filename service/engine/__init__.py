@@ -3,7 +3,8 @@
 - ``ingest``: a received hook or CRM call becomes stored events and planned deliveries (one transaction);
 - ``planning``: an account's rules and the delivery rows an event creates;
 - ``delivery``: one attempt of one planned action, its claim and its recorded outcome;
-- ``operations``: onboarding, reconciliation, re-enabling hooks, resume, replay, the stale sweep;
+- ``operations``: onboarding, reconciliation, re-enabling hooks, resume, replay;
+- ``scheduling``: what is due now (deliveries to attempt, calls to finalise), handed out with a lease;
 - ``dryrun``: what payloads would do, derived by the same correlator, with no side effect.
 
 Functions return the delivery ids to enqueue; the caller (a Celery task, the CLI) sends them.
@@ -13,9 +14,10 @@ from service.engine.delivery import IN_DOUBT_CODES, WAITING_CODES, execute_deliv
 from service.engine.dryrun import derive_events, dry_run
 from service.engine.ingest import IngestOutcome, emit_events, envelope_body, finalize_call, ingest, quarantine
 from service.engine.operations import (connect_account, pbx_accounts, reconcile_account, reenable_account_hooks,
-                                       replay, resume_connection, stale_deliveries)
+                                       replay, resume_connection)
+from service.engine.scheduling import due_deliveries, due_finalizations, finalized, schedule_finalize
 
 __all__ = ["IN_DOUBT_CODES", "WAITING_CODES", "IngestOutcome", "connect_account", "derive_events", "dry_run",
-           "emit_events", "envelope_body", "execute_delivery", "finalize_call", "follow_ups", "ingest",
-           "pbx_accounts", "quarantine", "reconcile_account", "reenable_account_hooks", "replay",
-           "resume_connection", "retry_delay", "stale_deliveries"]
+           "due_deliveries", "due_finalizations", "emit_events", "envelope_body", "execute_delivery",
+           "finalize_call", "finalized", "follow_ups", "ingest", "pbx_accounts", "quarantine", "reconcile_account",
+           "reenable_account_hooks", "replay", "resume_connection", "retry_delay", "schedule_finalize"]

@@ -33,10 +33,13 @@ def _claim(session: Session, delivery_id: int, lease: timedelta) -> Delivery | N
     result = session.execute(
         sa.update(Delivery)
         .where(Delivery.id == delivery_id,
-               sa.or_(Delivery.status.in_(("pending", "retrying")),
+               sa.or_(sa.and_(Delivery.status.in_(("pending", "retrying")),
+                              # Not before its due time: a copy of the task sent early (a lost message sent
+                              # again, a redelivery) must not shorten a backoff or the in-doubt wait.
+                              sa.or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now)),
                       sa.and_(Delivery.status == "running", Delivery.claimed_until < now)))
         .values(status="running", attempts=Delivery.attempts + 1, claimed_until=now + lease,
-                updated_at=now))
+                next_attempt_at=None, updated_at=now))
     return session.get(Delivery, delivery_id) if result.rowcount == 1 else None
 
 
@@ -60,6 +63,21 @@ def retry_delay(rt: Runtime, attempt: int, retry_after: float | None, code: str 
 
 # Retry reasons that are waiting, not trying: nothing reached the vendor, so no attempt is counted.
 WAITING_CODES = frozenset({"paced", "deferred", "queued"})
+# How long the count of a delivery's consecutive rate-limit waits is kept (it only shapes the spread below).
+PACED_WAITS_TTL_SECONDS = 3600
+
+
+def paced_delay(rt: Runtime, delivery_id: int, retry_after: float) -> float:
+    """Seconds before a delivery that waited for a rate-limit token tries again: the limiter's wait plus full
+    jitter over a window that doubles with each consecutive wait, so many deliveries waiting on one bucket
+    spread out instead of all waking for its next single token (N waiters would cost N^2/2 tries)."""
+    key = f"{rt.settings.namespace}:paced-waits:{delivery_id}"
+    waits = rt.redis.incr(key)
+    rt.redis.expire(key, PACED_WAITS_TTL_SECONDS)
+    window = min(float(rt.settings.retry_max_countdown_seconds), retry_after * 2 ** min(waits - 1, 16))
+    return retry_after + random.uniform(0, window)
+
+
 # Permanent auth failures of one connection within the window that pause it (the circuit opens).
 CIRCUIT_THRESHOLD = 3
 CIRCUIT_WINDOW_SECONDS = 600
@@ -69,8 +87,11 @@ def execute_delivery(rt: Runtime, delivery_id: int,
                      time_limit_errors: tuple[type[BaseException], ...] = ()) -> str:
     """Run one planned action once; record the attempt; raise RetryableError/PermanentError on failure.
 
-    ``time_limit_errors`` are the caller's soft time limit (Celery's SoftTimeLimitExceeded, which the
-    engine cannot import): recorded as an attempt in doubt and retried, never mistaken for a bug.
+    A failure worth retrying leaves the delivery ``retrying`` with its ``next_attempt_at``: the scheduler
+    enqueues it then (nothing waits in a worker's memory). A delivery that is running elsewhere or not due
+    yet is left alone and its status returned. ``time_limit_errors`` are the caller's soft time limit
+    (Celery's SoftTimeLimitExceeded, which the engine cannot import): recorded as an attempt in doubt and
+    retried, never mistaken for a bug.
     """
     with rt.sessions.begin() as session:
         # One attempt may hold the delivery for its time limit plus a margin; after that a re-sent
@@ -80,11 +101,9 @@ def execute_delivery(rt: Runtime, delivery_id: int,
             current = session.get(Delivery, delivery_id)
             if current is None:
                 raise PermanentError(f"delivery {delivery_id} does not exist")
-            if current.status == "running":
-                left = (aware(current.claimed_until) - utcnow()).total_seconds() if current.claimed_until else 1
-                raise RetryableError(f"delivery {delivery_id} is being attempted elsewhere",
-                                     retry_after=max(1.0, left), code="claimed")
-            return current.status  # succeeded, failed, dead, paused, discarded: nothing to do
+            # Running under another claim (the scheduler sends it again if that claim runs out), not due yet
+            # (the scheduler sends it when due), or final: nothing to do here.
+            return current.status
         account = session.get(Account, delivery.account_id)
         connection = session.scalars(sa.select(Connection).where(
             Connection.account_id == delivery.account_id, Connection.name == delivery.connection)).first()
@@ -220,11 +239,24 @@ def _record_failure(rt: Runtime, job: _Job, exc: IntegrationError, secrets_seen:
         status = "dead" if past_horizon else "retrying"
     else:
         status = "failed"
-    values: dict[str, Any] = {"status": status, "claimed_until": None, "updated_at": utcnow()}
-    if exc.code in WAITING_CODES:
+    now = utcnow()
+    values: dict[str, Any] = {"status": status, "claimed_until": None, "updated_at": now}
+    waiting = exc.code in WAITING_CODES
+    if waiting:
         values["attempts"] = Delivery.attempts - 1
     else:
         values["last_error"] = f"{type(exc).__name__}: {exc.message}"[:2000]
+        rt.redis.delete(f"{rt.settings.namespace}:paced-waits:{job.delivery_id}")  # waits after this start anew
+    if status == "retrying":
+        # Backoff grows with the attempts that reached the vendor (the row's count), never with pacing waits.
+        real_attempts = job.attempt - 1 if waiting else job.attempt
+        if exc.code == "paced" and exc.retry_after:
+            delay = paced_delay(rt, job.delivery_id, exc.retry_after)
+        elif waiting and exc.retry_after:
+            delay = exc.retry_after  # quiet hours, a queued write: exactly as long as said, no backoff, no cap
+        else:
+            delay = retry_delay(rt, max(1, real_attempts), exc.retry_after, code=exc.code)
+        values["next_attempt_at"] = now + timedelta(seconds=delay)
     with rt.sessions.begin() as session:
         session.execute(sa.update(Delivery).where(Delivery.id == job.delivery_id).values(**values))
     if isinstance(exc, AuthError):

@@ -1,8 +1,8 @@
-"""Operations: onboarding, reconciliation, re-enabling hooks, resuming, replaying and the stale sweep."""
+"""Operations: onboarding, reconciliation, re-enabling hooks, resuming and replaying."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import sqlalchemy as sa
 
@@ -91,7 +91,7 @@ def resume_connection(rt: Runtime, account_id: str, name: str) -> list[int]:
             Delivery.account_id == account_id, Delivery.connection == name, Delivery.status == "paused")))
         if ids:
             session.execute(sa.update(Delivery).where(Delivery.id.in_(ids)).values(
-                status="pending", claimed_until=None, updated_at=utcnow()))
+                status="pending", claimed_until=None, next_attempt_at=None, updated_at=utcnow()))
         session.add(AuditEntry(account_id=account_id, kind="connection_resumed",
                                detail=f"{name}: {len(ids)} paused action(s) replayed"))
     rt.redis.delete(f"{rt.settings.namespace}:authfail:{account_id}:{name}")
@@ -105,21 +105,5 @@ def replay(rt: Runtime, *, delivery_ids: list[int]) -> list[int]:
             Delivery.id.in_(delivery_ids), Delivery.status.in_(("dead", "failed", "paused", "discarded")))))
         if ids:
             session.execute(sa.update(Delivery).where(Delivery.id.in_(ids)).values(
-                status="pending", claimed_until=None, created_at=utcnow(), updated_at=utcnow()))
+                status="pending", claimed_until=None, next_attempt_at=None, created_at=utcnow(), updated_at=utcnow()))
     return ids
-
-
-def stale_deliveries(rt: Runtime, overdue: timedelta) -> list[int]:
-    """Deliveries whose task message must have been lost: never attempted, or retrying or running, and overdue.
-
-    A retrying delivery is overdue once ``overdue`` past the longest countdown since its last attempt, a running
-    one once ``overdue`` past its claim. A second message for a delivery is harmless: attempts claim it.
-    """
-    now = utcnow()
-    cutoff = now - overdue
-    retry_cutoff = cutoff - timedelta(seconds=rt.settings.retry_max_countdown_seconds)
-    with rt.sessions() as session:
-        return list(session.scalars(sa.select(Delivery.id).where(sa.or_(
-            sa.and_(Delivery.status == "pending", Delivery.created_at < cutoff),
-            sa.and_(Delivery.status == "retrying", Delivery.updated_at < retry_cutoff),
-            sa.and_(Delivery.status == "running", Delivery.claimed_until < cutoff))).order_by(Delivery.id).limit(1000)))

@@ -124,7 +124,9 @@ class Delivery(Base):
     """One planned action of one rule for one event, with every attempt's outcome (the delivery log)."""
 
     __tablename__ = "deliveries"
-    __table_args__ = (sa.UniqueConstraint("account_id", "event_key", "rule_name", "action_index"),)
+    __table_args__ = (sa.UniqueConstraint("account_id", "event_key", "rule_name", "action_index"),
+                      # The scheduler's query, every second: what is due now.
+                      sa.Index("ix_deliveries_status_next_attempt_at", "status", "next_attempt_at"))
     id: Mapped[int] = mapped_column(primary_key=True)
     account_id: Mapped[str] = mapped_column(sa.String(64), index=True)
     event_key: Mapped[str] = mapped_column(sa.String(300))
@@ -140,8 +142,11 @@ class Delivery(Base):
     rendered: Mapped[bool] = mapped_column(default=False, server_default=sa.true())
     # pending -> running -> succeeded | retrying | failed (permanent) | dead (past the retry horizon)
     status: Mapped[str] = mapped_column(sa.String(20), default="pending", index=True)
-    # A running attempt holds the delivery until then; a redelivered task waits or takes over after.
+    # Running: the attempt holds the delivery until then (a re-sent task takes over after). Pending or retrying:
+    # the scheduler sent a task for it and sends another only after then (the message may have been lost).
     claimed_until: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True), nullable=True)
+    # When a retrying (or deferred) delivery may be attempted again; the scheduler enqueues it then.
+    next_attempt_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True), nullable=True)
     attempts: Mapped[int] = mapped_column(default=0)
     last_error: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
     external_id: Mapped[str | None] = mapped_column(sa.String(300), nullable=True)
@@ -216,14 +221,14 @@ def make_engine(url: str) -> sa.Engine:
 
 
 def migrate(url: str) -> None:
-    """Bring the database at ``url`` to the newest schema (Alembic upgrade heads)."""
+    """Bring the database at ``url`` to the newest schema (Alembic upgrade head)."""
     from alembic import command
     from alembic.config import Config
 
     cfg = Config()
     cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-    command.upgrade(cfg, "heads")
+    command.upgrade(cfg, "head")
 
 
 @lru_cache(maxsize=4)

@@ -12,7 +12,7 @@ import requests
 from service.sandbox.standins.slack import SlackStandin, create_app as slack_app
 from service.sandbox.standins.base import serve_in_thread
 from service.sandbox.virtualpbx.sender import encode_kazoo_form
-from tests.conftest import FIXTURES
+from tests.conftest import FIXTURES, broker_url_for
 from tests.harness import Service, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -71,15 +71,18 @@ def slack():
     server.stop()
 
 
-@pytest.fixture(scope="module")
-def service(tmp_path_factory, redis_url, slack):
-    """A running receiver and worker with three accounts, one per delivery form."""
+@pytest.fixture(scope="module", params=["redis", "rabbitmq"])
+def service(request, tmp_path_factory, redis_url, slack):
+    """A running receiver, worker and scheduler with three accounts, one per delivery form; on each broker."""
     import uuid
 
-    _state, server = slack
+    state, server = slack
+    state.reset()  # the other broker's run posted to the same channels
     tmp = tmp_path_factory.mktemp("e2e")
+    broker = broker_url_for(request, request.param)
     svc = Service(tmp, redis_url=redis_url, namespace=f"e2e{uuid.uuid4().hex[:8]}",
-                  env={"PBXRELAY_SLACK_API_URL": f"{server.url}/api/", "E2E_SLACK_TOKEN": BOT_TOKEN})
+                  env={"PBXRELAY_SLACK_API_URL": f"{server.url}/api/", "E2E_SLACK_TOKEN": BOT_TOKEN,
+                       **({"PBXRELAY_BROKER_URL": broker} if broker else {})})
     svc.cli("migrate")
     svc.hooks = {}
     for form in FORMS:
@@ -89,8 +92,11 @@ def service(tmp_path_factory, redis_url, slack):
         svc.cli("rules", "apply", str(rules))
     svc.start_web()
     svc.start_worker(concurrency=4)
+    svc.start_scheduler()
     yield svc
     svc.stop()
+    if broker:
+        svc.delete_queues()
 
 
 def deliver(url: str, payload: dict, form: str) -> requests.Response:

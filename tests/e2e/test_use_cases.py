@@ -59,7 +59,7 @@ def gregorian(seconds: int) -> datetime:
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory, redis_url):
-    """The sandbox, and pbxrelay (web + worker) onboarded onto its demo account with examples/demo.yaml."""
+    """The sandbox, and pbxrelay (web, worker, scheduler) onboarded onto its demo account with examples/demo.yaml."""
     tmp = tmp_path_factory.mktemp("use_cases")
     box = sandbox.start("127.0.0.1", 0, var_dir=tmp / "sandbox")
     svc = Service(tmp, redis_url=redis_url, namespace=f"uc{uuid.uuid4().hex[:8]}", env=box.env)
@@ -69,6 +69,7 @@ def env(tmp_path_factory, redis_url):
         svc.cli("rules", "apply", str(RULES))
         svc.start_web()
         svc.start_worker(concurrency=4)
+        svc.start_scheduler()
         connected = svc.cli("accounts", "connect", DEMO_ACCOUNT_ID).stdout
         assert "created" in connected and "pbxrelay: sms" in connected, connected
         pbx = box.states["virtualpbx"]

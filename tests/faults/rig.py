@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import uuid
 import subprocess
 import textwrap
 import time
@@ -40,15 +41,16 @@ SETTINGS = {
     "PBXRELAY_CALL_SETTLE_SECONDS": "0.5",
     # Backoff base: a retry after a 5xx or timeout comes within a second rather than 2-4 s.
     "PBXRELAY_RETRY_BASE_SECONDS": "0.2",
-    # Caps every countdown (Retry-After, "claimed elsewhere" re-checks) at 5 s so storms drain quickly.
+    # Caps every retry wait (backoff, Retry-After) at 5 s so storms drain quickly.
     "PBXRELAY_RETRY_MAX_COUNTDOWN_SECONDS": "5",
     # Hard limit of one attempt (soft limit 5 s: a history check and a post, 2 s each); the claim lease is
     # this + 15 s = 25 s, how long a killed child's delivery stays locked.
     "PBXRELAY_ACTION_TIMEOUT_SECONDS": "10",
-    # The smallest allowed: above the longest countdown (10 s, the in-doubt floor) plus a 10 s action, so no early
-    # redelivery; it also bounds how long messages reserved by a SIGKILLed worker stay invisible.
+    # Redis broker: the smallest allowed, above a 10 s action, so no early redelivery; it also bounds how long
+    # messages reserved by a SIGKILLed worker stay invisible.
     "PBXRELAY_VISIBILITY_TIMEOUT_SECONDS": "60",
-    # The scheduler's sweep for actions whose task message was lost (a worker SIGKILLed as it received it).
+    # An action the scheduler sent but that has not started this long after is sent again (its message was lost,
+    # or held by a worker that was SIGKILLed).
     "PBXRELAY_STALE_AFTER_SECONDS": "15",
 }
 
@@ -148,7 +150,7 @@ class Rig:
 
     def __init__(self, tmp_path: Path, *, seed: int, workers: tuple[str, ...] = ("worker",),
                  env: dict[str, str] | None = None, hook_format: str = "json",
-                 database_url: str | None = None) -> None:
+                 database_url: str | None = None, broker_url: str | None = None) -> None:
         self.rng = random.Random(seed)
         # SQLite under the service's var dir unless a database URL is given (PostgreSQL, as in production).
         self.database = "postgresql" if (database_url or "").startswith("postgresql") else "sqlite"
@@ -162,9 +164,13 @@ class Rig:
         (tmp_path / "redis").mkdir()
         self.redis = PrivateRedis(tmp_path / "redis")
         self.redis.start()
-        self.service = Service(tmp_path, redis_url=self.redis.url, namespace="faults", database_url=database_url,
+        # The Celery broker: the private Redis, or a RabbitMQ (shared, so this rig's queues get names of their own).
+        self.broker = "rabbitmq" if broker_url else "redis"
+        self.service = Service(tmp_path, redis_url=self.redis.url, database_url=database_url,
+                               namespace=f"faults{uuid.uuid4().hex[:8]}" if broker_url else "faults",
                                env={**SETTINGS, "PBXRELAY_SLACK_API_URL": f"{self.slack_server.url}/api/",
-                                    "FAULTS_SLACK_TOKEN": BOT_TOKEN, **(env or {})})
+                                    "FAULTS_SLACK_TOKEN": BOT_TOKEN,
+                                    **({"PBXRELAY_BROKER_URL": broker_url} if broker_url else {}), **(env or {})})
         self.service.cli("migrate")
         hook_url = self.service.add_account(ACCOUNT)["hook_url"]
         (tmp_path / "rules.yaml").write_text(rules_yaml())
@@ -179,8 +185,10 @@ class Rig:
                                        seed=seed, start=START)
 
     def close(self) -> None:
-        """Stop every process and server of this rig."""
+        """Stop every process and server of this rig (and its queues on a shared RabbitMQ)."""
         self.service.stop()
+        if self.broker == "rabbitmq":
+            self.service.delete_queues()
         self.redis.stop()
         self.slack_server.stop()
 
@@ -220,12 +228,13 @@ class Rig:
         """Wait (bounded) until every expected effect is in, no delivery is open and the stand-in is quiet."""
         deadline = started + BOUND_SECONDS
         while time.monotonic() < deadline:
-            if expected <= set(self.observed()) and time.time() - self._last_vendor_call() >= self.quiet_seconds \
+            if expected <= set(self.observed()) and time.time() - self.last_vendor_call() >= self.quiet_seconds \
                     and not self.unfinished():
                 return
             time.sleep(1.0)
 
-    def _last_vendor_call(self) -> float:
+    def last_vendor_call(self) -> float:
+        """When (time.time()) the stand-in last received a request."""
         with self.slack.lock:
             return max((c["at"] for c in self.slack.calls), default=0.0)
 
@@ -237,6 +246,8 @@ class Rig:
                  if n > 1 or text not in expected}
         if self.database == "postgresql":
             scenario += " [pg]"
+        if self.broker == "rabbitmq":
+            scenario += " [amqp]"
         row = Row(scenario, self.sent(), len(expected), sum(observed.values()), len(lost), sum(extra.values()),
                   time.monotonic() - started)
         return row, {**{text: 0 for text in lost}, **extra}

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from service.sandbox.virtualpbx.simulator import SimulatedCall, Step
-from tests.conftest import database_url_for
+from tests.conftest import broker_url_for, database_url_for
 from tests.faults.rig import ACCOUNT, SETTINGS, Rig, expected_effects
 from tests.harness import wait_for
 
@@ -24,13 +24,14 @@ CALLS = 20
 def make_rig(tmp_path, request):
     """Build this test's Rig (``make_rig(seed=..., database="postgresql", ...)``); stop all of it afterwards.
 
-    Scenarios run on SQLite (the embedded default) or PostgreSQL (production); kill -9 runs on both.
+    Scenarios run on SQLite (the embedded default) or PostgreSQL (production); kill -9 runs on both. The broker
+    is the rig's private Redis, or RabbitMQ (``broker="rabbitmq"``: the machine's, skipped when absent, required on CI).
     """
     rigs: list[Rig] = []
 
-    def make(*, database: str = "sqlite", **kwargs) -> Rig:
+    def make(*, database: str = "sqlite", broker: str = "redis", **kwargs) -> Rig:
         url = database_url_for(request, tmp_path, database) if database == "postgresql" else None
-        rigs.append(Rig(tmp_path, database_url=url, **kwargs))
+        rigs.append(Rig(tmp_path, database_url=url, broker_url=broker_url_for(request, broker), **kwargs))
         return rigs[-1]
 
     yield make
@@ -197,6 +198,47 @@ def test_kill_9_in_the_middle_of_actions(make_rig, report, database):
     assert any(d["attempts"] > 1 for d in log), "some action was interrupted and run again"
     assert any((d["error"] or "").startswith("deduplicated") for d in log), \
         "a killed attempt's post landed and its re-run found it instead of posting again"
+
+
+# Every effect must arrive within this many seconds of the replacement worker starting.
+REPLACEMENT_BOUND_SECONDS = 60.0
+
+
+@pytest.mark.parametrize("broker", ["redis", "rabbitmq"])
+def test_kill_9_of_a_whole_worker_while_actions_wait_for_tokens_and_retries(make_rig, report, broker):
+    """The only worker (main process and pool children) SIGKILLed while Slack answers 429s and 500s, so actions wait
+    for rate-limit tokens and retries; a replacement starts. Nothing of that waiting was in the dead worker's memory:
+    every effect arrives within 60 s of the replacement starting, none doubled."""
+    rig = make_rig(seed=18, broker=broker, env={"PBXRELAY_LOG_LEVEL": "INFO"})
+    # 429s shut a channel's bucket for Retry-After (3 s): the channel's next posts wait for a token. 500s are real
+    # failures with backoff. Calls share five channels paced at one post a second, so posts queue for tokens anyway.
+    storm = [{"status": 429, "retry_after": 3}] * 8 + [{"status": 500}] * 12 + [{}] * 12
+    rig.rng.shuffle(storm)
+    rig.push_faults(storm)
+    calls = rig.calls(CALLS)
+    expected = expected_effects(calls)
+    started = time.monotonic()
+    rig.deliver(in_time_order(calls))
+
+    def waiting():
+        log = rig.service.deliveries(ACCOUNT)
+        waits = [d for d in log if d["status"] == "retrying" and d["next_attempt_at"]]
+        for_token = [d for d in waits if d["attempts"] == 0]  # paced: never attempted, waiting for a token
+        for_retry = [d for d in waits if d["attempts"] >= 1 and d["error"]]  # failed, waiting out its backoff
+        # Every action planned (hooks ingested, calls finalised), both kinds of wait, most effects still to come.
+        return (len(log) == len(expected) and for_token and for_retry
+                and len(rig.observed()) < len(expected) - 10)
+
+    wait_for(waiting, timeout=90, interval=0.5, message="all actions planned, waiting for tokens and retries")
+    rig.service.stop("worker", signal.SIGKILL)  # the whole process group: main process and pool children
+    before = len(rig.observed())
+    replaced_at = time.time()
+    rig.service.start_worker("replacement", concurrency=2)
+    finish(rig, report, "worker -9 while waiting", expected, started)
+    took = rig.last_vendor_call() - replaced_at
+    print(f"\n[{broker}] {len(expected) - before} of {len(expected)} effects came after the kill; "
+          f"the last vendor call {took:.1f} s after the replacement started")
+    assert took <= REPLACEMENT_BOUND_SECONDS, f"the last effect came {took:.1f} s after the replacement started"
 
 
 def test_redis_restart_during_ingest(make_rig, report):

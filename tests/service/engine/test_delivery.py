@@ -138,14 +138,15 @@ def test_a_rerun_of_emit_events_returns_the_unstarted_deliveries_of_events_store
 
 
 def execute(rt, delivery_id: int) -> str:
-    """Run a delivery as Celery would, waiting out rate-limit pacing (which is not an attempt)."""
+    """Run a delivery as the worker would, waiting out rate-limit pacing (which is not an attempt) at once."""
     for _ in range(20):
         try:
             return engine.execute_delivery(rt, delivery_id)
         except RetryableError as exc:
             if exc.code != "paced":
                 raise
-            time.sleep(exc.retry_after)
+            time.sleep(exc.retry_after)  # the token is there now; the recorded due time adds a spread
+            make_due(rt, delivery_id)
         except PermanentError as exc:
             rt.enqueued.extend(engine.follow_ups(exc))
             raise
@@ -156,6 +157,17 @@ def delivery(rt, delivery_id: int) -> Delivery:
     """A fresh copy of one delivery row."""
     with rt.sessions() as session:
         return session.get(Delivery, delivery_id)
+
+
+def make_due(rt, delivery_id: int) -> None:
+    """Move a delivery's due time to now, as if its wait had passed (the scheduler would enqueue it now)."""
+    with rt.sessions.begin() as session:
+        session.execute(sa.update(Delivery).where(Delivery.id == delivery_id).values(next_attempt_at=utcnow()))
+
+
+def seconds_until_due(rt, delivery_id: int) -> float:
+    """How far in the future the delivery's recorded next attempt is."""
+    return (delivery(rt, delivery_id).next_attempt_at.replace(tzinfo=None) - utcnow().replace(tzinfo=None)).total_seconds()
 
 
 def test_success_is_recorded_once_and_a_second_run_does_nothing(rt, slack):
@@ -176,8 +188,13 @@ def test_retryable_then_success(rt, slack):
         execute(rt, delivery_id)
     row = delivery(rt, delivery_id)
     assert row.status == "retrying" and "internal_error" in row.last_error and row.attempts == 1
+    assert 0 <= seconds_until_due(rt, delivery_id) <= rt.settings.retry_base_seconds
+    assert execute(rt, delivery_id) == "retrying", "a task arriving before the due time does not attempt"
+    assert delivery(rt, delivery_id).attempts == 1
+    make_due(rt, delivery_id)
     assert execute(rt, delivery_id) == "succeeded"
-    assert delivery(rt, delivery_id).attempts == 2
+    row = delivery(rt, delivery_id)
+    assert (row.attempts, row.next_attempt_at) == (2, None)
 
 
 def test_permanent_failure_is_final(rt, slack):
@@ -191,15 +208,14 @@ def test_permanent_failure_is_final(rt, slack):
     assert execute(rt, delivery_id) == "failed"
 
 
-def test_a_claimed_delivery_is_not_run_twice(rt):
-    """While one attempt holds the claim, another copy of the task is told to come back later."""
+def test_a_claimed_delivery_is_not_run_twice(rt, slack):
+    """While one attempt holds the claim, another copy of the task leaves it alone (no attempt, nothing posted)."""
     (delivery_id,) = ingest_parking(rt, "call-claim")
     with rt.sessions.begin() as session:
         session.execute(sa.update(Delivery).where(Delivery.id == delivery_id).values(
-            status="running", claimed_until=utcnow() + timedelta(seconds=30)))
-    with pytest.raises(RetryableError) as info:
-        execute(rt, delivery_id)
-    assert info.value.code == "claimed" and 1 <= info.value.retry_after <= 31
+            status="running", attempts=1, claimed_until=utcnow() + timedelta(seconds=30)))
+    assert execute(rt, delivery_id) == "running"
+    assert delivery(rt, delivery_id).attempts == 1 and slack.messages_in("C1") == []
 
 
 def test_past_the_horizon_an_action_is_dead_and_can_be_replayed(rt, slack):
@@ -250,23 +266,78 @@ def test_pacing_is_not_an_attempt(rt, slack):
     assert (row.status, row.attempts) == ("retrying", 0)
 
 
-def test_deliveries_whose_task_message_was_lost_are_found_once_overdue(rt):
-    """Never attempted, retrying past the longest countdown, or running past the claim: the scheduler re-enqueues."""
-    overdue = timedelta(minutes=2)
-    longest = timedelta(seconds=rt.settings.retry_max_countdown_seconds)
-    cases = {  # status: (column, value when just in time, value when overdue)
-        "pending": ("created_at", utcnow() - overdue + timedelta(seconds=30), utcnow() - overdue * 2),
-        "retrying": ("updated_at", utcnow() - longest, utcnow() - longest - overdue * 2),
-        "running": ("claimed_until", utcnow() - overdue + timedelta(seconds=30), utcnow() - overdue * 2),
-    }
-    ids = {}
-    for status, (column, in_time, _late) in cases.items():
-        (ids[status],) = ingest_parking(rt, f"call-stale-{status}")
-        with rt.sessions.begin() as session:
-            session.execute(sa.update(Delivery).where(Delivery.id == ids[status]).values(status=status,
-                                                                                        **{column: in_time}))
-    assert not set(ids.values()) & set(engine.stale_deliveries(rt, overdue))
-    for status, (column, _in_time, late) in cases.items():
-        with rt.sessions.begin() as session:
-            session.execute(sa.update(Delivery).where(Delivery.id == ids[status]).values(**{column: late}))
-    assert set(ids.values()) <= set(engine.stale_deliveries(rt, overdue))
+def test_a_rate_limit_wait_does_not_raise_the_backoff_of_the_next_real_retry(rt, slack, monkeypatch):
+    """One real failure, then many waits for a rate-limit token, then a real failure: the second backoff is the
+    one of a second attempt (the waits are not attempts). Each wait lasts what the limiter says, plus a spread
+    that doubles with each consecutive wait (so waiters on one bucket do not all wake for its next token)."""
+    monkeypatch.setattr("service.engine.delivery.random.uniform", lambda low, high: high)  # the jitter's ceiling
+    base = rt.settings.retry_base_seconds
+    (delivery_id,) = ingest_parking(rt, "call-backoff")
+    slack.push_faults([{"status": 500}])
+    with pytest.raises(RetryableError):
+        engine.execute_delivery(rt, delivery_id)
+    assert delivery(rt, delivery_id).attempts == 1
+    assert seconds_until_due(rt, delivery_id) == pytest.approx(base, abs=0.5)
+    for waits in range(6):  # the channel's bucket is shut (as after a 429): every try is a wait
+        make_due(rt, delivery_id)
+        rt.limiter.penalise(f"slack:{ACCOUNT}:chat:C1", 3.0)
+        with pytest.raises(RetryableError) as info:
+            engine.execute_delivery(rt, delivery_id)
+        assert info.value.code == "paced"
+        assert (delivery(rt, delivery_id).status, delivery(rt, delivery_id).attempts) == ("retrying", 1)
+        wait = info.value.retry_after  # what the limiter said: up to 3 s, as the bucket was shut for 3 s
+        assert 2.0 < wait <= 3.0
+        assert seconds_until_due(rt, delivery_id) == pytest.approx(wait + wait * 2 ** waits, abs=0.5)
+    make_due(rt, delivery_id)
+    rt.redis.delete(f"{rt.settings.namespace}:bucket:slack:{ACCOUNT}:chat:C1")
+    slack.push_faults([{"status": 500}])
+    with pytest.raises(RetryableError):
+        engine.execute_delivery(rt, delivery_id)
+    assert delivery(rt, delivery_id).attempts == 2
+    # Counting the six waits as attempts would make this base * 2**7.
+    assert seconds_until_due(rt, delivery_id) == pytest.approx(base * 2, abs=0.5)
+
+
+def set_row(rt, delivery_id: int, **values) -> None:
+    """Write columns of one delivery row directly (to put it in a state the scheduler must handle)."""
+    with rt.sessions.begin() as session:
+        session.execute(sa.update(Delivery).where(Delivery.id == delivery_id).values(**values))
+
+
+def test_the_scheduler_hands_out_what_is_due_once_per_lease(rt):
+    """Due retries, running attempts past their claim and pending actions whose message was lost are handed out;
+    nothing is handed out twice within the lease, and it is handed out again once the lease runs out."""
+    now, lease = utcnow(), timedelta(seconds=rt.settings.stale_after_seconds)
+    ids = {name: ingest_parking(rt, f"call-due-{name}")[0] for name in
+           ("due", "later", "abandoned", "held", "lost", "fresh", "done")}
+    set_row(rt, ids["due"], status="retrying", attempts=1, next_attempt_at=now - timedelta(seconds=1))
+    set_row(rt, ids["later"], status="retrying", attempts=1, next_attempt_at=now + timedelta(seconds=30))
+    set_row(rt, ids["abandoned"], status="running", attempts=1, claimed_until=now - timedelta(seconds=1))
+    set_row(rt, ids["held"], status="running", attempts=1, claimed_until=now + timedelta(seconds=30))
+    set_row(rt, ids["lost"], created_at=now - lease - timedelta(seconds=1))
+    set_row(rt, ids["done"], status="succeeded", next_attempt_at=now - timedelta(seconds=5))
+    handed = engine.due_deliveries(rt)
+    assert sorted(handed) == sorted([ids["due"], ids["abandoned"], ids["lost"]])
+    assert engine.due_deliveries(rt) == [], "within the lease nothing is handed out again"
+    abandoned = delivery(rt, ids["abandoned"])
+    assert (abandoned.status, abandoned.attempts) == ("retrying", 1), "the lost attempt counts; it is due now"
+    assert execute(rt, ids["abandoned"]) == "succeeded", "a handed-out delivery is claimable at once"
+    for name in ("due", "lost"):
+        set_row(rt, ids[name], claimed_until=utcnow() - timedelta(seconds=1))  # the lease ran out unstarted
+    assert sorted(engine.due_deliveries(rt)) == sorted([ids["due"], ids["lost"]])
+
+
+def test_calls_to_finalise_are_due_after_the_settle_window_and_leased(rt):
+    """A scheduled call is due once call_settle_seconds have passed; handed out once per lease; gone once done."""
+    engine.schedule_finalize(rt, ACCOUNT, "call-a")
+    key = f"{rt.settings.namespace}:finalize-due"
+    first_due = rt.redis.zscore(key, json.dumps([ACCOUNT, "call-a"]))
+    engine.schedule_finalize(rt, ACCOUNT, "call-a")  # the A-leg's destroy again: the window is not restarted
+    assert rt.redis.zscore(key, json.dumps([ACCOUNT, "call-a"])) == first_due
+    assert first_due - time.time() == pytest.approx(rt.settings.call_settle_seconds, abs=0.5)
+    assert engine.due_finalizations(rt) == []
+    rt.redis.zadd(key, {json.dumps([ACCOUNT, "call-a"]): time.time() - 1})
+    assert engine.due_finalizations(rt) == [(ACCOUNT, "call-a")]
+    assert engine.due_finalizations(rt) == [], "leased: not handed out twice"
+    engine.finalized(rt, ACCOUNT, "call-a")
+    assert rt.redis.zcard(key) == 0
