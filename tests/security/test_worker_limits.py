@@ -65,6 +65,7 @@ def test_a_hostile_template_fails_in_its_own_action_while_another_account_is_ser
         svc.cli("rules", "apply", str(path))
     svc.start_web()
     svc.start_worker(concurrency=1)  # one pool process: the hostile action and the victim's hook share it
+    svc.start_scheduler()  # paced actions (Slack: 1 message a second per channel) are due again through it
     try:
         post(urls[VICTIM], parking("warm-up-call"))  # the worker is up once this is posted
         wait_for(lambda: state.messages_in("CGOOD"), timeout=120, message="the worker to start")
