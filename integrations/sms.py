@@ -20,7 +20,8 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass
-from datetime import datetime, time as dtime, timedelta, timezone
+from datetime import datetime, timedelta, timezone
+from datetime import time as dtime
 from typing import Annotated
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -174,7 +175,8 @@ def prepare_sms(params: SendSmsParams, ctx: ActionContext, *, max_body: int, qui
         raise PermanentError("send_sms: this provider cannot send media (MMS); remove `media` or use a "
                              "VirtualText connection", code="media_unsupported")
     if ctx.opted_out(to):
-        raise PermanentError(f"send_sms: {to} is on the account's opt-out list (STOP reply or CRM flag); not sent", code="opted_out")
+        raise PermanentError(f"send_sms: {to} is on the account's opt-out list (STOP reply or CRM flag); not sent",
+                             code="opted_out")
     if quiet_hours:
         left = quiet_seconds_left(quiet_hours, ctx.timezone, now or datetime.now(timezone.utc))
         if left is not None:

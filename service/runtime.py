@@ -9,9 +9,9 @@ import redis as redis_py
 from sqlalchemy.orm import Session, sessionmaker
 
 from integrations import REGISTRY
-from service.pbx.calls import CallCorrelator, RedisCallWindow
-from service.config import Settings
 from integrations.ratelimit import RateLimiter
+from service.config import Settings
+from service.pbx.calls import CallCorrelator, RedisCallWindow
 from service.redisconn import make_redis
 from service.secrets import SecretBox, media_link_box, secret_box
 from service.store.models import session_factory

@@ -16,11 +16,19 @@ import service
 ROOT = Path(__file__).resolve().parents[1]
 CONTRACTS = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
 LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
+RUFF = Path(sys.executable).with_name("ruff")
 
 
 def test_import_contracts_hold():
     """lint-imports passes: workers -> service -> integrations, no Celery in service, no fakes in production."""
     result = subprocess.run([str(LINT_IMPORTS), "--no-cache"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+
+
+def test_lint_and_import_order_are_clean():
+    """ruff ([tool.ruff] in pyproject.toml: pyflakes, pycodestyle, import order) finds nothing in the code and tests."""
+    result = subprocess.run([str(RUFF), "check", "--no-cache", "service", "workers", "integrations", "tests", "bench"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
 
 

@@ -10,20 +10,20 @@ from __future__ import annotations
 import base64
 import json
 import uuid
-from urllib.parse import quote_from_bytes
 from datetime import datetime, timezone
+from urllib.parse import quote_from_bytes
 
 import pytest
 from cryptography.fernet import Fernet
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from service import accounts
+from service import accounts, engine
 from service.config import Settings
 from service.runtime import Runtime
 from service.secrets import secret_box
 from service.store.models import QuarantinedDelivery, StoredEvent, migrate, session_factory
 from service.web import create_app, make_envelope
-from service import engine
 
 ACCOUNT = "91eb05e5c68d7ca05e7618b6821d2d16"
 CRM_SECRET = "whsec_" + base64.b64encode(b"campaign-secret-0123456789abcdef").decode()
@@ -42,7 +42,8 @@ rules:
 """
 SUPPRESS = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
 
-json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
+json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False)
+                           | st.text(max_size=30),
                            lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner,
                                                                                         max_size=4), max_leaves=20)
 kazooish = st.fixed_dictionaries({}, optional={

@@ -157,7 +157,8 @@ def test_rotate_token_refuses_without_redis_and_rotates_nothing(cli):
     finally:
         cli.env["PBXRELAY_REDIS_URL"] = saved
     for result in refused:
-        assert result.returncode == 1 and "Redis does not answer" in result.stderr and "nothing rotated" in result.stderr
+        assert (result.returncode == 1 and "Redis does not answer" in result.stderr
+                and "nothing rotated" in result.stderr)
         assert "/hooks/" not in result.stdout
     assert stored() == before
     assert cli.cli("accounts", "rotate-token", account).stdout.strip() != added["hook_url"]

@@ -52,11 +52,23 @@ from gspread.exceptions import APIError
 from gspread.http_client import HTTPClient
 from pydantic import ConfigDict, Field, SecretStr, ValidationInfo, field_validator
 
-from integrations.base import (ActionContext, ActionResult, AuthError, ConfigModel, Integration, IntegrationError,
-                               ParamsModel, PermanentError, RetryableError, checked_url, excerpt, scrub)
-from integrations.netguard import guard_session, guarded_session
+from integrations.base import (
+    ActionContext,
+    ActionResult,
+    AuthError,
+    ConfigModel,
+    Integration,
+    IntegrationError,
+    ParamsModel,
+    PermanentError,
+    RetryableError,
+    checked_url,
+    excerpt,
+    scrub,
+)
 from integrations.google_sheets.columns import ALL_COLUMNS, ColumnName, row_values
 from integrations.http import retry_after_seconds
+from integrations.netguard import guard_session, guarded_session
 
 GOOGLE_API_URL = "https://sheets.googleapis.com"
 DEFAULT_API_URL = GOOGLE_API_URL

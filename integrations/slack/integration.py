@@ -28,8 +28,20 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackRequestError
 from slack_sdk.webhook import WebhookClient, WebhookResponse
 
-from integrations.base import (ActionContext, ActionResult, AuthError, ConfigModel, Integration, IntegrationError,
-                               ParamsModel, PermanentError, RetryableError, checked_url, excerpt, scrub)
+from integrations.base import (
+    ActionContext,
+    ActionResult,
+    AuthError,
+    ConfigModel,
+    Integration,
+    IntegrationError,
+    ParamsModel,
+    PermanentError,
+    RetryableError,
+    checked_url,
+    excerpt,
+    scrub,
+)
 from integrations.http import retry_after_seconds
 from integrations.netguard import assert_url_public
 from integrations.slack.cards import call_card, escape_mrkdwn

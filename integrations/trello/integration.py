@@ -39,8 +39,20 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import requests
 from pydantic import ConfigDict, Field, SecretStr, field_validator
 
-from integrations.base import (ActionContext, ActionResult, AuthError, ConfigModel, Integration, IntegrationError,
-                               MediaTooLarge, ParamsModel, PermanentError, RetryableError, excerpt, scrub)
+from integrations.base import (
+    ActionContext,
+    ActionResult,
+    AuthError,
+    ConfigModel,
+    Integration,
+    IntegrationError,
+    MediaTooLarge,
+    ParamsModel,
+    PermanentError,
+    RetryableError,
+    excerpt,
+    scrub,
+)
 from integrations.http import retry_after_seconds
 from integrations.netguard import guarded_session
 

@@ -30,8 +30,8 @@ import requests
 
 from integrations.base import scrub
 from integrations.http import retry_after_seconds
-from integrations.virtualpbx.gregorian import datetime_to_gregorian
 from integrations.ratelimit import RateLimiter
+from integrations.virtualpbx.gregorian import datetime_to_gregorian
 
 from . import errors as E
 

@@ -33,8 +33,15 @@ from pydantic import ConfigDict, Field, SecretStr, model_validator
 
 from integrations.base import ActionContext, ActionResult, ConfigModel, Integration, PermanentError
 from integrations.netguard import guarded_session
-from integrations.sms import (DASH_MAX_BODY, E164Number, PreparedSms, QuietHours, SendSmsParams,
-                              normalise_number, prepare_sms)
+from integrations.sms import (
+    DASH_MAX_BODY,
+    E164Number,
+    PreparedSms,
+    QuietHours,
+    SendSmsParams,
+    normalise_number,
+    prepare_sms,
+)
 from integrations.timeutil import aware
 from integrations.virtualpbx.gregorian import datetime_to_gregorian
 

@@ -21,8 +21,18 @@ from typing import Any, Mapping
 import requests
 from pydantic import ConfigDict, Field, SecretStr, field_validator
 
-from integrations.base import (ActionContext, ActionResult, AuthError, ConfigModel, Integration, IntegrationError,
-                               PermanentError, RetryableError, excerpt, scrub)
+from integrations.base import (
+    ActionContext,
+    ActionResult,
+    AuthError,
+    ConfigModel,
+    Integration,
+    IntegrationError,
+    PermanentError,
+    RetryableError,
+    excerpt,
+    scrub,
+)
 from integrations.http import retry_after_seconds
 from integrations.netguard import guarded_session
 from integrations.sms import VIRTUALTEXT_MAX_BODY, E164Number, QuietHours, SendSmsParams, prepare_sms

@@ -11,7 +11,6 @@ from service.cli.base import fail_on_domain_errors, main, open_runtime
 from service.store import queries
 from service.web.receiver import TOKEN_CACHE_SECONDS
 
-
 # --- accounts ----------------------------------------------------------------------------------------
 
 @main.group("accounts")

@@ -12,7 +12,6 @@ from service.cli.base import delivery_doc, enqueue_actions, fail_on_domain_error
 from service.store import queries
 from service.store.models import Delivery
 
-
 # --- delivery log ------------------------------------------------------------------------------------
 
 @main.command()

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-
 import click
 
 from service.cli.base import main
-
 
 # --- sandbox -----------------------------------------------------------------------------------------
 
@@ -27,7 +25,8 @@ def sandbox(host: str, port: int) -> None:
 @click.option("--keep", is_flag=True, help="Leave the sandbox and the service running until Ctrl-C.")
 def demo(calls: int, seed: int, keep: bool) -> None:
     """Run the sandbox and the service, play a morning of calls and CRM events, and write var/demo/report.html."""
-    from service.sandbox.demo import DemoError, run as run_demo
+    from service.sandbox.demo import DemoError
+    from service.sandbox.demo import run as run_demo
 
     try:
         run_demo(calls=calls, seed=seed, keep=keep)

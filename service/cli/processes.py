@@ -16,7 +16,6 @@ from service.config import Settings
 from service.datafiles import private_dir
 from service.redisserver import RedisServerError, redis_server_binary
 
-
 # --- processes -------------------------------------------------------------------------------------
 
 @main.command()

@@ -9,10 +9,9 @@ import click
 import sqlalchemy as sa
 
 from service import accounts, engine
-from service.pbx.payloads import MalformedPayload, parse_delivery
 from service.cli.base import fail_on_domain_errors, main, open_runtime
+from service.pbx.payloads import MalformedPayload, parse_delivery
 from service.store.models import Account
-
 
 # --- rules -------------------------------------------------------------------------------------------
 

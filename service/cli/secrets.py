@@ -7,7 +7,6 @@ import click
 from service.cli.base import fail_on_domain_errors, main, open_runtime
 from service.store import queries
 
-
 # --- secrets -----------------------------------------------------------------------------------------
 
 @main.group("secrets")

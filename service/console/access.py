@@ -55,7 +55,7 @@ def principal_for_user(session: Session, user: User) -> Principal:
 
 
 def require(principal: Principal | None, account_id: str, action: str) -> str:
-    """The principal's role if it may do ``action`` in the account; NotFound when it cannot see the account, else Forbidden."""
+    """The principal's role if it may do ``action`` here; NotFound if it cannot see the account, else Forbidden."""
     if action not in ACTIONS:
         raise ValueError(f"action: unknown action {action!r} (one of {', '.join(ACTIONS)})")
     role = principal.role_in(account_id) if principal is not None else None

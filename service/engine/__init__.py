@@ -13,8 +13,14 @@ Functions return the delivery ids to enqueue; the caller (a Celery task, the CLI
 from service.engine.delivery import IN_DOUBT_CODES, WAITING_CODES, execute_delivery, follow_ups, retry_delay
 from service.engine.dryrun import derive_events, dry_run
 from service.engine.ingest import IngestOutcome, emit_events, envelope_body, finalize_call, ingest, quarantine
-from service.engine.operations import (connect_account, pbx_accounts, reconcile_account, reenable_account_hooks,
-                                       replay, resume_connection)
+from service.engine.operations import (
+                                       connect_account,
+                                       pbx_accounts,
+                                       reconcile_account,
+                                       reenable_account_hooks,
+                                       replay,
+                                       resume_connection,
+)
 from service.engine.scheduling import due_deliveries, due_finalizations, finalized, schedule_finalize
 
 __all__ = ["IN_DOUBT_CODES", "WAITING_CODES", "IngestOutcome", "connect_account", "derive_events", "dry_run",

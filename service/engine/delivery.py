@@ -17,13 +17,13 @@ from sqlalchemy.orm import Session
 
 from integrations.base import ActionContext, AuthError, IntegrationError, PermanentError, RetryableError, scrub
 from service import accounts, crm, metrics
+from service.engine.ingest import store_event
+from service.engine.planning import render_params, ruleset_of
 from service.events import Event, aware
 from service.pbx import media
 from service.runtime import Runtime
 from service.store import queries
 from service.store.models import Account, AuditEntry, Connection, Delivery, utcnow
-from service.engine.ingest import store_event
-from service.engine.planning import render_params, ruleset_of
 
 log = logging.getLogger(__name__)
 

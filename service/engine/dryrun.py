@@ -6,11 +6,11 @@ from typing import Any
 
 from integrations.base import PermanentError
 from service import accounts
+from service import rules as rules_mod
 from service.engine.planning import ruleset_of, template_escape
 from service.events import Event
 from service.pbx.calls import CallCorrelator, MemoryCallWindow
 from service.pbx.payloads import to_hook_event
-from service import rules as rules_mod
 from service.runtime import Runtime
 
 

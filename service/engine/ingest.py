@@ -19,11 +19,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service import crm
+from service.engine.planning import plan_deliveries, ruleset_of
 from service.events import Event
 from service.pbx.payloads import MalformedPayload, parse_delivery, to_hook_event
 from service.runtime import Runtime
-from service.store.models import (Account, Delivery, QuarantinedDelivery, StoredEvent)
-from service.engine.planning import plan_deliveries, ruleset_of
+from service.store.models import Account, Delivery, QuarantinedDelivery, StoredEvent
 
 log = logging.getLogger(__name__)
 unsupported_log = logging.getLogger("pbxrelay.unsupported")

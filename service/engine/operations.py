@@ -7,12 +7,13 @@ from datetime import datetime
 import sqlalchemy as sa
 
 from service import accounts
+from service.engine.ingest import emit_events
+from service.engine.planning import ruleset_of
 from service.events import aware
 from service.pbx import media, onboarding, reconcile
 from service.runtime import Runtime
-from service.store.models import (Account, AuditEntry, Connection, Delivery, StoredEvent, utcnow)
-from service.engine.ingest import emit_events
-from service.engine.planning import ruleset_of
+from service.store.models import Account, AuditEntry, Connection, Delivery, StoredEvent, utcnow
+
 
 def pbx_accounts(rt: Runtime) -> list[str]:
     """Accounts that have a VirtualPBX API connection (for onboarding, re-enabling and reconciliation)."""

@@ -7,11 +7,11 @@ from typing import Any, Callable
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service.events import Event
 from service import rules as rules_mod
+from service.events import Event
 from service.rules import AccountSpec
 from service.runtime import Runtime
-from service.store.models import (Account, Delivery, RuleSet)
+from service.store.models import Account, Delivery, RuleSet
 
 # account id -> (version, source, parsed rules). The source is compared too: a version number alone can
 # repeat (an account deleted and added again, a restored database), and equal strings compare cheaply.

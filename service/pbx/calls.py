@@ -33,8 +33,8 @@ from typing import Any
 
 import redis
 
-from service.events import Event
 from integrations.virtualpbx.gregorian import gregorian_to_datetime
+from service.events import Event
 from service.pbx.payloads import CHANNEL_HOOKS
 
 # The leg fields kept in the call window: enough to summarise, small enough to store per leg.
@@ -289,7 +289,8 @@ class MemoryCallWindow:
 
     def facts(self, account_id: str, call_key: str) -> dict[str, dict[str, Any]]:
         """Every fact seen for the call, by field (JSON round-tripped, as Redis would hand it back)."""
-        return {f: json.loads(json.dumps(v, default=str)) for f, v in self._calls.get((account_id, call_key), {}).items()}
+        return {f: json.loads(json.dumps(v, default=str))
+                for f, v in self._calls.get((account_id, call_key), {}).items()}
 
     def remember(self, account_id: str, call_key: str, field: str, fact: dict[str, Any]) -> None:
         """Keep a fact (the first copy of a field wins)."""

@@ -15,8 +15,8 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import parse_qsl
 
-from service.events import Event
 from integrations.virtualpbx.gregorian import gregorian_to_datetime
+from service.events import Event
 
 MAX_DEPTH = 8
 MAX_KEYS = 2000
@@ -231,7 +231,7 @@ def event_key(hook: str, subtype: str | None, payload: dict[str, Any], received_
 
 def to_hook_event(payload: dict[str, Any], *, account_id: str,
                   received_at: datetime | None = None) -> Event:
-    """Normalise a parsed payload into the raw ``virtualpbx.<hook>`` event; unknown hooks keep type ``virtualpbx.unknown``."""
+    """Normalise a parsed payload into the raw ``virtualpbx.<hook>`` event (unknown: ``virtualpbx.unknown``)."""
     received_at = received_at or datetime.now(timezone.utc)
     normalised = normalise_payload(payload)
     hook, subtype = classify(normalised)

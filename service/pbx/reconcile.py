@@ -42,9 +42,9 @@ from datetime import datetime, timedelta
 from typing import Any, Iterable
 
 from integrations.virtualpbx.client import CDR_MAX_RANGE, VirtualPBXClient
-from service.pbx.calls import call_key_for_leg, summarize_call
-from service.events import Event
 from integrations.virtualpbx.gregorian import datetime_to_gregorian
+from service.events import Event
+from service.pbx.calls import call_key_for_leg, summarize_call
 
 log = logging.getLogger(__name__)
 

@@ -12,12 +12,21 @@ from zoneinfo import ZoneInfo
 
 import phonenumbers
 
-from service.rules import templating
 from service.events import Event, aware
-from service.rules.schema import (BUSINESS_HOURS_KEY, GLOB_CHARS, PHONE_LIKE, PHONE_PATTERN, PHONE_PATTERN_SEPARATORS,
-                                  AccountSpec, Rule, RulesFile, is_number, minutes_range, weekdays)
-
-
+from service.rules import templating
+from service.rules.schema import (
+    BUSINESS_HOURS_KEY,
+    GLOB_CHARS,
+    PHONE_LIKE,
+    PHONE_PATTERN,
+    PHONE_PATTERN_SEPARATORS,
+    AccountSpec,
+    Rule,
+    RulesFile,
+    is_number,
+    minutes_range,
+    weekdays,
+)
 
 
 def _escaped(value: Any, escape: Callable[[str], str]) -> Any:

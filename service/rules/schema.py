@@ -75,14 +75,24 @@ from zoneinfo import ZoneInfo
 
 import phonenumbers
 import yaml
-from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, SecretBytes, SecretStr,
-                      ValidationError, field_validator, model_validator)
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretBytes,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 
 from integrations.base import Integration
-from service.rules import templating
 from service.events import CALL_EVENT_TYPES
 from service.pbx.payloads import KNOWN_HOOKS
+from service.rules import templating
 
 MAX_RULES_BYTES = 1024 * 1024
 MAX_NESTING = 32
@@ -606,7 +616,8 @@ def _reference_refusal(value: str, *, supplied_by: str, env_prefix: str | None) 
     if value.startswith("env:"):
         variable = value[4:]
         if variable.upper().startswith(RESERVED_ENV_PREFIX):
-            return f"env:{variable} is refused: {RESERVED_ENV_PREFIX}* variables are the service's own settings and keys"
+            return (f"env:{variable} is refused: {RESERVED_ENV_PREFIX}* variables are the service's own settings "
+                    "and keys")
         if supplied_by != OPERATOR and not (env_prefix and variable.startswith(env_prefix)):
             allowed = f" (only names starting with {env_prefix} are open to tenants)" if env_prefix else ""
             return f"env: references are the operator's alone; give the value itself{allowed}"

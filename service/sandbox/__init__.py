@@ -115,7 +115,8 @@ def _facts(urls: dict[str, str], sa_path: Path) -> list[str]:
         f"Missed calls {missed_list}",
         f"Sheets       {urls['google_sheets']}/v4   spreadsheet {sheets.DEFAULT_SPREADSHEET_ID}   "
         f"service account {sa_path}",
-        f"VirtualText  {urls['virtualtext']}/v1   key {virtualtext.DEFAULT_API_KEY}   from {virtualtext.DEFAULT_NUMBER}",
+        f"VirtualText  {urls['virtualtext']}/v1   key {virtualtext.DEFAULT_API_KEY}   "
+        f"from {virtualtext.DEFAULT_NUMBER}",
         f"CRM          hooks signed (Standard Webhooks) with {CRM_SIGNING_SECRET}",
         f"Records      GET <stand-in>/_standin/... ; calls: POST {pbx}/_emulator/simulate",
     ]

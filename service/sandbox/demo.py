@@ -250,7 +250,8 @@ def report_html(outcome: Outcome) -> str:
         "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:2em}"
         "td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top;white-space:pre-wrap;text-align:left}"
         "</style></head><body>\n<h1>pbxrelay demo</h1>\n",
-        table("Slack messages", ["channel", "text"], [[m.get("channel", ""), m.get("text", "")] for m in outcome.slack]),
+        table("Slack messages", ["channel", "text"],
+              [[m.get("channel", ""), m.get("text", "")] for m in outcome.slack]),
         table("Trello cards", ["title", "description", "attachments"],
               [[c["name"], c["desc"], "; ".join(f"{a.get('name')} ({a.get('bytes') or 'link'} bytes)"
                                                  for a in c["attachments"])] for c in outcome.cards]),

@@ -17,9 +17,10 @@ from typing import Any
 from flask import current_app
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from service import accounts, metrics as shared_metrics
-from service.datafiles import private_dir
+from service import accounts
+from service import metrics as shared_metrics
 from service.config import Settings
+from service.datafiles import private_dir
 from service.queue import INGEST, TaskQueue, queue_names
 from service.runtime import Runtime
 from service.web.spool import Spool

@@ -11,7 +11,8 @@ import pytest
 import requests
 
 from service.sandbox.standins.base import serve_in_thread
-from service.sandbox.standins.slack import SlackStandin, create_app as slack_app
+from service.sandbox.standins.slack import SlackStandin
+from service.sandbox.standins.slack import create_app as slack_app
 from tests.conftest import FIXTURES
 from tests.harness import Service, wait_for
 
@@ -78,7 +79,8 @@ def test_hook_to_effect_histogram_counts_an_effect_made_in_another_process(deplo
 
     def counted():
         text = requests.get(f"{svc.url}/metrics", timeout=10).text
-        return text if sample(text, "pbxrelay_hook_to_effect_seconds_count", integration="slack") == count_before + 1 else None
+        count = sample(text, "pbxrelay_hook_to_effect_seconds_count", integration="slack")
+        return text if count == count_before + 1 else None
 
     after = wait_for(counted, timeout=30, message="the hook->effect count to rise by one")
     assert sample(after, "pbxrelay_hook_to_effect_seconds_bucket", integration="slack", le="+Inf") == count_before + 1

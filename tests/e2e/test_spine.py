@@ -9,8 +9,9 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
-from service.sandbox.standins.slack import SlackStandin, create_app as slack_app
 from service.sandbox.standins.base import serve_in_thread
+from service.sandbox.standins.slack import SlackStandin
+from service.sandbox.standins.slack import create_app as slack_app
 from service.sandbox.virtualpbx.sender import encode_kazoo_form
 from tests.conftest import FIXTURES, broker_url_for
 from tests.harness import Service, wait_for
@@ -48,7 +49,8 @@ def rules_for(form: str) -> str:
                 action: post_message
                 with:
                   channel: "#{form}-calls"
-                  text: "{{{{ event.type }}}}{{% if event.type in ('call.ended', 'call.missed') %}} {{{{ outcome }}}}{{% endif %}}"
+                  text: "{{{{ event.type }}}}{{% if event.type in ('call.ended', 'call.missed') %}} \
+{{{{ outcome }}}}{{% endif %}}"
           - name: voicemail
             on: voicemail.new
             do:

@@ -20,16 +20,16 @@ import pytest
 import requests
 
 from integrations.google_sheets.columns import ALL_COLUMNS
+from integrations.virtualpbx.gregorian import GREGORIAN_UNIX_OFFSET
+from service import sandbox
+from service.rules.templating import render_template
 from service.sandbox.standins.google_sheets import DEFAULT_SPREADSHEET_ID
 from service.sandbox.standins.slack import DEFAULT_CHANNEL_ID
 from service.sandbox.standins.trello import DEFAULT_LISTS
 from service.sandbox.virtualpbx.emulator import DEMO_ACCOUNT_ID
 from service.sandbox.virtualpbx.sender import WebhookSender
 from service.sandbox.virtualpbx.simulator import CallSimulator
-from service import sandbox
-from integrations.virtualpbx.gregorian import GREGORIAN_UNIX_OFFSET
 from service.web.signing import sign
-from service.rules.templating import render_template
 from tests.harness import Service, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -290,7 +290,7 @@ def test_a_contact_the_crm_flags_as_opted_out_is_not_texted(env):
 
 
 def test_a_stop_reply_stops_the_next_text(env):
-    """STOP arrives through Kazoo's `sms` hook (registered by `accounts connect`); the next SMS to that number is refused."""
+    """STOP arrives through Kazoo's `sms` hook (registered by `accounts connect`); the next SMS there is refused."""
     number = "+13125550177"
     inbound = {"id": "sms-in-1", "from": number, "to": "+15551230000", "body": "STOP"}
     assert [r.status for r in WebhookSender(env.pbx).dispatch(DEMO_ACCOUNT_ID, "sms", inbound)] == [200]

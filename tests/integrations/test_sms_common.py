@@ -14,8 +14,16 @@ from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
 from integrations.base import ActionContext, PermanentError, RetryableError
-from integrations.sms import (DASH_MAX_BODY, MIN_DEFER_SECONDS, VIRTUALTEXT_MAX_BODY, QuietHours, SendSmsParams,
-                              normalise_number, prepare_sms, quiet_seconds_left)
+from integrations.sms import (
+    DASH_MAX_BODY,
+    MIN_DEFER_SECONDS,
+    VIRTUALTEXT_MAX_BODY,
+    QuietHours,
+    SendSmsParams,
+    normalise_number,
+    prepare_sms,
+    quiet_seconds_left,
+)
 
 E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 NY = ZoneInfo("America/New_York")

@@ -28,7 +28,8 @@ from service.pbx import media
 from service.rules import templating
 from service.runtime import Runtime
 from service.sandbox.standins.base import serve_in_thread
-from service.sandbox.standins.google_sheets import SheetsStandin, create_app as create_sheets_app, new_service_account
+from service.sandbox.standins.google_sheets import SheetsStandin, new_service_account
+from service.sandbox.standins.google_sheets import create_app as create_sheets_app
 from service.sandbox.virtualpbx import emulator
 from service.store.models import Connection, Delivery, RuleSet, migrate
 from service.web import make_envelope
@@ -209,14 +210,15 @@ def test_a_private_url_stored_earlier_is_refused_at_delivery_without_echoing_the
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
 def test_a_url_reaching_loopback_is_refused_at_connect_time(make_rt, tmp_path, listener, host):
-    """Finding 3, second layer: at connect time (after DNS) the guard refuses loopback for any URL, the operator's too."""
+    """Finding 3, second layer: at connect time (after DNS) the guard refuses loopback for any URL, the operator's."""
     rt = make_rt(virtualtext_api_url=f"http://{host}:{listener.port}")  # never statically checked: a setting
     add_accounts(rt, ATTACKER)
     operator_apply(rt, rules_doc(ATTACKER, {"texts": {"integration": "virtualtext", "api_key": "vt_live_key_1"}}),
                    tmp_path)
     [delivery_id] = ingest_parking(rt, ATTACKER)
     row = run_delivery(rt, delivery_id)
-    assert row.status == "failed" and row.last_error.startswith(f"UnsafeURL: api_url: host {host} is a "), row.last_error
+    assert row.status == "failed" and row.last_error.startswith(
+        f"UnsafeURL: api_url: host {host} is a "), row.last_error
     assert BODY_MARKER not in row.last_error
     assert listener.nothing_received()
 

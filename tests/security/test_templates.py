@@ -18,7 +18,8 @@ from service.rules import templating
 from service.rules.templating import TemplateError, render_template
 from service.runtime import Runtime
 from service.sandbox.standins.base import serve_in_thread
-from service.sandbox.standins.slack import SlackStandin, create_app as slack_app
+from service.sandbox.standins.slack import SlackStandin
+from service.sandbox.standins.slack import create_app as slack_app
 from service.store.models import Delivery, StoredEvent, migrate
 from service.web import make_envelope
 from tests.conftest import FIXTURES
@@ -108,7 +109,8 @@ def rules(account_id: str, channel: str, text: str) -> str:
 def rt(tmp_path, redis_url, namespace, redis_client, slack, database_url):
     """A Runtime (SQLite and PostgreSQL) with a hostile account and a victim account, both posting to Slack."""
     settings = Settings(var_dir=tmp_path / "var", redis_url=redis_url, namespace=namespace, database_url=database_url,
-                        secret_keys=Fernet.generate_key().decode(), slack_api_url=slack.api_url, allow_private_urls=True)
+                        secret_keys=Fernet.generate_key().decode(), slack_api_url=slack.api_url,
+                        allow_private_urls=True)
     migrate(database_url)
     runtime = Runtime(settings)
     with runtime.sessions.begin() as session:
@@ -117,7 +119,8 @@ def rt(tmp_path, redis_url, namespace, redis_client, slack, database_url):
             accounts.add_account(session, account_id, name=account_id[:6], box=runtime.box)
             path = tmp_path / f"{account_id}.yaml"
             path.write_text(rules(account_id, channel, text))
-            accounts.apply_rules_file(session, path, registry=runtime.registry, box=runtime.box, allow_private_urls=True)
+            accounts.apply_rules_file(session, path, registry=runtime.registry, box=runtime.box,
+                                      allow_private_urls=True)
     planning._RULES_CACHE.clear()
     slack.reset()
     yield runtime

@@ -13,7 +13,8 @@ import pytest
 import requests
 
 from service.sandbox.standins.base import serve_in_thread
-from service.sandbox.standins.slack import SlackStandin, create_app as slack_app
+from service.sandbox.standins.slack import SlackStandin
+from service.sandbox.standins.slack import create_app as slack_app
 from tests.conftest import FIXTURES
 from tests.harness import Service, wait_for
 from tests.security.test_templates import ISSUE_TEMPLATE, SLOW_TEMPLATE, rules

@@ -7,12 +7,13 @@ import time
 from datetime import datetime, timezone
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from service import crm
 from service.rules.schema import CrmSpec
-from service.web.signing import SignatureError, sign, verify
 from service.store.models import migrate, session_factory
+from service.web.signing import SignatureError, sign, verify
 
 SECRET = "whsec_" + base64.b64encode(b"a-32-byte-long-shared-secret!!!!").decode()
 NOW = datetime(2026, 11, 27, 15, 0, tzinfo=timezone.utc)
@@ -21,7 +22,8 @@ NOW = datetime(2026, 11, 27, 15, 0, tzinfo=timezone.utc)
 def signed_headers(body: bytes, *, secret: str = SECRET, at: float | None = None, msg_id: str = "msg_1") -> dict:
     """Standard Webhooks headers for ``body``."""
     stamp = int(time.time() if at is None else at)
-    return {"webhook-id": msg_id, "webhook-timestamp": str(stamp), "webhook-signature": sign(secret, msg_id, stamp, body)}
+    return {"webhook-id": msg_id, "webhook-timestamp": str(stamp),
+            "webhook-signature": sign(secret, msg_id, stamp, body)}
 
 
 def test_a_correct_signature_verifies():

@@ -36,7 +36,8 @@ def test_use_process_dir_keeps_a_directory_of_this_deployment(tmp_path, monkeypa
     """Set once (then inherited across the web command's re-exec); another deployment's setting is replaced."""
     monkeypatch.setenv(metrics.ENV, "/elsewhere/metrics/web-1")
     assert metrics.use_process_dir(tmp_path, "worker") is True
-    assert os.environ[metrics.ENV] == str(metrics.metrics_root(tmp_path) / f"worker-{os.getpid()}@{socket.gethostname()}")
+    assert os.environ[metrics.ENV] == str(
+        metrics.metrics_root(tmp_path) / f"worker-{os.getpid()}@{socket.gethostname()}")
     assert metrics.use_process_dir(tmp_path, "worker") is False
 
 

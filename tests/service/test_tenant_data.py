@@ -18,16 +18,17 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from integrations.base import RetryableError
 from integrations.google_sheets.integration import _Keys
-from service.console import apikeys, invites, users
 from service import accounts, crm, engine, tenant_data
 from service.config import Settings, get_settings
+from service.console import apikeys, invites, users
 from service.engine import planning
 from service.pbx import media
 from service.rules import RulesError, load_rules
 from service.runtime import Runtime
 from service.sandbox.standins.base import serve_in_thread
-from service.sandbox.standins.slack import SlackStandin, create_app as slack_app
-from service.store.models import (AuditEntry, Delivery, QuarantinedDelivery, StoredEvent, migrate, utcnow)
+from service.sandbox.standins.slack import SlackStandin
+from service.sandbox.standins.slack import create_app as slack_app
+from service.store.models import AuditEntry, Delivery, QuarantinedDelivery, StoredEvent, migrate, utcnow
 from service.web import make_envelope
 from service.web.spool import Spool
 from tests.conftest import FIXTURES
@@ -62,7 +63,8 @@ def sa_key() -> str:
 
 def rules_text(account_id: str, sa_key: str, retention: int | None = None) -> str:
     """A rules file using Slack, VirtualPBX and Google Sheets connections."""
-    credentials = json.dumps({"type": "service_account", "client_email": f"sa-{account_id[:6]}@p.iam.gserviceaccount.com",
+    credentials = json.dumps({"type": "service_account",
+                              "client_email": f"sa-{account_id[:6]}@p.iam.gserviceaccount.com",
                               "private_key": sa_key, "token_uri": "https://oauth2.googleapis.com/token"})
     return json.dumps({
         "account": {"id": account_id, "name": f"Acct {account_id[:4]}", "timezone": "UTC",
@@ -82,7 +84,8 @@ def rules_text(account_id: str, sa_key: str, retention: int | None = None) -> st
 def rt(tmp_path, redis_url, namespace, redis_client, slack, database_url, sa_key):
     """A Runtime (SQLite and PostgreSQL) with two accounts, each with the same kinds of connections and rules."""
     settings = Settings(var_dir=tmp_path / "var", redis_url=redis_url, namespace=namespace, database_url=database_url,
-                        secret_keys=Fernet.generate_key().decode(), slack_api_url=slack.api_url, allow_private_urls=True)
+                        secret_keys=Fernet.generate_key().decode(), slack_api_url=slack.api_url,
+                        allow_private_urls=True)
     migrate(database_url)
     runtime = Runtime(settings)
     for account_id in (GONE, KEPT):
@@ -209,7 +212,7 @@ def test_deleting_an_account_leaves_nothing_of_it_and_everything_of_the_other(rt
 
 
 def test_a_sheet_shared_with_another_account_keeps_its_keys(rt, sa_key, tmp_path):
-    """Two accounts writing one worksheet with one service account have separate keys: deleting one keeps the other's."""
+    """Two accounts writing one worksheet with one key file have separate keys; deleting one keeps the other's."""
     with rt.sessions.begin() as session:  # KEPT now writes to GONE's sheet with GONE's service account
         text = rules_text(KEPT, sa_key).replace(SHEETS[KEPT], SHEETS[GONE]).replace(f"sa-{KEPT[:6]}", f"sa-{GONE[:6]}")
         accounts.apply_rules(session, text, filename="r.yaml", base_dir=tmp_path, registry=rt.registry, box=rt.box,

@@ -37,7 +37,8 @@ class RunningServer:
 def serve_in_thread(app, host: str = "127.0.0.1", port: int = 0) -> RunningServer:
     """Serve ``app`` (threaded) on host:port (0 = a free port) and return once it accepts connections."""
     server = make_server(host, port, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, name=f"standin:{server.server_port}", daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                              name=f"standin:{server.server_port}", daemon=True)
     thread.start()
     return RunningServer(server=server, thread=thread, url=f"http://{host}:{server.server_port}")
 

@@ -47,7 +47,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from flask import Flask, Response, request
 
-from service.sandbox.standins.base import (FaultQueue, add_control_routes, answer_with_fault, fault_response, json_response)
+from service.sandbox.standins.base import (
+    FaultQueue,
+    add_control_routes,
+    answer_with_fault,
+    fault_response,
+    json_response,
+)
 
 GOOGLE_TOKEN_URL = "https://oauth2.googleapis.com/token"
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"

@@ -34,7 +34,15 @@ from typing import Any
 
 from flask import Flask, Response, request
 
-from service.sandbox.standins.base import (FaultQueue, add_control_routes, answer_with_fault, fault_response, json_response, request_arguments, set_rate_limit)
+from service.sandbox.standins.base import (
+    FaultQueue,
+    add_control_routes,
+    answer_with_fault,
+    fault_response,
+    json_response,
+    request_arguments,
+    set_rate_limit,
+)
 
 DEFAULT_SCOPES = frozenset({"chat:write", "channels:history", "groups:history"})
 # A default workspace so `create_app()` is usable by hand and by the sandbox without any setup.
@@ -364,7 +372,8 @@ def _page(messages: list[dict[str, Any]], args: dict[str, Any]) -> Response:
     page = selected[start:start + limit]
     more = start + limit < len(selected)
     keep_metadata = _truthy(args.get("include_all_metadata"))
-    out = [{k: v for k, v in m.items() if k not in ("channel", "via", "received_at") and (keep_metadata or k != "metadata")}
+    out = [{k: v for k, v in m.items()
+            if k not in ("channel", "via", "received_at") and (keep_metadata or k != "metadata")}
            for m in page]
     cursor = base64.b64encode(f"next:{start + limit}".encode()).decode() if more else ""
     return _json({"ok": True, "messages": out, "has_more": more, "pin_count": 0,

@@ -42,7 +42,14 @@ from typing import Any
 
 from flask import Flask, Response, request
 
-from service.sandbox.standins.base import (FaultQueue, add_control_routes, answer_with_fault, fault_response, json_response, request_arguments)
+from service.sandbox.standins.base import (
+    FaultQueue,
+    add_control_routes,
+    answer_with_fault,
+    fault_response,
+    json_response,
+    request_arguments,
+)
 
 # A ready-made workspace so `create_app()` works by hand and in the sandbox without setup.
 DEFAULT_KEY = "0123456789abcdef0123456789abcdef"

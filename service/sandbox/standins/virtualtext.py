@@ -40,7 +40,14 @@ from typing import Any, Callable
 
 from flask import Flask, Response, request
 
-from service.sandbox.standins.base import (FaultQueue, add_control_routes, answer_with_fault, fault_response, json_response, set_rate_limit)
+from service.sandbox.standins.base import (
+    FaultQueue,
+    add_control_routes,
+    answer_with_fault,
+    fault_response,
+    json_response,
+    set_rate_limit,
+)
 
 # A ready account so `create_app()` works by hand and in the sandbox without setup.
 DEFAULT_API_KEY = "pk_live_standin_demo_0000000000"

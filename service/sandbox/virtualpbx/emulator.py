@@ -29,11 +29,19 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from flask import Flask, Response, request
 
+from integrations.virtualpbx.client import merge_patch
 from integrations.virtualpbx.gregorian import GREGORIAN_UNIX_OFFSET
 
-from integrations.virtualpbx.client import merge_patch
-from .state import (HOOK_TYPES, Account, EmulatorOptions, EmulatorState, TokenInfo, new_id, normalise_webhook,
-                    webhook_errors)
+from .state import (
+    HOOK_TYPES,
+    Account,
+    EmulatorOptions,
+    EmulatorState,
+    TokenInfo,
+    new_id,
+    normalise_webhook,
+    webhook_errors,
+)
 
 __all__ = ["EmulatorOptions", "EmulatorState", "create_app"]
 
@@ -203,7 +211,8 @@ class _Crossbar:
             raise self.invalid_method()
         api_key = (self.body or {}).get("api_key") if isinstance(self.body, dict) else None
         if not api_key:
-            raise self.fail(400, "validation error", {"api_key": {"required": {"message": "Field is required but missing"}}})
+            raise self.fail(400, "validation error",
+                            {"api_key": {"required": {"message": "Field is required but missing"}}})
         with self.state.lock:
             account = next((a for a in self.state.accounts.values() if a.api_key == api_key), None)
         self.take_tokens(account.id if account else "", self.state.options.auth_cost)
@@ -219,7 +228,8 @@ class _Crossbar:
             raise self.invalid_method()
         body = self.body if isinstance(self.body, dict) else {}
         if not body.get("credentials"):
-            raise self.fail(400, "validation error", {"credentials": {"required": {"message": "Field is required but missing"}}})
+            raise self.fail(400, "validation error",
+                            {"credentials": {"required": {"message": "Field is required but missing"}}})
         name, realm = body.get("account_name"), body.get("account_realm")
         with self.state.lock:
             account = next((a for a in self.state.accounts.values()
@@ -545,7 +555,8 @@ class _Crossbar:
         if not account.sms_enabled:
             raise self.fail(500, "account", {"message": "sms services not enabled for account"})
         created = self.state.gregorian_now()
-        doc = {"id": self.request_id, "message_id": self.request_id, "from": body.get("from") or account.caller_id_number,
+        doc = {"id": self.request_id, "message_id": self.request_id,
+               "from": body.get("from") or account.caller_id_number,
                "to": body["to"], "body": text, "route_type": "offnet" if _E164.match(str(body["to"])) else "onnet",
                "custom_vars": {"account_id": account.id, "reseller_id": account.reseller_id,
                                "authorizing_type": "account", "authorizing_id": account.id},

@@ -137,7 +137,8 @@ class CallSimulator:
         generated = [self.build(scenario, start) for scenario, start in zip(scenarios, starts)]
         steps = sorted((step for call in generated for step in call.steps), key=lambda s: s.at)
         if duplicate_rate:
-            steps = [copy for step in steps for copy in ([step, step] if self.rng.random() < duplicate_rate else [step])]
+            steps = [copy for step in steps
+                     for copy in ([step, step] if self.rng.random() < duplicate_rate else [step])]
         if shuffle:
             self.rng.shuffle(steps)
         self.play(steps)
@@ -397,5 +398,6 @@ class CallSimulator:
             "timestamp": leg.ended, "channel_created_time": (leg.created - GREGORIAN_UNIX_OFFSET) * 1_000_000,
             "from": leg.from_uri, "to": leg.to_uri, "request": leg.request, "from_uri": leg.from_uri,
             "to_uri": leg.to_uri, "other_leg_call_id": leg.other_leg_call_id, "interaction_id": call.interaction_id,
-            "media_server": "fs1.virtualpbx.test", "custom_channel_vars": {k: v for k, v in ccv.items() if v is not None},
+            "media_server": "fs1.virtualpbx.test",
+            "custom_channel_vars": {k: v for k, v in ccv.items() if v is not None},
         }

@@ -344,7 +344,8 @@ def webhook_errors(doc: dict[str, Any]) -> dict[str, Any]:
         errors["custom_data"] = {"type": {"message": "custom_data values must be strings"}}
         return errors
     modifiers = {"notifications": {"type": NOTIFICATION_TYPES},
-                 "object": {"type": OBJECT_TYPES, "action": OBJECT_ACTIONS}}.get(hook if isinstance(hook, str) else "", {})
+                 "object": {"type": OBJECT_TYPES, "action": OBJECT_ACTIONS}}.get(
+                     hook if isinstance(hook, str) else "", {})
     for modifier, allowed in modifiers.items():
         key = f"custom_data.{modifier}"
         if modifier not in custom:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import heapq
 import hashlib
+import heapq
 import json
 import pickle
 import random
@@ -22,12 +22,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from tests.integrations.conftest import sandbox_config
 from integrations.base import ActionContext, AuthError, PermanentError, RetryableError
 from integrations.google_sheets import ALL_COLUMNS, GoogleSheetsConfig, GoogleSheetsIntegration
-from integrations.google_sheets.integration import ACCOUNT_BURST, ACCOUNT_PER_SECOND
 from integrations.google_sheets.columns import CELL_MAX, row_values
+from integrations.google_sheets.integration import ACCOUNT_BURST, ACCOUNT_PER_SECOND
 from service.sandbox.standins.google_sheets import SheetsStandin, create_app, service_account_json
+from tests.integrations.conftest import sandbox_config
 
 FIXTURES = Path(__file__).resolve().parents[3] / "integrations" / "google_sheets" / "fixtures"
 SHEET_ID = "1TestCallLogSpreadsheet00000000000000000000"

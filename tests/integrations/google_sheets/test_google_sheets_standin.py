@@ -14,7 +14,13 @@ import pytest
 import requests
 
 from integrations.google_sheets.integration import SheetsHTTPClient
-from service.sandbox.standins.google_sheets import (DEFAULT_SPREADSHEET_ID, GOOGLE_TOKEN_URL, SheetsStandin, create_app, new_service_account)
+from service.sandbox.standins.google_sheets import (
+    DEFAULT_SPREADSHEET_ID,
+    GOOGLE_TOKEN_URL,
+    SheetsStandin,
+    create_app,
+    new_service_account,
+)
 
 FIXTURES = Path(__file__).resolve().parents[3] / "integrations" / "google_sheets" / "fixtures"
 BOOK = "1StandinTestBook000000000000"

@@ -14,11 +14,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from tests.integrations.conftest import sandbox_config
 from integrations.base import ActionContext, AuthError, PermanentError, RetryableError
 from integrations.slack import SlackConfig, SlackIntegration
 from integrations.slack.cards import FIELD_MAX, FIELDS_MAX, HEADER_MAX, SECTION_TEXT_MAX, call_card
 from service.sandbox.standins.slack import SlackStandin, create_app
+from tests.integrations.conftest import sandbox_config
 
 FIXTURES = Path(__file__).resolve().parents[3] / "integrations" / "slack" / "fixtures"
 TOKEN = "xoxb-1111-2222-testsecrettoken"

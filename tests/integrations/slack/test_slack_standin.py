@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 import requests
 
-from service.sandbox.standins.slack import (DEFAULT_CHANNEL_ID, DEFAULT_TOKEN, DEFAULT_WEBHOOK_PATH, SlackStandin, create_app)
+from service.sandbox.standins.slack import (
+    DEFAULT_CHANNEL_ID,
+    DEFAULT_TOKEN,
+    DEFAULT_WEBHOOK_PATH,
+    SlackStandin,
+    create_app,
+)
 
 FIXTURES = Path(__file__).resolve().parents[3] / "integrations" / "slack" / "fixtures"
 TOKEN = "xoxb-5555-standin-test"

@@ -14,12 +14,19 @@ import pytest
 import requests
 from pydantic import ValidationError
 
-from integrations.base import (ActionContext, AuthError, IntegrationError, Media, MediaTooLarge, PermanentError,
-                               RetryableError)
+from integrations.base import (
+    ActionContext,
+    AuthError,
+    IntegrationError,
+    Media,
+    MediaTooLarge,
+    PermanentError,
+    RetryableError,
+)
+from integrations.ratelimit import RateLimiter
 from integrations.trello import TrelloConfig, TrelloIntegration
 from integrations.trello.integration import ATTACHMENT_NAME, TEXT_MAX, TRUNCATION_NOTE, classify_failure, utf16_len
 from service.sandbox.standins.trello import TrelloStandin, create_app
-from integrations.ratelimit import RateLimiter
 
 FIXTURES = Path(__file__).resolve().parents[3] / "integrations" / "trello" / "fixtures"
 KEY = "a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6"

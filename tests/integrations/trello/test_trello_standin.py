@@ -9,7 +9,16 @@ from pathlib import Path
 import pytest
 import requests
 
-from service.sandbox.standins.trello import (DEFAULT_BOARD, DEFAULT_KEY, DEFAULT_LABELS, DEFAULT_LISTS, DEFAULT_MEMBER, DEFAULT_TOKEN, TrelloStandin, create_app)
+from service.sandbox.standins.trello import (
+    DEFAULT_BOARD,
+    DEFAULT_KEY,
+    DEFAULT_LABELS,
+    DEFAULT_LISTS,
+    DEFAULT_MEMBER,
+    DEFAULT_TOKEN,
+    TrelloStandin,
+    create_app,
+)
 
 FIXTURES = Path(__file__).resolve().parents[3] / "integrations" / "trello" / "fixtures"
 LIST = next(iter(DEFAULT_LISTS))

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from flask import Flask, request
 
-from service.sandbox.standins.base import RunningServer, serve_in_thread
 from integrations.virtualpbx.client import VirtualPBXClient
+from service.sandbox.standins.base import RunningServer, serve_in_thread
 from service.sandbox.virtualpbx.emulator import create_app
 from service.sandbox.virtualpbx.state import Account, EmulatorOptions, EmulatorState
 
@@ -38,7 +38,8 @@ class Emulator:
 def seed_account(state: EmulatorState) -> tuple[Account, str, str]:
     """An account with three users (one with a password), a phone each and a voicemail box with a message."""
     account = state.add_account(name="Acme Dental")
-    for first, last, extension in (("Alice", "Reception", "101"), ("Bob", "Billing", "102"), ("Carol", "Clinic", "103")):
+    for first, last, extension in (("Alice", "Reception", "101"), ("Bob", "Billing", "102"),
+                                   ("Carol", "Clinic", "103")):
         user = state.add_user(account.id, first_name=first, last_name=last, extension=extension,
                               username=f"{first}@Acme.test", password=f"{first}-secret")
         state.add_device(account.id, owner_id=user["id"], name=f"{first} desk")

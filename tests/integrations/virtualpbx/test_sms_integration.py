@@ -10,14 +10,14 @@ from email.utils import format_datetime
 import pytest
 from pydantic import ValidationError
 
-from tests.integrations.conftest import sandbox_config
 from integrations.base import ActionContext, PermanentError, RetryableError
+from integrations.ratelimit import RateLimiter
 from integrations.virtualpbx import VirtualPBXConfig, VirtualPBXIntegration
 from integrations.virtualpbx import errors as E
-from integrations.virtualpbx.integration import DEDUPE_PAGE_SIZE
 from integrations.virtualpbx.gregorian import GREGORIAN_UNIX_OFFSET
-from integrations.ratelimit import RateLimiter
+from integrations.virtualpbx.integration import DEDUPE_PAGE_SIZE
 from tests.harness import free_port
+from tests.integrations.conftest import sandbox_config
 
 TO = "+12025550123"
 SENDER = "+12025550100"
@@ -37,7 +37,8 @@ def integration(emulator, **config) -> VirtualPBXIntegration:
     """The integration for the seeded account, authenticating with its API key unless told otherwise."""
     options = {"account_id": emulator.account.id, "api_key": emulator.account.api_key, "timeout": 5.0}
     options.update(config)
-    return VirtualPBXIntegration(sandbox_config(VirtualPBXConfig, **{k: v for k, v in options.items() if v is not None}))
+    return VirtualPBXIntegration(
+        sandbox_config(VirtualPBXConfig, **{k: v for k, v in options.items() if v is not None}))
 
 
 def sent(emulator) -> list[dict]:

@@ -10,12 +10,12 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from integrations.base import AuthError, PermanentError, RetryableError
-from service.sandbox.standins.base import serve_in_thread
+from integrations.ratelimit import RateLimiter
 from integrations.virtualpbx import errors as E
 from integrations.virtualpbx.client import Envelope, VirtualPBXClient
-from service.sandbox.virtualpbx.emulator import create_app
 from integrations.virtualpbx.gregorian import GREGORIAN_UNIX_OFFSET
-from integrations.ratelimit import RateLimiter
+from service.sandbox.standins.base import serve_in_thread
+from service.sandbox.virtualpbx.emulator import create_app
 from tests.harness import free_port
 
 
@@ -119,7 +119,8 @@ def test_405_falls_back_to_get_and_full_post_only_when_allowed(emulator, make_cl
     assert updated["folder"] == "saved" and updated["caller_id_number"] == "+15553456789"
     methods = [r["method"] for r in emulator.state.requests if r["path"].endswith(emulator.message_id)]
     assert methods == ["PATCH", "PATCH", "GET", "POST"]
-    assert client.get_vmbox_message(emulator.box_id, emulator.message_id)["transcription"]["text"] == "Please call me back"
+    message = client.get_vmbox_message(emulator.box_id, emulator.message_id)
+    assert message["transcription"]["text"] == "Please call me back"
 
 
 def test_patch_removes_null_keys(make_client):

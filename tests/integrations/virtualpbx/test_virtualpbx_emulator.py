@@ -10,10 +10,10 @@ import sys
 import pytest
 import requests
 
-from service.sandbox.standins.base import serve_in_thread
 from integrations.virtualpbx.client import VirtualPBXClient
-from service.sandbox.virtualpbx.emulator import DEMO_ACCOUNT_ID, DEMO_API_KEY, create_app
 from integrations.virtualpbx.errors import ServerError
+from service.sandbox.standins.base import serve_in_thread
+from service.sandbox.virtualpbx.emulator import DEMO_ACCOUNT_ID, DEMO_API_KEY, create_app
 from service.sandbox.virtualpbx.state import EmulatorState
 
 

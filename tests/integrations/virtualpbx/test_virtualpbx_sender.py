@@ -8,7 +8,8 @@ import time
 from typing import Any
 from urllib.parse import unquote, unquote_plus
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from service.sandbox.virtualpbx.sender import DISABLE_REASON, WebhookSender, encode_kazoo_form
 from service.sandbox.virtualpbx.state import EmulatorOptions, EmulatorState

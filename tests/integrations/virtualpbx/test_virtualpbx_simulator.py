@@ -8,11 +8,11 @@ from datetime import datetime, timezone
 
 import pytest
 
+from integrations.virtualpbx.gregorian import GREGORIAN_UNIX_OFFSET
 from service.sandbox.virtualpbx.emulator import DEMO_ACCOUNT_ID, demo_state
 from service.sandbox.virtualpbx.media import FRAME_BYTES, silent_mp3
 from service.sandbox.virtualpbx.sender import WebhookSender
 from service.sandbox.virtualpbx.simulator import CallSimulator, SimulatedCall
-from integrations.virtualpbx.gregorian import GREGORIAN_UNIX_OFFSET
 from tests.conftest import load_fixture
 
 START = datetime(2026, 5, 6, 9, 0, tzinfo=timezone.utc)
@@ -130,7 +130,8 @@ def test_outbound_call_legs():
         user["presence_id"], f"{user['first_name']} {user['last_name']}")
     assert b_create["call_direction"] == "outbound" and b_create["other_leg_call_id"] == call.a_leg.call_id
     assert b_create["authorizing_type"] == "resource" and b_create["local_resource_used"] is True
-    assert b_create["callee_id_number"] == a_create["callee_id_number"] and b_create["callee_id_number"].startswith("+1")
+    assert (b_create["callee_id_number"] == a_create["callee_id_number"]
+            and b_create["callee_id_number"].startswith("+1"))
 
 
 def test_internal_call_legs():

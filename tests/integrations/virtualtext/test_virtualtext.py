@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from tests.integrations.conftest import sandbox_config
 from integrations.base import ActionContext, AuthError, PermanentError, RetryableError
 from integrations.virtualtext import VirtualTextConfig, VirtualTextIntegration
 from service.sandbox.standins.virtualtext import VirtualTextStandin, create_app
+from tests.integrations.conftest import sandbox_config
 
 FIXTURES = Path(__file__).resolve().parents[3] / "integrations" / "virtualtext" / "fixtures"
 KEY = "pk_live_test_5ecretKeyValue123"

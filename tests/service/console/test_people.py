@@ -96,7 +96,8 @@ def test_roles_and_the_last_owner(sessions_for):
         assert users.members(db, ACCOUNT_B) == []
 
 
-@pytest.mark.parametrize("account, role, message", [(ACCOUNT_A, "admin", "^role:"), ("c" * 32, "viewer", "^account_id:")])
+@pytest.mark.parametrize("account, role, message",
+                         [(ACCOUNT_A, "admin", "^role:"), ("c" * 32, "viewer", "^account_id:")])
 def test_set_role_refuses_bad_input(sessions_for, account, role, message):
     """An unknown role or account is a ConsoleError naming the field."""
     user_id = make_user(sessions_for)

@@ -146,7 +146,8 @@ def test_forms_without_a_valid_csrf_token_are_refused(console):
     assert client.post("/console/logout", data={"csrf_token": foreign}).status_code == 400
     assert client.get("/console/").status_code == 200  # still signed in
     anonymous = console.test_client()
-    assert anonymous.post("/console/login", data={"email": "owner@example.com", "password": PASSWORD}).status_code == 400
+    assert anonymous.post("/console/login",
+                          data={"email": "owner@example.com", "password": PASSWORD}).status_code == 400
     own = csrf_of(client.get("/console/logout"))
     assert client.post(url, data=data, headers={"X-CSRFToken": own}).status_code == 200
 

@@ -11,17 +11,17 @@ import sqlalchemy as sa
 from cryptography.fernet import Fernet
 
 from integrations.base import AuthError, PermanentError, RetryableError
-from service.sandbox.standins.slack import SlackStandin, create_app as slack_app
-from service.sandbox.standins.base import serve_in_thread
-from service import accounts
+from service import accounts, engine
 from service.config import Settings
-from service.runtime import Runtime
+from service.engine import planning
 from service.events import Event
+from service.runtime import Runtime
+from service.sandbox.standins.base import serve_in_thread
+from service.sandbox.standins.slack import SlackStandin
+from service.sandbox.standins.slack import create_app as slack_app
 from service.store.models import AuditEntry, Connection, Delivery, QuarantinedDelivery, StoredEvent, migrate, utcnow
 from service.web import make_envelope
 from tests.conftest import FIXTURES
-from service import engine
-from service.engine import planning
 
 ACCOUNT = "91eb05e5c68d7ca05e7618b6821d2d16"
 TOKEN = "xoxb-pipeline-test-token"
@@ -167,7 +167,8 @@ def make_due(rt, delivery_id: int) -> None:
 
 def seconds_until_due(rt, delivery_id: int) -> float:
     """How far in the future the delivery's recorded next attempt is."""
-    return (delivery(rt, delivery_id).next_attempt_at.replace(tzinfo=None) - utcnow().replace(tzinfo=None)).total_seconds()
+    return (delivery(rt, delivery_id).next_attempt_at.replace(tzinfo=None)
+            - utcnow().replace(tzinfo=None)).total_seconds()
 
 
 def test_success_is_recorded_once_and_a_second_run_does_nothing(rt, slack):

@@ -100,7 +100,8 @@ def test_dry_run_and_production_give_the_same_call_events(rt):
         production, dry = _production(rt, account_id, payloads), _dry_run(account_id, payloads)
         produced[name] = {event_type for event_type, _, _ in production}
         if production != dry:
-            differences[name] = {"only in production": sorted(production - dry), "only in dry run": sorted(dry - production)}
+            differences[name] = {"only in production": sorted(production - dry),
+                                 "only in dry run": sorted(dry - production)}
     assert differences == {}
     # Not vacuous: the bridged call gives its whole life in every order, the missed-call notice its call.missed.
     for name, types in produced.items():

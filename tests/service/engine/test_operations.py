@@ -8,15 +8,14 @@ import pytest
 import sqlalchemy as sa
 from cryptography.fernet import Fernet
 
+from service import accounts, engine
+from service.config import Settings
+from service.engine import planning
+from service.runtime import Runtime
 from service.sandbox.standins.base import serve_in_thread
 from service.sandbox.virtualpbx import emulator
 from service.sandbox.virtualpbx.simulator import CallSimulator
-from service import accounts
-from service.config import Settings
-from service.runtime import Runtime
 from service.store.models import Account, AuditEntry, Delivery, migrate
-from service import engine
-from service.engine import planning
 
 ACCOUNT = emulator.DEMO_ACCOUNT_ID
 

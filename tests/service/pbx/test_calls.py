@@ -7,9 +7,9 @@ import random
 
 import pytest
 
-from service.pbx.calls import CallCorrelator, RedisCallWindow, call_key_for_leg, summarize_call
-from service.events import Event
 from integrations.virtualpbx.gregorian import gregorian_to_datetime
+from service.events import Event
+from service.pbx.calls import CallCorrelator, RedisCallWindow, call_key_for_leg, summarize_call
 
 T0 = 63_900_000_000  # a Gregorian second in 2025
 A = "a-leg-call-id"

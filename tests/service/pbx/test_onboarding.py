@@ -8,13 +8,13 @@ from flask import Flask, request
 from pydantic import SecretStr
 
 from integrations.base import ConfigModel, Integration, ParamsModel
-from service.sandbox.standins.base import serve_in_thread
 from integrations.virtualpbx.client import VirtualPBXClient
+from service.pbx.onboarding import HookSpec, ReenabledHook, connect_account, reenable_disabled, required_hooks
+from service.rules.schema import load_rules
+from service.sandbox.standins.base import serve_in_thread
 from service.sandbox.virtualpbx.emulator import create_app
 from service.sandbox.virtualpbx.sender import DISABLE_REASON, WebhookSender
 from service.sandbox.virtualpbx.state import EmulatorOptions, EmulatorState
-from service.pbx.onboarding import HookSpec, ReenabledHook, connect_account, reenable_disabled, required_hooks
-from service.rules.schema import load_rules
 
 CHANNEL_NAMES = ["pbxrelay: channel_create", "pbxrelay: channel_answer", "pbxrelay: channel_bridge",
                  "pbxrelay: channel_destroy"]

@@ -8,7 +8,8 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from integrations.virtualpbx.gregorian import gregorian_to_datetime
 from service.pbx.payloads import MalformedPayload, parse_bracket_pairs, parse_delivery, to_hook_event

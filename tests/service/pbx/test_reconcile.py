@@ -7,15 +7,15 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from service.sandbox.standins.base import serve_in_thread
 from integrations.virtualpbx.client import VirtualPBXClient
+from service.events import Event
+from service.pbx.calls import CallCorrelator, RedisCallWindow
+from service.pbx.payloads import to_hook_event
+from service.pbx.reconcile import calls_from_cdrs, fetch_cdr_calls, missing_call_events, reconcile_window
+from service.sandbox.standins.base import serve_in_thread
 from service.sandbox.virtualpbx.emulator import create_app
 from service.sandbox.virtualpbx.simulator import CallSimulator, SimulatedCall
 from service.sandbox.virtualpbx.state import EmulatorState
-from service.pbx.calls import CallCorrelator, RedisCallWindow
-from service.events import Event
-from service.pbx.payloads import to_hook_event
-from service.pbx.reconcile import calls_from_cdrs, fetch_cdr_calls, missing_call_events, reconcile_window
 
 START = datetime(2025, 3, 3, 15, 0, tzinfo=timezone.utc)
 SCENARIOS = ("inbound_answered", "inbound_missed", "ring_group", "voicemail", "outbound", "internal",

@@ -9,13 +9,28 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import SecretStr
 
 from integrations.base import ConfigModel, Integration, ParamsModel, PermanentError
 from service.events import Event
+from service.rules import (
+    KNOWN_EVENT_TYPES,
+    AccountSpec,
+    ConnectionSpec,
+    PlannedAction,
+    Rule,
+    RulesError,
+    RulesProblem,
+    load_rules,
+    matches,
+    plan,
+    redact_connection,
+    render_action,
+    validate_connection,
+)
 from service.rules.schema import MAX_RULES_BYTES
-from service.rules import (KNOWN_EVENT_TYPES, AccountSpec, ConnectionSpec, PlannedAction, Rule, RulesError, RulesProblem, load_rules, matches, plan, redact_connection, render_action, validate_connection)
 
 FIXTURES = Path(__file__).parents[2] / "fixtures" / "rules"
 ACCOUNT_ID = "91eb05e5c68d7ca05e7618b6821d2d16"
@@ -659,7 +674,8 @@ def test_event_values_are_escaped_for_the_integration_but_rule_text_is_not():
 
     planned = PlannedAction(rule_name="r", index=0, connection="chat", integration="slack", action="post_message",
                             params_template={"text": "<@U123> call from {{ caller.name }} & {{ caller.number }}"})
-    event = Event(type="call.missed", account_id="a" * 32, key="k", occurred_at=datetime(2026, 1, 1, tzinfo=timezone.utc),
+    event = Event(type="call.missed", account_id="a" * 32, key="k",
+                  occurred_at=datetime(2026, 1, 1, tzinfo=timezone.utc),
                   data={"caller": {"name": "<!channel> & co", "number": "+15551230000"}})
     account = AccountSpec(id="a" * 32, name="Acme", timezone="UTC")
     escaped = render_action(planned, event, account, escape=SlackIntegration.template_escape)

@@ -5,11 +5,12 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from integrations.base import PermanentError
-from service.rules import templating
 from service.events import Event
+from service.rules import templating
 from service.rules.templating import TemplateError, compile_check, event_context, render_template
 
 CONTEXT = {

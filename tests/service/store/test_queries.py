@@ -8,8 +8,16 @@ from cryptography.fernet import Fernet
 from service import accounts
 from service.secrets import SecretBox
 from service.store import queries
-from service.store.models import (Connection, Delivery, QuarantinedDelivery, RuleSet, StoredEvent, migrate,
-                                  session_factory, utcnow)
+from service.store.models import (
+    Connection,
+    Delivery,
+    QuarantinedDelivery,
+    RuleSet,
+    StoredEvent,
+    migrate,
+    session_factory,
+    utcnow,
+)
 
 ONE, TWO = "a" * 32, "b" * 32
 BOX = SecretBox([Fernet.generate_key().decode()])

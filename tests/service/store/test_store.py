@@ -114,7 +114,8 @@ def test_the_crm_token_is_a_different_secret_for_the_other_endpoint_only(session
         assert opened(session, created.crm_token, "crm") == ACCOUNT
         assert opened(session, created.crm_token, "virtualpbx") is None
         assert opened(session, created.token, "crm") is None
-        row = session.execute(sa.text("SELECT hook_token_hash, crm_token_hash, crm_token_encrypted FROM accounts")).one()
+        row = session.execute(
+            sa.text("SELECT hook_token_hash, crm_token_hash, crm_token_encrypted FROM accounts")).one()
     assert created.crm_token not in "".join(row)
     with sessions.begin() as session:
         new_crm = accounts.rotate_token(session, ACCOUNT, box=BOX, kind="crm")
@@ -142,7 +143,8 @@ def test_migration_0003r_keeps_existing_accounts_and_gives_them_no_shared_crm_to
     engine = sa.create_engine(database_url)
     with engine.begin() as conn:
         conn.execute(sa.text("INSERT INTO accounts (id, name, timezone, hook_token_hash, created_at) "
-                             "VALUES (:id, 'Old', 'UTC', :h, CURRENT_TIMESTAMP)"), {"id": ACCOUNT, "h": hash_token("old-token")})
+                             "VALUES (:id, 'Old', 'UTC', :h, CURRENT_TIMESTAMP)"),
+                     {"id": ACCOUNT, "h": hash_token("old-token")})
     engine.dispose()
     migrate(database_url)
     sessions = session_factory(database_url)

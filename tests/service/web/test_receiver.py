@@ -121,7 +121,8 @@ def test_redis_down_spools_durably_and_fast(tmp_path, namespace):
     assert response.status_code == 200
     assert elapsed < 1.5, f"spooling took {elapsed:.2f}s"
     spooled = list((settings.var_dir / "spool").glob("*.json"))
-    assert len(spooled) == 1 and json.loads(spooled[0].read_text())["body"] == '{"call_id": "c1", "hook_event": "channel_create"}'
+    assert len(spooled) == 1
+    assert json.loads(spooled[0].read_text())["body"] == '{"call_id": "c1", "hook_event": "channel_create"}'
     ready = client.get("/readyz")
     assert ready.status_code == 503 and ready.json["spooling"] is True and ready.json["spooled_events"] == 1
     assert "pbxrelay_spool_events 1.0" in client.get("/metrics").text

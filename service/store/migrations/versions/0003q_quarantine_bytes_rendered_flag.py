@@ -8,9 +8,8 @@ refuses). Bodies stored before were decoded with backslashreplace; they are kept
 Deliveries planned from now on hold their unrendered templates (rendered at action time); rows from
 before this revision hold rendered params, hence the server default.
 """
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 revision = '0003q'
 down_revision = '0002'

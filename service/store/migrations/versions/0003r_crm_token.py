@@ -8,9 +8,8 @@ issues a CRM token.
 Revision ID: 0003r
 Revises: 0002
 """
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 revision = '0003r'
 down_revision = '0002'
