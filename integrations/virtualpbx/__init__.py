@@ -1,4 +1,4 @@
-"""VirtualPBX (Kazoo Crossbar) integration: API client, local emulator, webhook sender, call simulator."""
+"""VirtualPBX (Kazoo Crossbar) integration: API client, local standin, webhook sender, call simulator."""
 
 from .client import Envelope, VirtualPBXClient
 from .integration import VirtualPBXConfig, VirtualPBXIntegration

@@ -42,10 +42,10 @@ def start(host: str, port: int, *, var_dir: Path) -> Sandbox:
     # Imported here: the stand-ins import this package's standins.base, so importing them at the top would cycle.
     from service.sandbox.standins import google_sheets as sheets
     from service.sandbox.standins import slack, trello, virtualtext
-    from service.sandbox.virtualpbx import emulator
+    from service.sandbox.virtualpbx import standin
 
     box = Sandbox()
-    apps = {"virtualpbx": (emulator.create_app, emulator.demo_state()),
+    apps = {"virtualpbx": (standin.create_app, standin.demo_state()),
             "slack": (slack.create_app, slack.SlackStandin.with_defaults()),
             "trello": (trello.create_app, trello.TrelloStandin.with_defaults()),
             "google_sheets": (sheets.create_app, sheets.SheetsStandin.with_defaults()),
@@ -72,7 +72,7 @@ def _environment(urls: dict[str, str], sa_path: Path, sa_json: str) -> dict[str,
     """The settings that point pbxrelay at the stand-ins, and the demo credentials the example rules read."""
     from service.sandbox.standins import google_sheets as sheets
     from service.sandbox.standins import slack, trello, virtualtext
-    from service.sandbox.virtualpbx import emulator
+    from service.sandbox.virtualpbx import standin
 
     return {
         # The stand-ins listen on 127.0.0.1 over http, which the outbound guard refuses by default.
@@ -82,8 +82,8 @@ def _environment(urls: dict[str, str], sa_path: Path, sa_json: str) -> dict[str,
         "PBXRELAY_TRELLO_API_URL": urls["trello"],
         "PBXRELAY_GOOGLE_SHEETS_API_URL": urls["google_sheets"],
         "PBXRELAY_VIRTUALTEXT_API_URL": urls["virtualtext"],
-        "SANDBOX_ACCOUNT_ID": emulator.DEMO_ACCOUNT_ID,
-        "SANDBOX_VIRTUALPBX_API_KEY": emulator.DEMO_API_KEY,
+        "SANDBOX_ACCOUNT_ID": standin.DEMO_ACCOUNT_ID,
+        "SANDBOX_VIRTUALPBX_API_KEY": standin.DEMO_API_KEY,
         "SANDBOX_SLACK_TOKEN": slack.DEFAULT_TOKEN,
         "SANDBOX_SLACK_CHANNEL": slack.DEFAULT_CHANNEL_ID,
         "SANDBOX_TRELLO_KEY": trello.DEFAULT_KEY,
@@ -104,11 +104,11 @@ def _facts(urls: dict[str, str], sa_path: Path) -> list[str]:
     """One line per stand-in: where it is and the demo credentials it accepts."""
     from service.sandbox.standins import google_sheets as sheets
     from service.sandbox.standins import slack, trello, virtualtext
-    from service.sandbox.virtualpbx import emulator
+    from service.sandbox.virtualpbx import standin
 
     pbx, voicemail_list, missed_list = urls["virtualpbx"], *list(trello.DEFAULT_LISTS)
     return [
-        f"VirtualPBX   {pbx}/v2   account {emulator.DEMO_ACCOUNT_ID}   API key {emulator.DEMO_API_KEY}",
+        f"VirtualPBX   {pbx}/v2   account {standin.DEMO_ACCOUNT_ID}   API key {standin.DEMO_API_KEY}",
         f"Slack        {urls['slack']}/api/   bot token {slack.DEFAULT_TOKEN}   channel #calls "
         f"({slack.DEFAULT_CHANNEL_ID})",
         f"Trello       {urls['trello']}/1   key {trello.DEFAULT_KEY}   lists: Voicemail {voicemail_list}, "
@@ -118,7 +118,7 @@ def _facts(urls: dict[str, str], sa_path: Path) -> list[str]:
         f"VirtualText  {urls['virtualtext']}/v1   key {virtualtext.DEFAULT_API_KEY}   "
         f"from {virtualtext.DEFAULT_NUMBER}",
         f"CRM          hooks signed (Standard Webhooks) with {CRM_SIGNING_SECRET}",
-        f"Records      GET <stand-in>/_standin/... ; calls: POST {pbx}/_emulator/simulate",
+        f"Records      GET <stand-in>/_standin/... ; calls: POST {pbx}/_standin/simulate",
     ]
 
 

@@ -293,7 +293,7 @@ def run(*, calls: int, seed: int, keep: bool, settle_timeout: float = 120.0) -> 
             "hooks registered in VirtualPBX")
 
         say(f"simulating a morning of {calls} calls (seed {seed}) ...")
-        answer = requests.post(f"{box.servers['virtualpbx'].url}/_emulator/simulate", timeout=600, json={
+        answer = requests.post(f"{box.servers['virtualpbx'].url}/_standin/simulate", timeout=600, json={
             "account_id": account_id, "scenario": "mixed_hour", "calls": calls, "seed": seed})
         answer.raise_for_status()
         simulated = answer.json()["calls"]

@@ -1,8 +1,8 @@
 """The four use cases end to end with examples/demo.yaml: Kazoo hooks and CRM webhooks in at a running receiver,
-results recorded by the sandbox's VirtualPBX emulator and vendor stand-ins.
+results recorded by the sandbox's VirtualPBX standin and vendor stand-ins.
 
 The account is onboarded as an operator would (`accounts add`, `rules apply`, `accounts connect`), so the
-calls reach pbxrelay through the hooks `accounts connect` registered in the emulator.
+calls reach pbxrelay through the hooks `accounts connect` registered in the standin.
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from service.rules.templating import render_template
 from service.sandbox.standins.google_sheets import DEFAULT_SPREADSHEET_ID
 from service.sandbox.standins.slack import DEFAULT_CHANNEL_ID
 from service.sandbox.standins.trello import DEFAULT_LISTS
-from service.sandbox.virtualpbx.emulator import DEMO_ACCOUNT_ID
 from service.sandbox.virtualpbx.sender import WebhookSender
 from service.sandbox.virtualpbx.simulator import CallSimulator
+from service.sandbox.virtualpbx.standin import DEMO_ACCOUNT_ID
 from service.web.signing import sign
 from tests.harness import Service, wait_for
 
@@ -129,7 +129,7 @@ def texts_to(env, number: str) -> list[tuple[str, dict]]:
 # --- voicemail -> Trello ------------------------------------------------------------------------------
 
 def test_voicemail_becomes_one_trello_card_with_its_recording(env, calls):
-    """The card's title and description follow the template; the attachment is the emulator's audio, byte for byte."""
+    """The card's title and description follow the template; the attachment is the standin's audio, byte for byte."""
     call = calls["voicemail"]
     voicemail_id = call.voicemail["media_id"]
     card = wait_for(lambda: (lambda found: found[0] if found and found[0]["attachments"] else None)(
@@ -266,7 +266,7 @@ def test_a_crm_event_texts_once_through_virtualtext_with_an_idempotency_key(env)
 
 
 def test_a_crm_event_texts_through_the_dash_api(env):
-    """The payment reminder goes out through VirtualPBX (recorded by the emulator), not VirtualText."""
+    """The payment reminder goes out through VirtualPBX (recorded by the standin), not VirtualText."""
     event = {"id": "crm-dash-1", "type": "invoice.overdue", "invoice": {"amount": "85.00"},
              "contact": {"first_name": "Sam", "phone": "+12125550199"}}
     assert post_crm(env, event).status_code == 200

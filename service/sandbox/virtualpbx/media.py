@@ -1,4 +1,4 @@
-"""Voicemail audio for the emulator: a valid, silent MP3 built in code (no files, no downloads)."""
+"""Voicemail audio for the standin: a valid, silent MP3 built in code (no files, no downloads)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The emulator's webhook sender, with Kazoo's delivery semantics (reference §4.1-4.2).
+"""The standin's webhook sender, with Kazoo's delivery semantics (reference §4.1-4.2).
 
 * ``http_verb`` get: the payload flattened into the query string (``uri + "?" + qs``); post/put:
   ``format`` "form-data" (default, bracket-nested ``key[sub]=v`` / ``key[]=v``) or "json".
@@ -22,7 +22,7 @@ from urllib.parse import quote, quote_plus
 
 import requests
 
-from .state import EmulatorState
+from .state import StandinState
 
 DISABLE_REASON = "too many failed attempts"
 _KEY_SAFE = "_-.~"
@@ -77,14 +77,14 @@ class DeliveryResult:
 
 
 class WebhookSender:
-    """Delivers events to the webhooks registered in an :class:`EmulatorState`, as Kazoo would."""
+    """Delivers events to the webhooks registered in an :class:`StandinState`, as Kazoo would."""
 
-    def __init__(self, state: EmulatorState, *, retry_interval: float = 2.0, connect_timeout: float = 10.0,
+    def __init__(self, state: StandinState, *, retry_interval: float = 2.0, connect_timeout: float = 10.0,
                  read_timeout: float = 10.0, session: requests.Session | None = None) -> None:
         self.state = state
         self.retry_interval = retry_interval
         # Kazoo passes only connect_timeout_ms (10 s) to its HTTP client; we also cap the read so a
-        # stuck receiver cannot hang the emulator forever.
+        # stuck receiver cannot hang the standin forever.
         self.timeout = (connect_timeout, read_timeout)
         self.session = session or requests.Session()
 
@@ -103,7 +103,7 @@ class WebhookSender:
         body = {**payload, "cluster_id": self.state.options.cluster_id, **(hook.get("custom_data") or {})}
         verb = str(hook.get("http_verb", "post")).lower()
         attempts = min(5, max(1, int(hook.get("retries", 2))))
-        headers = {"X-Hook-ID": hook["id"], "X-Account-ID": account_id, "User-Agent": "kazoo-webhooks (emulator)"}
+        headers = {"X-Hook-ID": hook["id"], "X-Account-ID": account_id, "User-Agent": "kazoo-webhooks (standin)"}
         url, data = hook["uri"], None
         if verb == "get":
             url = f"{hook['uri']}?{encode_kazoo_form(body)}"

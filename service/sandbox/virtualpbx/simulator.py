@@ -27,7 +27,7 @@ from typing import Any, Callable
 from integrations.virtualpbx.gregorian import GREGORIAN_UNIX_OFFSET, datetime_to_gregorian
 
 from .sender import WebhookSender
-from .state import EmulatorState
+from .state import StandinState
 
 SCENARIOS = ("inbound_answered", "inbound_missed", "ring_group", "voicemail", "outbound", "internal")
 # Roughly a dental office's hour: mostly inbound, a fifth unanswered or to voicemail.
@@ -97,9 +97,9 @@ class SimulatedCall:
 
 
 class CallSimulator:
-    """Generates calls for one account of an EmulatorState and plays them through a WebhookSender."""
+    """Generates calls for one account of an StandinState and plays them through a WebhookSender."""
 
-    def __init__(self, state: EmulatorState, account_id: str, *, sender: WebhookSender | None = None,
+    def __init__(self, state: StandinState, account_id: str, *, sender: WebhookSender | None = None,
                  seed: int = 0, start: datetime | None = None, did: str = "+15551230000", pace: float = 0.0) -> None:
         self.state = state
         self.account = state.accounts[account_id]

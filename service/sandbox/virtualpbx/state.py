@@ -1,7 +1,7 @@
-"""The emulator's in-memory world: accounts, their documents, tokens, buckets and injected faults.
+"""The standin's in-memory world: accounts, their documents, tokens, buckets and injected faults.
 
-Tests seed it directly (``state.add_account(...)``) or over HTTP (``POST /_emulator/seed``); the
-emulator app, the webhook sender and the call simulator all read and write the same object, under
+Tests seed it directly (``state.add_account(...)``) or over HTTP (``POST /_standin/seed``); the
+standin app, the webhook sender and the call simulator all read and write the same object, under
 ``state.lock``.
 """
 
@@ -46,7 +46,7 @@ def gregorian_now(clock: Callable[[], float]) -> int:
 
 
 @dataclass
-class EmulatorOptions:
+class StandinOptions:
     """Knobs of the emulated cluster; defaults are Kazoo's."""
 
     token_lifetime: float = 3600.0
@@ -92,7 +92,7 @@ class Account:
 
 @dataclass
 class Fault:
-    """A canned answer for the next ``times`` requests whose method/path match (tests and /_emulator)."""
+    """A canned answer for the next ``times`` requests whose method/path match (tests and /_standin)."""
 
     status: int
     message: str = "unspecified_fault"
@@ -121,11 +121,11 @@ class TokenInfo:
     expires: float
 
 
-class EmulatorState:
+class StandinState:
     """Everything the emulated cluster holds; thread-safe through ``lock``."""
 
-    def __init__(self, options: EmulatorOptions | None = None) -> None:
-        self.options = options or EmulatorOptions()
+    def __init__(self, options: StandinOptions | None = None) -> None:
+        self.options = options or StandinOptions()
         self.lock = threading.RLock()
         self.accounts: dict[str, Account] = {}
         self.tokens: dict[str, TokenInfo] = {}
@@ -284,7 +284,7 @@ class EmulatorState:
         return self.summary()
 
     def summary(self) -> dict[str, Any]:
-        """Counts per account and the webhooks' state, for GET /_emulator/state."""
+        """Counts per account and the webhooks' state, for GET /_standin/state."""
         with self.lock:
             return {
                 "accounts": {

@@ -1,4 +1,4 @@
-"""Fixtures for the VirtualPBX tests: a seeded emulator and a webhook receiver, both on real sockets."""
+"""Fixtures for the VirtualPBX tests: a seeded standin and a webhook receiver, both on real sockets."""
 
 from __future__ import annotations
 
@@ -11,15 +11,15 @@ from flask import Flask, request
 
 from integrations.virtualpbx.client import VirtualPBXClient
 from service.sandbox.standins.base import RunningServer, serve_in_thread
-from service.sandbox.virtualpbx.emulator import create_app
-from service.sandbox.virtualpbx.state import Account, EmulatorOptions, EmulatorState
+from service.sandbox.virtualpbx.standin import create_app
+from service.sandbox.virtualpbx.state import Account, StandinOptions, StandinState
 
 
 @dataclass
-class Emulator:
-    """A running emulator, its state and the seeded account."""
+class RunningStandin:
+    """A running standin, its state and the seeded account."""
 
-    state: EmulatorState
+    state: StandinState
     server: RunningServer
     account: Account
     box_id: str
@@ -27,7 +27,7 @@ class Emulator:
 
     @property
     def url(self) -> str:
-        """Base URL of the emulator."""
+        """Base URL of the standin."""
         return self.server.url
 
     def auth_calls(self) -> int:
@@ -35,7 +35,7 @@ class Emulator:
         return len(self.state.requests_to("/api_auth")) + len(self.state.requests_to("/user_auth"))
 
 
-def seed_account(state: EmulatorState) -> tuple[Account, str, str]:
+def seed_account(state: StandinState) -> tuple[Account, str, str]:
     """An account with three users (one with a password), a phone each and a voicemail box with a message."""
     account = state.add_account(name="Acme Dental")
     for first, last, extension in (("Alice", "Reception", "101"), ("Bob", "Billing", "102"),
@@ -51,30 +51,30 @@ def seed_account(state: EmulatorState) -> tuple[Account, str, str]:
 
 
 @pytest.fixture
-def emulator_options() -> EmulatorOptions:
-    """Options of the emulator under test; override in a module or test to change them."""
-    return EmulatorOptions()
+def standin_options() -> StandinOptions:
+    """Options of the standin under test; override in a module or test to change them."""
+    return StandinOptions()
 
 
 @pytest.fixture
-def emulator(emulator_options):
-    """A seeded emulator served on a free local port."""
-    state = EmulatorState(emulator_options)
+def standin(standin_options):
+    """A seeded standin served on a free local port."""
+    state = StandinState(standin_options)
     account, box_id, message_id = seed_account(state)
     server = serve_in_thread(create_app(state))
-    yield Emulator(state=state, server=server, account=account, box_id=box_id, message_id=message_id)
+    yield RunningStandin(state=state, server=server, account=account, box_id=box_id, message_id=message_id)
     server.stop()
 
 
 @pytest.fixture
-def make_client(emulator, redis_client, namespace):
+def make_client(standin, redis_client, namespace):
     """Build clients of the seeded account sharing the test's Redis namespace (override kwargs freely)."""
 
     def build(**kwargs: Any) -> VirtualPBXClient:
-        options: dict[str, Any] = {"account_id": emulator.account.id, "api_key": emulator.account.api_key,
+        options: dict[str, Any] = {"account_id": standin.account.id, "api_key": standin.account.api_key,
                                    "redis": redis_client, "namespace": namespace, "timeout": 5.0}
         options.update(kwargs)
-        return VirtualPBXClient(emulator.url, **options)
+        return VirtualPBXClient(standin.url, **options)
 
     return build
 

@@ -1,4 +1,4 @@
-"""The VirtualPBX client against the emulator over real HTTP, with a real Redis."""
+"""The VirtualPBX client against the standin over real HTTP, with a real Redis."""
 
 from __future__ import annotations
 
@@ -15,28 +15,28 @@ from integrations.virtualpbx import errors as E
 from integrations.virtualpbx.client import Envelope, VirtualPBXClient
 from integrations.virtualpbx.gregorian import GREGORIAN_UNIX_OFFSET
 from service.sandbox.standins.base import serve_in_thread
-from service.sandbox.virtualpbx.emulator import create_app
+from service.sandbox.virtualpbx.standin import create_app
 from tests.harness import free_port
 
 
-def test_api_key_auth_envelope_and_request_id(emulator, make_client):
+def test_api_key_auth_envelope_and_request_id(standin, make_client):
     client = make_client()
     envelope = client.request("GET", client.account_path("users"))
 
     assert isinstance(envelope, Envelope)
     assert envelope.status == "success" and len(envelope.data) == 3
-    logged = emulator.state.requests[-1]
+    logged = standin.state.requests[-1]
     assert envelope.request_id == logged["request_id"] and len(logged["request_id"]) == 32
     assert logged["auth_token"] == envelope.auth_token and envelope.auth_token.count(".") == 2
     assert envelope.auth_token not in repr(envelope)
     assert envelope.tokens["consumed"] == 1 and 100 - 35 - 1 <= envelope.tokens["remaining"] <= 66
-    assert emulator.auth_calls() == 1
+    assert standin.auth_calls() == 1
 
 
-def test_user_credentials_auth(emulator, make_client, namespace):
+def test_user_credentials_auth(standin, make_client, namespace):
     client = make_client(api_key=None, username="ALICE@acme.test", password="Alice-secret", account_name="Acme Dental")
     assert {u["first_name"] for u in client.list_users()} == {"Alice", "Bob", "Carol"}
-    assert emulator.state.requests_to("/user_auth", "PUT")
+    assert standin.state.requests_to("/user_auth", "PUT")
 
     wrong = make_client(api_key=None, username="alice@acme.test", password="nope", account_name="Acme Dental",
                         namespace=f"{namespace}:wrong")
@@ -45,7 +45,7 @@ def test_user_credentials_auth(emulator, make_client, namespace):
     assert isinstance(caught.value, AuthError) and caught.value.status == 401
 
 
-def test_unknown_api_key_is_an_auth_error_and_never_shows_the_key(emulator, make_client):
+def test_unknown_api_key_is_an_auth_error_and_never_shows_the_key(standin, make_client):
     bogus = "f" * 64
     client = make_client(api_key=bogus)
     with pytest.raises(E.Unauthorized) as caught:
@@ -68,28 +68,28 @@ def test_400_validation_error_carries_field_details(make_client):
     assert caught.value.fields == {"custom_data.type": {"required": "missing required modifier"}}
 
 
-def test_401_reauthenticates_once_and_succeeds(emulator, make_client):
+def test_401_reauthenticates_once_and_succeeds(standin, make_client):
     client = make_client()
     client.list_users()
-    emulator.state.expire_tokens()
+    standin.state.expire_tokens()
 
     assert len(client.list_users()) == 3
-    assert emulator.auth_calls() == 2
-    statuses = [r["path"] for r in emulator.state.requests]
-    assert statuses.count(f"/accounts/{emulator.account.id}/users") == 3  # ok, 401, retried ok
+    assert standin.auth_calls() == 2
+    statuses = [r["path"] for r in standin.state.requests]
+    assert statuses.count(f"/accounts/{standin.account.id}/users") == 3  # ok, 401, retried ok
 
 
-def test_401_twice_raises_auth_error(emulator, make_client):
-    emulator.state.add_fault(401, message="invalid_credentials", data={"message": "invalid credentials"},
+def test_401_twice_raises_auth_error(standin, make_client):
+    standin.state.add_fault(401, message="invalid_credentials", data={"message": "invalid credentials"},
                              path_contains="/users", times=2)
     with pytest.raises(E.Unauthorized) as caught:
         make_client().list_users()
     assert isinstance(caught.value, AuthError) and caught.value.status == 401
-    assert emulator.auth_calls() == 2
+    assert standin.auth_calls() == 2
 
 
-def test_403_for_another_accounts_resources(emulator, make_client):
-    other = emulator.state.add_account(name="Other Co")
+def test_403_for_another_accounts_resources(standin, make_client):
+    other = standin.state.add_account(name="Other Co")
     client = make_client(account_id=other.id)  # our API key, their account
     with pytest.raises(E.Forbidden) as caught:
         client.list_users()
@@ -97,7 +97,7 @@ def test_403_for_another_accounts_resources(emulator, make_client):
     assert caught.value.data["message"] == "forbidden"
 
 
-def test_404_bad_identifier_and_safe_id_quoting(emulator, make_client):
+def test_404_bad_identifier_and_safe_id_quoting(standin, make_client):
     client = make_client()
     with pytest.raises(E.NotFound) as caught:
         client.get_user("a/b?c")
@@ -108,18 +108,18 @@ def test_404_bad_identifier_and_safe_id_quoting(emulator, make_client):
             client.get_device(bad)
 
 
-def test_405_falls_back_to_get_and_full_post_only_when_allowed(emulator, make_client):
+def test_405_falls_back_to_get_and_full_post_only_when_allowed(standin, make_client):
     client = make_client()
-    path = client.account_path("vmboxes", emulator.box_id, "messages", emulator.message_id)
+    path = client.account_path("vmboxes", standin.box_id, "messages", standin.message_id)
     with pytest.raises(E.MethodNotAllowed):
         client.update(path, {"folder": "saved"})
 
     updated = client.update(path, {"folder": "saved"}, allow_full_replace=True)
 
     assert updated["folder"] == "saved" and updated["caller_id_number"] == "+15553456789"
-    methods = [r["method"] for r in emulator.state.requests if r["path"].endswith(emulator.message_id)]
+    methods = [r["method"] for r in standin.state.requests if r["path"].endswith(standin.message_id)]
     assert methods == ["PATCH", "PATCH", "GET", "POST"]
-    message = client.get_vmbox_message(emulator.box_id, emulator.message_id)
+    message = client.get_vmbox_message(standin.box_id, standin.message_id)
     assert message["transcription"]["text"] == "Please call me back"
 
 
@@ -138,40 +138,40 @@ def test_patch_removes_null_keys(make_client):
     (500, "account", {"message": "service temporarily unavailable"}, E.ServerError, RetryableError),
     (402, "accept charges", {"activation_charges": 1}, E.ClientError, PermanentError),
 ])
-def test_injected_status_maps_to_its_error_kind(emulator, make_client, status, message, data, error_class, kind):
-    emulator.state.add_fault(status, message=message, data=data, path_contains="/devices")
+def test_injected_status_maps_to_its_error_kind(standin, make_client, status, message, data, error_class, kind):
+    standin.state.add_fault(status, message=message, data=data, path_contains="/devices")
     with pytest.raises(error_class) as caught:
         make_client().list_devices()
     assert isinstance(caught.value, kind) and caught.value.status == status and caught.value.code == message
     assert caught.value.request_id
 
 
-def test_423_for_an_expired_account_is_permanent(emulator, make_client):
+def test_423_for_an_expired_account_is_permanent(standin, make_client):
     client = make_client()
     client.list_users()
-    emulator.account.status = "expired"
+    standin.account.status = "expired"
     with pytest.raises(E.Locked) as caught:
         client.list_users()
     assert isinstance(caught.value, PermanentError) and "expired" in caught.value.data["account"]
 
 
-def test_sms_not_enabled_500_is_permanent_and_sms_send_works(emulator, make_client):
+def test_sms_not_enabled_500_is_permanent_and_sms_send_works(standin, make_client):
     client = make_client()
     sent = client.send_sms("+15552221111", "wave if you received this", from_="+15551112222")
-    assert sent["route_type"] == "offnet" and sent["message_id"] == emulator.state.requests[-1]["request_id"]
+    assert sent["route_type"] == "offnet" and sent["message_id"] == standin.state.requests[-1]["request_id"]
     assert client.send_sms("102", "internal")["route_type"] == "onnet"
 
-    emulator.account.sms_enabled = False
+    standin.account.sms_enabled = False
     with pytest.raises(E.SmsNotEnabled) as caught:
         client.send_sms("+15552221111", "hello")
     assert isinstance(caught.value, PermanentError) and caught.value.status == 500
     assert caught.value.data == {"message": "sms services not enabled for account"}
 
 
-def test_server_429_penalises_the_shared_bucket(emulator, redis_client, namespace):
-    state_options = emulator.state.options
+def test_server_429_penalises_the_shared_bucket(standin, redis_client, namespace):
+    state_options = standin.state.options
     state_options.bucket_capacity, state_options.bucket_refill = 40, 0.001  # auth (35) + 5 calls
-    client = VirtualPBXClient(emulator.url, account_id=emulator.account.id, api_key=emulator.account.api_key,
+    client = VirtualPBXClient(standin.url, account_id=standin.account.id, api_key=standin.account.api_key,
                               redis=redis_client, namespace=namespace)
     for _ in range(5):
         client.list_devices()
@@ -183,9 +183,9 @@ def test_server_429_penalises_the_shared_bucket(emulator, redis_client, namespac
     assert 0.5 < wait <= 1.0  # every worker of this account now pauses
 
 
-def test_client_pacing_sleeps_short_waits_and_raises_long_ones(emulator, redis_client, namespace):
+def test_client_pacing_sleeps_short_waits_and_raises_long_ones(standin, redis_client, namespace):
     limiter = RateLimiter(redis_client, namespace=namespace)
-    client = VirtualPBXClient(emulator.url, account_id=emulator.account.id, api_key=emulator.account.api_key,
+    client = VirtualPBXClient(standin.url, account_id=standin.account.id, api_key=standin.account.api_key,
                               redis=redis_client, namespace=namespace)
     limiter.acquire(client.bucket_key, 100, 10, 70)  # 30 left: the 35-token auth waits ~0.5 s
     started = time.monotonic()
@@ -197,18 +197,18 @@ def test_client_pacing_sleeps_short_waits_and_raises_long_ones(emulator, redis_c
     client.list_users()
     assert time.monotonic() - started >= 0.25
 
-    before = len(emulator.state.requests)
+    before = len(standin.state.requests)
     limiter.penalise(client.bucket_key, 5.0)
     with pytest.raises(E.RateLimited) as caught:
         client.list_users()
     assert 4.0 < caught.value.retry_after <= 5.0 and caught.value.code == "paced"
-    assert len(emulator.state.requests) == before  # nothing was sent
+    assert len(standin.state.requests) == before  # nothing was sent
 
 
-def test_read_timeout_is_retryable(emulator, make_client):
+def test_read_timeout_is_retryable(standin, make_client):
     client = make_client(timeout=(2.0, 0.3))
     client.list_users()
-    emulator.state.add_fault(500, path_contains="/devices", delay=1.0)
+    standin.state.add_fault(500, path_contains="/devices", delay=1.0)
     started = time.monotonic()
     with pytest.raises(E.RequestTimeout) as caught:
         client.list_devices()
@@ -223,48 +223,48 @@ def test_connection_refused_is_retryable(redis_client, namespace):
     assert isinstance(caught.value, RetryableError) and "k" * 64 not in str(caught.value)
 
 
-def test_non_json_answers_give_clear_errors(emulator, make_client):
+def test_non_json_answers_give_clear_errors(standin, make_client):
     client = make_client()
-    emulator.state.add_fault(200, path_contains="/users", raw_body="<html>captive portal</html>")
+    standin.state.add_fault(200, path_contains="/users", raw_body="<html>captive portal</html>")
     with pytest.raises(E.MalformedResponse) as caught:
         client.list_users()
     assert "non-JSON" in str(caught.value) and "text/html" in str(caught.value)
 
-    emulator.state.add_fault(502, path_contains="/users", raw_body="<html>bad gateway</html>")
+    standin.state.add_fault(502, path_contains="/users", raw_body="<html>bad gateway</html>")
     with pytest.raises(E.ServerError) as caught:
         client.list_users()
     assert caught.value.status == 502
 
 
-def test_pagination_follows_opaque_keys_verbatim_with_constant_page_size(emulator, make_client):
+def test_pagination_follows_opaque_keys_verbatim_with_constant_page_size(standin, make_client):
     for n in range(8):
-        emulator.state.add_user(emulator.account.id, first_name=f"U{n}", last_name="X", extension=f"2{n:02d}")
+        standin.state.add_user(standin.account.id, first_name=f"U{n}", last_name="X", extension=f"2{n:02d}")
     client = make_client()
     pages = list(client.iter_pages(client.account_path("users"), page_size=4))
 
     assert [len(p.data) for p in pages] == [4, 4, 3]
     ids = [row["id"] for p in pages for row in p.data]
-    assert ids == sorted(emulator.account.users, reverse=True)
-    listed = [r for r in emulator.state.requests if r["path"].endswith("/users")]
+    assert ids == sorted(standin.account.users, reverse=True)
+    listed = [r for r in standin.state.requests if r["path"].endswith("/users")]
     assert [r["query"].get("start_key") for r in listed] == [None, pages[0].next_start_key, pages[1].next_start_key]
     assert all(r["query"]["page_size"] == "4" for r in listed)
     assert pages[-1].next_start_key is None
     assert len(list(client.iter_items(client.account_path("users"), page_size=4))) == 11
 
 
-def test_token_expiring_mid_pagination_is_renewed_transparently(emulator, make_client):
+def test_token_expiring_mid_pagination_is_renewed_transparently(standin, make_client):
     for n in range(9):
-        emulator.state.add_user(emulator.account.id, first_name=f"U{n}", last_name="X", extension=f"2{n:02d}")
+        standin.state.add_user(standin.account.id, first_name=f"U{n}", last_name="X", extension=f"2{n:02d}")
     client = make_client()
     seen = []
     for page in client.iter_pages(client.account_path("users"), page_size=5):
         seen.extend(row["id"] for row in page.data)
-        emulator.state.expire_tokens()
+        standin.state.expire_tokens()
     assert len(seen) == len(set(seen)) == 12
-    assert emulator.auth_calls() == 3  # first page, then one renewal per expired token
+    assert standin.auth_calls() == 3  # first page, then one renewal per expired token
 
 
-def test_token_is_shared_through_redis_by_concurrent_clients(emulator, make_client, redis_client, namespace):
+def test_token_is_shared_through_redis_by_concurrent_clients(standin, make_client, redis_client, namespace):
     barrier = threading.Barrier(6)
     results, failures = [], []
 
@@ -282,30 +282,30 @@ def test_token_is_shared_through_redis_by_concurrent_clients(emulator, make_clie
     for thread in threads:
         thread.join(10)
     assert failures == [] and results == [3] * 6
-    assert emulator.auth_calls() == 1
+    assert standin.auth_calls() == 1
     key = make_client().token_cache_key
     assert 3200 < redis_client.pttl(key) / 1000 <= 3300  # JWT exp 3600 s, refreshed 5 min early
 
 
 @pytest.mark.parametrize(("jwt", "expected_ttl"), [(True, 540), (False, 3300)])
-def test_refresh_time_comes_from_the_jwt_exp_else_3600(emulator, make_client, redis_client, namespace, jwt,
+def test_refresh_time_comes_from_the_jwt_exp_else_3600(standin, make_client, redis_client, namespace, jwt,
                                                        expected_ttl):
-    emulator.state.options.token_lifetime = 600
-    emulator.state.options.jwt_tokens = jwt
+    standin.state.options.token_lifetime = 600
+    standin.state.options.jwt_tokens = jwt
     make_client().list_users()
     ttl = redis_client.pttl(make_client().token_cache_key) / 1000
     assert expected_ttl - 5 < ttl <= expected_ttl
 
 
-def test_without_redis_the_token_is_cached_in_process(emulator, namespace):
-    clients = [VirtualPBXClient(emulator.url, account_id=emulator.account.id, api_key=emulator.account.api_key,
+def test_without_redis_the_token_is_cached_in_process(standin, namespace):
+    clients = [VirtualPBXClient(standin.url, account_id=standin.account.id, api_key=standin.account.api_key,
                                 namespace=namespace) for _ in range(2)]
     for client in clients:
         client.list_users()
-    assert emulator.auth_calls() == 1
+    assert standin.auth_calls() == 1
 
 
-def test_cdr_range_is_checked_and_converted_to_gregorian(emulator, make_client):
+def test_cdr_range_is_checked_and_converted_to_gregorian(standin, make_client):
     client = make_client()
     now = datetime(2026, 5, 6, 8, 10, 9, tzinfo=timezone.utc)
     with pytest.raises(ValueError):
@@ -314,10 +314,10 @@ def test_cdr_range_is_checked_and_converted_to_gregorian(emulator, make_client):
         list(client.list_cdrs(now.replace(tzinfo=None) - timedelta(days=1), now.replace(tzinfo=None)))
     with pytest.raises(ValueError):
         list(client.list_cdrs(now, now - timedelta(seconds=1)))
-    assert emulator.state.requests_to("/cdrs") == []
+    assert standin.state.requests_to("/cdrs") == []
 
     assert list(client.list_cdrs(now - timedelta(days=31), now)) == []
-    query = emulator.state.requests_to("/cdrs")[-1]["query"]
+    query = standin.state.requests_to("/cdrs")[-1]["query"]
     assert int(query["created_to"]) == int(now.timestamp()) + GREGORIAN_UNIX_OFFSET
     assert int(query["created_to"]) - int(query["created_from"]) == 31 * 86400
 
@@ -330,11 +330,11 @@ def test_server_rejects_a_cdr_range_over_31_days_and_an_hour(make_client):
     assert "date_range" in caught.value.fields["created_from"]
 
 
-def test_cdrs_listing_legs_detail_and_csv(emulator, make_client):
+def test_cdrs_listing_legs_detail_and_csv(standin, make_client):
     from service.sandbox.virtualpbx.simulator import CallSimulator
 
     start = datetime(2026, 5, 6, 8, 0, tzinfo=timezone.utc)
-    simulator = CallSimulator(emulator.state, emulator.account.id, seed=3, start=start)
+    simulator = CallSimulator(standin.state, standin.account.id, seed=3, start=start)
     calls = [simulator.run("inbound_answered"), simulator.run("ring_group")]
     client = make_client()
 
@@ -347,23 +347,23 @@ def test_cdrs_listing_legs_detail_and_csv(emulator, make_client):
     csv_text = client.export_cdrs_csv(start, start + timedelta(hours=2), file_name="may.csv")
     lines = csv_text.strip().splitlines()
     assert lines[0].startswith("id,call_id,") and len(lines) == 7
-    assert emulator.state.requests[-1]["query"]["file_name"] == "may.csv"
+    assert standin.state.requests[-1]["query"]["file_name"] == "may.csv"
 
 
-def test_download_voicemail_audio(emulator, make_client):
-    audio, content_type, filename = make_client().download_vmbox_message(emulator.box_id, emulator.message_id,
+def test_download_voicemail_audio(standin, make_client):
+    audio, content_type, filename = make_client().download_vmbox_message(standin.box_id, standin.message_id,
                                                                          max_bytes=1_000_000)
-    assert audio == emulator.account.media[emulator.message_id][0] and audio[:2] == b"\xff\xfb"
+    assert audio == standin.account.media[standin.message_id][0] and audio[:2] == b"\xff\xfb"
     assert content_type == "audio/mpeg"
     assert filename.startswith("+15553456789_") and filename.endswith(".mp3")
 
 
-def test_download_over_the_cap_fails_without_reading_everything(emulator, redis_client, namespace):
+def test_download_over_the_cap_fails_without_reading_everything(standin, redis_client, namespace):
     sent = {"bytes": 0}
 
     def endless_audio(environ, start_response):
         if not environ["PATH_INFO"].endswith("/raw"):
-            return emulator_app(environ, start_response)
+            return standin_app(environ, start_response)
         start_response("200 OK", [("Content-Type", "audio/mpeg")])  # no Content-Length: chunked
 
         def chunks():
@@ -372,41 +372,41 @@ def test_download_over_the_cap_fails_without_reading_everything(emulator, redis_
                 yield b"\0" * 65536
         return chunks()
 
-    emulator_app = create_app(emulator.state)
+    standin_app = create_app(standin.state)
     server = serve_in_thread(endless_audio)
     try:
-        client = VirtualPBXClient(server.url, account_id=emulator.account.id, api_key=emulator.account.api_key,
+        client = VirtualPBXClient(server.url, account_id=standin.account.id, api_key=standin.account.api_key,
                                   redis=redis_client, namespace=namespace)
         with pytest.raises(E.MediaTooLarge) as caught:
-            client.download_vmbox_message(emulator.box_id, emulator.message_id, max_bytes=300_000)
+            client.download_vmbox_message(standin.box_id, standin.message_id, max_bytes=300_000)
         assert isinstance(caught.value, PermanentError)
         with pytest.raises(E.MediaTooLarge):  # declared too large: refused before the body
-            VirtualPBXClient(emulator.url, account_id=emulator.account.id, api_key=emulator.account.api_key,
+            VirtualPBXClient(standin.url, account_id=standin.account.id, api_key=standin.account.api_key,
                              redis=redis_client, namespace=namespace).download_vmbox_message(
-                emulator.box_id, emulator.message_id, max_bytes=100)
+                standin.box_id, standin.message_id, max_bytes=100)
     finally:
         server.stop()
     assert sent["bytes"] < 20_000_000
 
 
-def test_verb_tunnelling_sends_post_with_verb(emulator, make_client):
+def test_verb_tunnelling_sends_post_with_verb(standin, make_client):
     client = make_client(tunnel_verbs=True)
     hook = client.create_webhook({"name": "t", "hook": "channel_create", "uri": "https://example.test/h"})
     client.update_webhook(hook["id"], {"name": "renamed"})
     client.delete_webhook(hook["id"])
-    tunnelled = [(r["http_method"], r["method"], r["query"].get("verb")) for r in emulator.state.requests
+    tunnelled = [(r["http_method"], r["method"], r["query"].get("verb")) for r in standin.state.requests
                  if "/webhooks" in r["path"]]
     assert tunnelled == [("POST", "PUT", "PUT"), ("POST", "PATCH", "PATCH"), ("POST", "DELETE", "DELETE")]
     assert client.list_webhooks() == []
 
 
-def test_webhook_crud_attempts_and_reenable(emulator, make_client):
+def test_webhook_crud_attempts_and_reenable(standin, make_client):
     client = make_client()
     hook = client.create_webhook({"name": "destroy", "hook": "channel_destroy", "uri": "https://example.test/h"})
     assert hook["http_verb"] == "post" and hook["retries"] == 2 and hook["enabled"] is True
     assert client.get_webhook(hook["id"])["uri"] == "https://example.test/h"
     assert client.list_webhook_attempts() == [] and client.list_webhook_attempts(hook["id"]) == []
-    emulator.account.webhooks[hook["id"]].update(enabled=False, disable_reason="too many failed attempts")
+    standin.account.webhooks[hook["id"]].update(enabled=False, disable_reason="too many failed attempts")
     assert client.list_webhooks()[0]["disable_reason"] == "too many failed attempts"
     client.reenable_webhooks()
     row = client.list_webhooks()[0]

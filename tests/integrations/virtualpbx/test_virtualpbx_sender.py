@@ -1,4 +1,4 @@
-"""The emulator's webhook sender against a local receiver on a real socket."""
+"""The standin's webhook sender against a local receiver on a real socket."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from service.sandbox.virtualpbx.sender import DISABLE_REASON, WebhookSender, encode_kazoo_form
-from service.sandbox.virtualpbx.state import EmulatorOptions, EmulatorState
+from service.sandbox.virtualpbx.state import StandinOptions, StandinState
 from tests.conftest import load_fixture
 from tests.harness import free_port
 
@@ -69,8 +69,8 @@ def test_form_encoding_matches_kazoo_for_ordinary_payloads():
     assert encoded == "key1=val+1&key2[]=v2_1&key2[]=v2%2F2&key3[k3_1]=true&n=4580"
 
 
-def _state_with_hook(receiver_url: str, options: EmulatorOptions | None = None, **hook: Any):
-    state = EmulatorState(options)
+def _state_with_hook(receiver_url: str, options: StandinOptions | None = None, **hook: Any):
+    state = StandinState(options)
     account = state.add_account()
     doc = state.add_webhook(account.id, {"name": "h", "hook": "channel_create", "uri": receiver_url, **hook})
     return state, account, doc
@@ -158,7 +158,7 @@ def test_more_than_six_failures_in_a_minute_disable_the_hook(receiver):
 
 def test_failures_spread_over_more_than_a_minute_do_not_disable(receiver):
     now = [1_800_000_000.0]
-    state, account, hook = _state_with_hook(receiver.url, options=EmulatorOptions(clock=lambda: now[0]))
+    state, account, hook = _state_with_hook(receiver.url, options=StandinOptions(clock=lambda: now[0]))
     receiver.status = 500
     sender = WebhookSender(state)
     for n in range(12):
@@ -168,7 +168,7 @@ def test_failures_spread_over_more_than_a_minute_do_not_disable(receiver):
 
 
 def test_hook_filters_by_type_modifier_and_internal_legs(receiver):
-    state = EmulatorState()
+    state = StandinState()
     account = state.add_account()
     hooks = {name: state.add_webhook(account.id, {"name": name, "uri": receiver.url, **doc}) for name, doc in {
         "vm_new": {"hook": "notifications", "custom_data": {"type": "voicemail_new"}},
@@ -190,13 +190,13 @@ def test_hook_filters_by_type_modifier_and_internal_legs(receiver):
     assert fired("channel_create", {}) == {"everything"}
 
 
-def test_attempts_and_reenable_through_the_api(emulator, make_client, receiver):
+def test_attempts_and_reenable_through_the_api(standin, make_client, receiver):
     client = make_client()
     hook = client.create_webhook({"name": "d", "hook": "channel_destroy", "uri": receiver.url})
     receiver.status = 500
-    sender = WebhookSender(emulator.state)
+    sender = WebhookSender(standin.state)
     for n in range(7):
-        sender.dispatch(emulator.account.id, "channel_destroy", {"call_id": f"c{n}"})
+        sender.dispatch(standin.account.id, "channel_destroy", {"call_id": f"c{n}"})
 
     [row] = client.list_webhooks()
     assert row["enabled"] is False and row["disable_reason"] == DISABLE_REASON
@@ -207,4 +207,4 @@ def test_attempts_and_reenable_through_the_api(emulator, make_client, receiver):
     client.update_webhook(hook["id"], {"enabled": True})
     assert client.list_webhooks()[0]["enabled"] is True
     receiver.status = 200
-    assert [r.success for r in sender.dispatch(emulator.account.id, "channel_destroy", {"call_id": "ok"})] == [True]
+    assert [r.success for r in sender.dispatch(standin.account.id, "channel_destroy", {"call_id": "ok"})] == [True]

@@ -9,10 +9,10 @@ from datetime import datetime, timezone
 import pytest
 
 from integrations.virtualpbx.gregorian import GREGORIAN_UNIX_OFFSET
-from service.sandbox.virtualpbx.emulator import DEMO_ACCOUNT_ID, demo_state
 from service.sandbox.virtualpbx.media import FRAME_BYTES, silent_mp3
 from service.sandbox.virtualpbx.sender import WebhookSender
 from service.sandbox.virtualpbx.simulator import CallSimulator, SimulatedCall
+from service.sandbox.virtualpbx.standin import DEMO_ACCOUNT_ID, demo_state
 from tests.conftest import load_fixture
 
 START = datetime(2026, 5, 6, 9, 0, tzinfo=timezone.utc)

@@ -13,18 +13,18 @@ from service.config import Settings
 from service.engine import planning
 from service.runtime import Runtime
 from service.sandbox.standins.base import serve_in_thread
-from service.sandbox.virtualpbx import emulator
+from service.sandbox.virtualpbx import standin
 from service.sandbox.virtualpbx.simulator import CallSimulator
 from service.store.models import Account, AuditEntry, Delivery, migrate
 
-ACCOUNT = emulator.DEMO_ACCOUNT_ID
+ACCOUNT = standin.DEMO_ACCOUNT_ID
 
 
 @pytest.fixture
 def world(tmp_path, redis_url, namespace, redis_client):
     """The sandbox's VirtualPBX, and a Runtime whose account reaches it through a virtualpbx connection."""
-    state = emulator.demo_state()
-    server = serve_in_thread(emulator.create_app(state))
+    state = standin.demo_state()
+    server = serve_in_thread(standin.create_app(state))
     settings = Settings(var_dir=tmp_path / "var", redis_url=redis_url, namespace=namespace,
                         database_url=f"sqlite:///{tmp_path / 'db.sqlite3'}", secret_keys=Fernet.generate_key().decode(),
                         virtualpbx_api_url=server.url, public_url="https://relay.example.test",
@@ -35,7 +35,7 @@ def world(tmp_path, redis_url, namespace, redis_client):
     rules.write_text(f"""
 account: {{id: {ACCOUNT}, name: Demo, timezone: America/New_York}}
 connections:
-  pbx: {{integration: virtualpbx, account_id: {ACCOUNT}, api_key: {emulator.DEMO_API_KEY}}}
+  pbx: {{integration: virtualpbx, account_id: {ACCOUNT}, api_key: {standin.DEMO_API_KEY}}}
   chat: {{integration: slack, bot_token: xoxb-scheduled-jobs}}
 rules:
   - name: call log

@@ -14,24 +14,24 @@ from service.config import Settings
 from service.pbx import media
 from service.runtime import Runtime
 from service.sandbox.standins.base import serve_in_thread
-from service.sandbox.virtualpbx import emulator
+from service.sandbox.virtualpbx import standin
 from service.store.models import Account, migrate
 from service.web import create_app
 
-ACCOUNT = emulator.DEMO_ACCOUNT_ID
+ACCOUNT = standin.DEMO_ACCOUNT_ID
 BIG = 50 * 1024 * 1024
 
 
 @pytest.fixture
 def world(tmp_path, redis_url, namespace, redis_client):
     """The sandbox VirtualPBX holding one 50 MB voicemail, an account reaching it, and the receiver app."""
-    state = emulator.demo_state()
+    state = standin.demo_state()
     box_id = next(iter(state.accounts[ACCOUNT].vmboxes))
     message = state.add_message(ACCOUNT, box_id, caller_id_number="+15553456789", caller_id_name="Pat",
                                 call_id="big-vm", length_ms=1000, audio=bytes(BIG))
     small = state.add_message(ACCOUNT, box_id, caller_id_number="+15553456789", caller_id_name="Pat",
                               call_id="small-vm", length_ms=1000)
-    server = serve_in_thread(emulator.create_app(state))
+    server = serve_in_thread(standin.create_app(state))
     settings = Settings(var_dir=tmp_path / "var", redis_url=redis_url, namespace=namespace,
                         database_url=f"sqlite:///{tmp_path / 'db.sqlite3'}", secret_keys=Fernet.generate_key().decode(),
                         virtualpbx_api_url=server.url, public_url="https://relay.example.test",
@@ -42,7 +42,7 @@ def world(tmp_path, redis_url, namespace, redis_client):
     rules.write_text(f"""
 account: {{id: {ACCOUNT}, name: Demo, timezone: UTC}}
 connections:
-  pbx: {{integration: virtualpbx, account_id: {ACCOUNT}, api_key: {emulator.DEMO_API_KEY}}}
+  pbx: {{integration: virtualpbx, account_id: {ACCOUNT}, api_key: {standin.DEMO_API_KEY}}}
 rules: []
 """)
     with rt.sessions.begin() as session:

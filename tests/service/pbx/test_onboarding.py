@@ -1,4 +1,4 @@
-"""service.pbx.onboarding against the VirtualPBX emulator over real HTTP: required hooks, connect, re-enable."""
+"""service.pbx.onboarding against the VirtualPBX standin over real HTTP: required hooks, connect, re-enable."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from integrations.virtualpbx.client import VirtualPBXClient
 from service.pbx.onboarding import HookSpec, ReenabledHook, connect_account, reenable_disabled, required_hooks
 from service.rules.schema import load_rules
 from service.sandbox.standins.base import serve_in_thread
-from service.sandbox.virtualpbx.emulator import create_app
 from service.sandbox.virtualpbx.sender import DISABLE_REASON, WebhookSender
-from service.sandbox.virtualpbx.state import EmulatorOptions, EmulatorState
+from service.sandbox.virtualpbx.standin import create_app
+from service.sandbox.virtualpbx.state import StandinOptions, StandinState
 
 CHANNEL_NAMES = ["pbxrelay: channel_create", "pbxrelay: channel_answer", "pbxrelay: channel_bridge",
                  "pbxrelay: channel_destroy"]
@@ -82,15 +82,15 @@ def test_required_hook_settings():
 
 
 @pytest.fixture
-def emulator_options() -> EmulatorOptions:
+def standin_options() -> StandinOptions:
     """Kazoo's defaults; tests override fields."""
-    return EmulatorOptions()
+    return StandinOptions()
 
 
 @pytest.fixture
-def pbx(emulator_options):
-    """An emulator with one account, served on a real socket: (state, account, url)."""
-    state = EmulatorState(emulator_options)
+def pbx(standin_options):
+    """An standin with one account, served on a real socket: (state, account, url)."""
+    state = StandinState(standin_options)
     account = state.add_account(name="Acme Dental")
     server = serve_in_thread(create_app(state))
     yield state, account, server.url
@@ -142,7 +142,7 @@ def hooks_by_name(state, account) -> dict[str, dict]:
 
 
 def writes(state) -> list[tuple[str, str]]:
-    """Every webhook write the emulator received (method, path)."""
+    """Every webhook write the standin received (method, path)."""
     return [(r["method"], r["path"]) for r in state.requests
             if "/webhooks" in r["path"] and r["method"] in ("PUT", "POST", "PATCH", "DELETE")]
 
@@ -214,7 +214,7 @@ def test_duplicate_pbxrelay_hook_is_deleted(pbx, client):
     assert list(state.accounts[account.id].webhooks) == [first["id"]]
 
 
-@pytest.mark.parametrize("emulator_options", [EmulatorOptions(webhook_format=False)])
+@pytest.mark.parametrize("standin_options", [StandinOptions(webhook_format=False)])
 def test_cluster_without_format_gets_form_data_hooks(pbx, client, receiver):
     state, account, _ = pbx
     report = connect_account(client, hook_url=receiver.url, hooks=CALL_HOOKS)

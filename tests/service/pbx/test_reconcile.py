@@ -1,4 +1,4 @@
-"""service.pbx.reconcile: CDR rows from the emulator (real HTTP) agree with the webhook path (real Redis)."""
+"""service.pbx.reconcile: CDR rows from the standin (real HTTP) agree with the webhook path (real Redis)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from service.pbx.calls import CallCorrelator, RedisCallWindow
 from service.pbx.payloads import to_hook_event
 from service.pbx.reconcile import calls_from_cdrs, fetch_cdr_calls, missing_call_events, reconcile_window
 from service.sandbox.standins.base import serve_in_thread
-from service.sandbox.virtualpbx.emulator import create_app
 from service.sandbox.virtualpbx.simulator import CallSimulator, SimulatedCall
-from service.sandbox.virtualpbx.state import EmulatorState
+from service.sandbox.virtualpbx.standin import create_app
+from service.sandbox.virtualpbx.state import StandinState
 
 START = datetime(2025, 3, 3, 15, 0, tzinfo=timezone.utc)
 SCENARIOS = ("inbound_answered", "inbound_missed", "ring_group", "voicemail", "outbound", "internal",
@@ -30,7 +30,7 @@ VOICEMAIL_ONLY = {"outcome", "voicemail_left", "voicemail_id"}
 @pytest.fixture
 def world(redis_client, namespace):
     """An emulated account with three phones and a voicemail box, its calls played, and a client."""
-    state = EmulatorState()
+    state = StandinState()
     account = state.add_account(name="Acme Dental")
     for first, last, extension in (("Alice", "Reception", "101"), ("Bob", "Billing", "102"),
                                    ("Carol", "Clinic", "103")):

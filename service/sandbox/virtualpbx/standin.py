@@ -7,7 +7,7 @@ without Retry-After; 405 invalid_method for PATCH where Kazoo has none; verb and
 opaque ``next_start_key`` pagination; Gregorian timestamps; CDR ranges capped at 31 days + 1 h;
 ``X-Request-ID`` honoured and echoed as ``x-request-id``.
 
-A control surface under ``/_emulator/`` lets another process seed data, expire tokens, inject faults
+A control surface under ``/_standin/`` lets another process seed data, expire tokens, inject faults
 and run simulated calls (``pbxrelay sandbox``).
 """
 
@@ -35,18 +35,18 @@ from integrations.virtualpbx.gregorian import GREGORIAN_UNIX_OFFSET
 from .state import (
     HOOK_TYPES,
     Account,
-    EmulatorOptions,
-    EmulatorState,
+    StandinOptions,
+    StandinState,
     TokenInfo,
     new_id,
     normalise_webhook,
     webhook_errors,
 )
 
-__all__ = ["EmulatorOptions", "EmulatorState", "create_app"]
+__all__ = ["StandinOptions", "StandinState", "create_app"]
 
 API_VERSION = "4.3.0"
-NODE = "emulator@virtualpbx.test"
+NODE = "standin@virtualpbx.test"
 _E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 _CSV_COLUMNS = ("id", "call_id", "caller_id_number", "caller_id_name", "callee_id_number", "callee_id_name",
                 "duration_seconds", "billing_seconds", "timestamp", "hangup_cause", "other_leg_call_id", "owner_id",
@@ -68,7 +68,7 @@ class _Reply(Exception):
 class _Crossbar:
     """One Crossbar request: authentication, pacing, routing and the envelope around the answer."""
 
-    def __init__(self, state: EmulatorState) -> None:
+    def __init__(self, state: StandinState) -> None:
         self.state = state
         self.request_id = request.headers.get("X-Request-ID") or uuid.uuid4().hex
         self.token: str | None = None
@@ -326,7 +326,7 @@ class _Crossbar:
 
     def listing(self, rows: list[dict[str, Any]], extra: dict[str, Any]) -> Response:
         """A listing envelope, or CSV when the client asked for text/csv."""
-        # Keys starting with "_" are the emulator's own sort keys, never part of Kazoo's answer.
+        # Keys starting with "_" are the standin's own sort keys, never part of Kazoo's answer.
         rows = [{k: v for k, v in row.items() if not k.startswith("_")} for row in rows]
         if self.wants_csv:
             return self.csv(rows)
@@ -667,11 +667,11 @@ def _raw_segments() -> list[str]:
     return [unquote(s) for s in raw_path.split("/")[2:] if s != ""]
 
 
-def create_app(state: EmulatorState | None = None) -> Flask:
-    """The emulator as a Flask app over ``state`` (a fresh, empty one when not given)."""
-    state = state if state is not None else EmulatorState()
-    app = Flask("virtualpbx_emulator")
-    app.config["EMULATOR_STATE"] = state
+def create_app(state: StandinState | None = None) -> Flask:
+    """The standin as a Flask app over ``state`` (a fresh, empty one when not given)."""
+    state = state if state is not None else StandinState()
+    app = Flask("virtualpbx_standin")
+    app.config["STANDIN_STATE"] = state
     methods = ["GET", "PUT", "POST", "PATCH", "DELETE"]
 
     @app.route("/v2/<path:_path>", methods=methods)
@@ -686,38 +686,38 @@ def create_app(state: EmulatorState | None = None) -> Flask:
     return app
 
 
-def _control_routes(app: Flask, state: EmulatorState) -> None:
-    """/_emulator/*: seeding, inspection, token expiry, fault injection and call simulation over HTTP."""
+def _control_routes(app: Flask, state: StandinState) -> None:
+    """/_standin/*: seeding, inspection, token expiry, fault injection and call simulation over HTTP."""
 
     def body() -> dict[str, Any]:
         return request.get_json(silent=True) or {}
 
-    @app.post("/_emulator/seed")
+    @app.post("/_standin/seed")
     def seed() -> Any:
         return state.seed(body())
 
-    @app.get("/_emulator/state")
+    @app.get("/_standin/state")
     def summary() -> Any:
         return state.summary()
 
-    @app.post("/_emulator/expire_tokens")
+    @app.post("/_standin/expire_tokens")
     def expire_tokens() -> Any:
         return {"expired": state.expire_tokens()}
 
-    @app.post("/_emulator/faults")
+    @app.post("/_standin/faults")
     def add_fault() -> Any:
         doc = body()
         fault = state.add_fault(int(doc.pop("status")), **doc)
         return {"status": fault.status, "times": fault.times}
 
-    @app.delete("/_emulator/faults")
+    @app.delete("/_standin/faults")
     def clear_faults() -> Any:
         with state.lock:
             cleared = len(state.faults)
             state.faults.clear()
         return {"cleared": cleared}
 
-    @app.post("/_emulator/simulate")
+    @app.post("/_standin/simulate")
     def simulate() -> Any:
         from .sender import WebhookSender
         from .simulator import CallSimulator
@@ -740,9 +740,9 @@ DEMO_ACCOUNT_ID = "5a2d994fbae69b1d6b01eb9f0e7dfe62"
 DEMO_API_KEY = hashlib.sha256(b"pbxrelay sandbox demo account").hexdigest()
 
 
-def demo_state() -> EmulatorState:
+def demo_state() -> StandinState:
     """The sandbox's seeded world: one account, three users with desk phones, a voicemail box."""
-    state = EmulatorState()
+    state = StandinState()
     account = state.add_account(account_id=DEMO_ACCOUNT_ID, name="Demo Dental", api_key=DEMO_API_KEY,
                                 realm="demo.sip.virtualpbx.test", caller_id_number="+15551230000")
     people = [("Alice", "Reception", "101"), ("Bob", "Billing", "102"), ("Carol", "Clinic", "103")]
