@@ -32,7 +32,7 @@ import requests
 from service import sandbox as sandbox_mod
 from service.web.signing import sign
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 RULES_FILE = REPO / "examples" / "demo.yaml"
 ACCOUNT_NAME = "Demo Dental"
 TIMEZONE = "America/New_York"
