@@ -50,3 +50,10 @@ def test_an_unset_sandbox_variable_is_refused(service):
         service.env = env
     assert result.returncode != 0
     assert "SANDBOX_VIRTUALPBX_API_KEY is not set" in result.stderr
+
+
+def test_the_demo_finds_its_rules_file():
+    """`pbxrelay demo` applies examples/demo.yaml, found from the module's own place in the tree."""
+    from service.sandbox import demo
+
+    assert demo.RULES_FILE.is_file() and demo.RULES_FILE.parent.name == "examples"
