@@ -55,3 +55,14 @@ def write_private(path: Path, text: str) -> bool:
     with os.fdopen(fd, "w") as handle:
         handle.write(text)
     return True
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process of this host is alive, so a dead process's files (spool claims, metrics) can go."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, owned by someone else
+    return True

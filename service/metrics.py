@@ -22,6 +22,8 @@ import shutil
 import socket
 from pathlib import Path
 
+from service.datafiles import process_alive
+
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
@@ -47,15 +49,6 @@ def metrics_root(var_dir: Path) -> Path:
     return Path(var_dir) / "metrics"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
 
 def prepare_process_dir(var_dir: Path, role: str) -> Path:
     """Create an empty metrics directory for this process group (``<role>-<pid>@<host>``) and remove the
@@ -66,7 +59,8 @@ def prepare_process_dir(var_dir: Path, role: str) -> Path:
     for old in root.iterdir():
         group, _, its_host = old.name.rpartition("@")
         pid = group.rpartition("-")[2]
-        if old.is_dir() and its_host == host and pid.isdigit() and (int(pid) == os.getpid() or not _alive(int(pid))):
+        stale = pid.isdigit() and (int(pid) == os.getpid() or not process_alive(int(pid)))
+        if old.is_dir() and its_host == host and stale:
             shutil.rmtree(old, ignore_errors=True)
     mine = root / f"{role}-{os.getpid()}@{host}"
     mine.mkdir()

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from service.datafiles import private_dir
+from service.datafiles import private_dir, process_alive
 
 log = logging.getLogger(__name__)
 _sequence = itertools.count()
@@ -94,17 +94,8 @@ class Spool:
         for path in self.directory.iterdir():
             if ".draining-" in path.name:
                 pid = int(path.name.rsplit("-", 1)[1])
-                if not _alive(pid):
+                if not process_alive(pid):
                     os.rename(path, path.with_name(path.name.split(".draining-")[0] + ".json"))
                     recovered += 1
         return recovered
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
