@@ -83,7 +83,7 @@ def connect_account(rt: Runtime, account_id: str) -> "onboarding.ConnectReport":
     return report
 
 
-def resume_connection(rt: Runtime, account_id: str, name: str) -> list[int]:
+def resume_connection(rt: Runtime, account_id: str, name: str, *, actor: str = "service") -> list[int]:
     """Close a connection's circuit and return its paused deliveries, now pending again, for enqueueing."""
     with rt.sessions.begin() as session:
         session.execute(sa.update(Connection).where(Connection.account_id == account_id,
@@ -93,7 +93,7 @@ def resume_connection(rt: Runtime, account_id: str, name: str) -> list[int]:
         if ids:
             session.execute(sa.update(Delivery).where(Delivery.id.in_(ids)).values(
                 status="pending", claimed_until=None, next_attempt_at=None, updated_at=utcnow()))
-        session.add(AuditEntry(account_id=account_id, kind="connection_resumed",
+        session.add(AuditEntry(account_id=account_id, kind="connection_resumed", actor=actor,
                                detail=f"{name}: {len(ids)} paused action(s) replayed"))
     rt.redis.delete(f"{rt.settings.namespace}:authfail:{account_id}:{name}")
     return ids
