@@ -8,9 +8,6 @@ import html
 import re
 from datetime import datetime, timezone
 
-import pytest
-import sqlalchemy as sa
-
 from service.console.audit import audit_entries
 from service.store.models import RuleSet, StoredEvent, session_factory
 from tests.service.console.conftest import ACCOUNT_A, ACCOUNT_B
