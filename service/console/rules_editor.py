@@ -74,6 +74,7 @@ class Sample:
     payloads: list[dict[str, Any]]
 
 
+RECIPE_KEYS = ("missed_call_slack", "voicemail_trello", "call_log_sheets", "crm_sms")
 SAMPLE_TITLES = {"missed_call": "Missed call (Kazoo missed_call notification)",
                  "answered_call": "Answered call (channel create, answer, bridge, destroy)",
                  "voicemail": "New voicemail (Kazoo voicemail_new notification)"}
@@ -226,12 +227,12 @@ def save_draft(rt: Runtime, account_id: str, text: str, *, actor: str) -> RuleSe
 
 @functools.cache
 def recipes() -> dict[str, Recipe]:
-    """The gallery's recipes (package data), by key, in file-name order."""
+    """The gallery's recipes (package data ``recipes/<key>.yaml``), by key, in the gallery's order."""
     found = {}
-    for path in sorted(RECIPES_DIR.glob("*.yaml")):
-        text = path.read_text(encoding="utf-8")
+    for key in RECIPE_KEYS:
+        text = (RECIPES_DIR / f"{key}.yaml").read_text(encoding="utf-8")
         header = dict(re.findall(r"^# (title|about): (.+)$", text, re.M))
-        found[path.stem] = Recipe(path.stem, header.get("title", path.stem), header.get("about", ""), text)
+        found[key] = Recipe(key, header["title"], header["about"], text)
     return found
 
 
@@ -283,7 +284,7 @@ def fill_recipe(draft: str, key: str, *, account: Account) -> str:
     merged["rules"] = rules
     order = ["account", "crm", "connections", "rules"]
     merged = {k: merged[k] for k in order if k in merged} | {k: v for k, v in merged.items() if k not in order}
-    return yaml.dump(merged, Dumper=_RulesYamlDumper, sort_keys=False, allow_unicode=True, width=110)
+    return yaml.dump(merged, Dumper=_RulesYamlDumper, sort_keys=False, allow_unicode=True, width=1000)
 
 
 def _unused(name: str, taken, separator: str) -> str:
