@@ -5,27 +5,18 @@ Numbers are stored in E.164, as STOP replies and CRM flags store them, so one li
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from service import crm
 from service.console.audit import audit
 from service.console.errors import ConsoleError, NotFound
+from service.console.paging import Page, keyset_page
 from service.engine.planning import ruleset_of
 from service.runtime import Runtime
 from service.store.models import OptOut
 
 SOURCE = "console"
-
-
-@dataclass(frozen=True)
-class Page:
-    """Some opt-outs, newest first, and the cursor of the next page (None on the last)."""
-
-    items: list[OptOut]
-    next_cursor: str | None
 
 
 def _region(session: Session, rt: Runtime, account_id: str) -> str:
@@ -43,14 +34,9 @@ def normalize(session: Session, rt: Runtime, account_id: str, number: str) -> st
 
 
 def list_opt_outs(session: Session, account_id: str, *, cursor: str | None = None, limit: int = 50) -> Page:
-    """A page of the account's opt-outs, newest first (keyset on id; the cursor is the last id shown)."""
-    query = sa.select(OptOut).where(OptOut.account_id == account_id)
-    if cursor is not None:
-        if not cursor.isdigit():
-            raise ConsoleError("cursor: not a cursor from this list")
-        query = query.where(OptOut.id < int(cursor))
-    rows = list(session.scalars(query.order_by(OptOut.id.desc()).limit(limit + 1)))
-    return Page(rows[:limit], str(rows[limit - 1].id) if len(rows) > limit else None)
+    """A page of the account's opt-outs, newest first."""
+    return keyset_page(session, sa.select(OptOut).where(OptOut.account_id == account_id), OptOut.id,
+                       cursor=cursor, limit=limit)
 
 
 def add_opt_out(session: Session, rt: Runtime, account_id: str, number: str, *, actor: str) -> tuple[str, bool]:
