@@ -92,7 +92,9 @@ class StoredEvent(Base):
     __table_args__ = (sa.UniqueConstraint("account_id", "key"),
                       # The console's event and call lists: newest first per account, per type.
                       sa.Index("ix_events_account_id_id", "account_id", "id"),
-                      sa.Index("ix_events_account_type_id", "account_id", "type", "id"))
+                      sa.Index("ix_events_account_type_id", "account_id", "type", "id"),
+                      # The console's overview: one day of an account's call events.
+                      sa.Index("ix_events_account_type_occurred_at", "account_id", "type", "occurred_at"))
     id: Mapped[int] = mapped_column(primary_key=True)
     # Indexed by the (account_id, ...) indexes above.
     account_id: Mapped[str] = mapped_column(sa.String(64))

@@ -26,6 +26,7 @@ DELIVERY_INDEXES = (
 EVENT_INDEXES = (
     ('ix_events_account_id_id', ['account_id', 'id']),
     ('ix_events_account_type_id', ['account_id', 'type', 'id']),
+    ('ix_events_account_type_occurred_at', ['account_id', 'type', 'occurred_at']),
 )
 
 
