@@ -51,6 +51,7 @@ def account_page(runtime: Runtime, account_id: str, action: str = "read") -> Acc
 
 def render(template: str, page: AccountPage, section: str, **context):
     """Render an account page with the layout's context (account switcher, navigation, role)."""
+    g.account_tz = page.account.timezone  # the ``localtime`` filter shows times in the account's zone
     return render_template(template, principal=page.principal, account=page.account, role=page.role,
                            accounts=page.accounts, section=section, page=page, **context)
 
