@@ -7,14 +7,19 @@ from dataclasses import dataclass
 
 from flask import abort, g, redirect, render_template, request, url_for
 
+from service.accounts import AccountError
 from service.config import Settings
 from service.console import access
 from service.console.access import Principal
+from service.console.errors import ConsoleError
 from service.queue import TaskQueue
+from service.rules import RulesError
 from service.runtime import Runtime
 from service.store.models import Account
 
 log = logging.getLogger(__name__)
+# What a tenant's bad input raises in the functions pages call; each message names the field and says why.
+REFUSED = (ConsoleError, AccountError, RulesError)
 
 
 def signed_in() -> Principal:

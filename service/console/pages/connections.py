@@ -9,7 +9,7 @@ from flask import Blueprint, redirect, request, url_for
 from service.config import Settings
 from service.console import connections
 from service.console.errors import ConsoleError, NotFound
-from service.console.pages.common import AccountPage, ActionSender, account_page, render
+from service.console.pages.common import REFUSED, AccountPage, ActionSender, account_page, render
 from service.runtime import Runtime
 
 MAX_FIELD = 20_000  # a service-account key is a few KB; nothing a form sends is near this
@@ -93,7 +93,7 @@ def register(bp: Blueprint, settings: Settings, runtime: Runtime) -> None:
         try:
             connections.put_connection(runtime, account_id, name, integration, settings_from_form(cls, request.form),
                                        actor=page.principal.actor)
-        except ConsoleError as exc:
+        except REFUSED as exc:
             return edit_form(page, name, integration, 400, str(exc))
         return redirect(url_for("console.connections_page", account_id=account_id, saved=name))
 
@@ -103,7 +103,7 @@ def register(bp: Blueprint, settings: Settings, runtime: Runtime) -> None:
         page = account_page(runtime, account_id, "write_connections")
         try:
             connections.delete_connection(runtime, account_id, name, actor=page.principal.actor)
-        except ConsoleError as exc:  # still used by a rule: say which
+        except REFUSED as exc:  # still used by a rule: say which
             return show(page, 400, error=str(exc))
         return redirect(url_for("console.connections_page", account_id=account_id))
 

@@ -11,8 +11,7 @@ from service.config import Settings
 from service.console import apikeys, audit, members
 from service.console import settings as account_settings
 from service.console.errors import ConsoleError
-from service.console.pages.common import AccountPage, account_page, render
-from service.rules import RulesError
+from service.console.pages.common import REFUSED, AccountPage, account_page, render
 from service.runtime import Runtime
 from service.secrets import SecretsError
 
@@ -68,7 +67,7 @@ def register(bp: Blueprint, settings: Settings, runtime: Runtime) -> None:
                                              timezone=request.form.get("timezone", "").strip(),
                                              retention_days=retention_from_form(request.form.get("retention_days",
                                                                                                  "")))
-        except (ConsoleError, accounts.AccountError, RulesError) as exc:  # each names the field and says why
+        except REFUSED as exc:
             return show(page, 400, error=str(exc))
         return show(account_page(runtime, account_id), notice="Settings saved.")
 
