@@ -16,6 +16,7 @@ from service.config import Settings
 from service.console import access, csrf, invites, pages, sessions, users
 from service.console.errors import ConsoleError
 from service.console.limits import LoginLimiter
+from service.console.pages import rules as rules_page
 from service.console.pages.common import signed_in
 from service.runtime import Runtime
 from service.secrets import load_keys
@@ -179,4 +180,5 @@ def console_blueprint(settings: Settings, runtime: Runtime) -> Blueprint:
         return response
 
     pages.register(bp, settings, runtime)
+    rules_page.register(bp, settings, runtime)
     return bp

@@ -1,0 +1,89 @@
+"""Rules: edit the account's rules file (problems shown at their line and field), try the draft on a sample hook
+or a stored event without saving, save it (applied atomically as the tenant's), and start from a recipe.
+
+Views are thin: the logic is in ``service.console.rules_editor``. Every form works without JavaScript; with
+htmx, "try it" and recipes answer with a fragment instead of the whole page.
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, abort, redirect, request, url_for
+
+from service import accounts
+from service import rules as rules_mod
+from service.config import Settings
+from service.console import rules_editor
+from service.console.pages.common import AccountPage, account_page, render
+from service.runtime import Runtime
+
+TEMPLATE = "console/pages/rules.html"
+
+
+def register(bp: Blueprint, settings: Settings, runtime: Runtime) -> None:
+    """The rules page and its forms."""
+
+    def is_htmx() -> bool:
+        return request.headers.get("HX-Request") == "true"
+
+    def posted_text() -> str:
+        return request.form.get("text", "")
+
+    def full_page(page: AccountPage, text: str, *, status: int = 200, **context):
+        with runtime.sessions() as db:
+            events = [(row.id, rules_editor.event_label(row))
+                      for row in rules_editor.recent_events(db, page.account.id)]
+        context.setdefault("problems", [])
+        return render(TEMPLATE, page, "rules", text=text, lines=text.splitlines(), events=events,
+                      samples=rules_editor.samples(), recipes=rules_editor.recipes(),
+                      saved=request.args.get("saved", type=int), **context), status
+
+    @bp.get("/accounts/<account_id>/rules")
+    def rules_page(account_id: str):
+        """The editor holding the applied rules, the try-it panel and the recipes."""
+        page = account_page(runtime, account_id)
+        with runtime.sessions() as db:
+            text = rules_editor.draft_text(db, account_id)
+        return full_page(page, text)
+
+    @bp.post("/accounts/<account_id>/rules")
+    def save_rules(account_id: str):
+        """Apply the edited rules atomically; on any problem nothing changes and the problems are shown."""
+        page = account_page(runtime, account_id, "write_rules")
+        text = posted_text()
+        problems = rules_editor.check_draft(runtime, account_id, text)
+        if not problems:
+            try:
+                ruleset = rules_editor.save_draft(runtime, account_id, text, actor=page.principal.actor)
+            except (rules_mod.RulesError, accounts.AccountError) as exc:
+                problems = rules_editor.problems_of(exc, text)
+            else:
+                return redirect(url_for("console.rules_page", account_id=account_id, saved=ruleset.version))
+        return full_page(page, text, status=400, problems=problems)
+
+    @bp.post("/accounts/<account_id>/rules/try")
+    def try_rules(account_id: str):
+        """Dry run the unsaved draft on a sample hook or a stored event: what would match and what it would send."""
+        page = account_page(runtime, account_id)
+        text = posted_text()
+        kind, _, value = request.form.get("source", "").partition(":")
+        problems, result = rules_editor.check_draft(runtime, account_id, text), None
+        if not problems:
+            if kind == "event" and value.isdigit():
+                result = rules_editor.try_draft(runtime, account_id, text, event_id=int(value))
+            elif kind == "sample":
+                result = rules_editor.try_draft(runtime, account_id, text, sample=value)
+            else:
+                abort(400, "Choose a sample hook or a stored event to try the rules on.")
+        if is_htmx():
+            return render("console/pages/rules_try.html", page, "rules", problems=problems, result=result,
+                          text=text, lines=text.splitlines())
+        return full_page(page, text, problems=problems, result=result)
+
+    @bp.post("/accounts/<account_id>/rules/recipe")
+    def use_recipe(account_id: str):
+        """Add a recipe's rules (and its connection, unless one of that kind exists) to the draft."""
+        page = account_page(runtime, account_id, "write_rules")
+        text = rules_editor.fill_recipe(posted_text(), request.form.get("recipe", ""), account=page.account)
+        if is_htmx():
+            return render("console/pages/rules_editor.html", page, "rules", text=text, problems=[], lines=[])
+        return full_page(page, text)
