@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from service.config import Settings
 from service.console import access
 from service.console.access import Principal
-from service.console.paging import Page
+from service.console.history import Page
 from service.queue import TaskQueue
 from service.runtime import Runtime
 

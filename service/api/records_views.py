@@ -19,7 +19,7 @@ from service.api.models import (
 from service.api.problems import Problem
 from service.console import optouts
 from service.console.errors import NotFound
-from service.console.paging import keyset_page
+from service.console.history import _page as keyset_page  # one cursor format for every list
 from service.engine import operations
 from service.events import aware
 from service.queue import INGEST
@@ -63,7 +63,7 @@ def add_routes(bp: APIBlueprint, api: ApiContext) -> None:
         with rt.sessions() as db:
             return page_answer(keyset_page(db, sa.select(QuarantinedDelivery).where(
                 QuarantinedDelivery.account_id == path.account_id), QuarantinedDelivery.id,
-                cursor=query.cursor, limit=query.limit), QuarantineOut)
+                query.cursor, query.limit), QuarantineOut)
 
     @bp.post("/accounts/<account_id>/quarantine/<int:item_id>/reingest", tags=tag,
              responses={202: None, 404: Problem})
@@ -95,4 +95,4 @@ def add_routes(bp: APIBlueprint, api: ApiContext) -> None:
         with rt.sessions() as db:
             return page_answer(keyset_page(db, sa.select(Delivery).where(
                 Delivery.account_id == path.account_id, Delivery.status.in_(DEAD_STATUSES)), Delivery.id,
-                cursor=query.cursor, limit=query.limit), DeliveryOut)
+                query.cursor, query.limit), DeliveryOut)
