@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
+
+from service.events import aware
 
 ACCOUNT_ID = r"^[0-9a-f]{32}$"
 CONNECTION_NAME = r"^[A-Za-z0-9_-]{1,100}$"
+
+
+# SQLite hands back naive UTC datetimes: every time the API shows carries its zone.
+Time = Annotated[datetime, AfterValidator(aware)]
 
 
 class Strict(BaseModel):
@@ -44,6 +50,38 @@ class NumberPath(AccountPath):
 class PageQuery(Strict):
     limit: int = Field(default=50, ge=1, le=200)
     cursor: str | None = Field(default=None, max_length=200)
+
+
+class EventsQuery(PageQuery):
+    type: str | None = Field(default=None, max_length=100)
+    since: AwareDatetime | None = None
+    until: AwareDatetime | None = None
+
+
+class CallsQuery(PageQuery):
+    number: str | None = Field(default=None, max_length=40)
+    outcome: str | None = Field(default=None, max_length=20)
+    direction: str | None = Field(default=None, max_length=20)
+    since: AwareDatetime | None = None
+    until: AwareDatetime | None = None
+
+
+class DeliveriesQuery(PageQuery):
+    status: str | None = Field(default=None, max_length=200, description="one status, or several comma-separated")
+    connection: str | None = Field(default=None, max_length=100)
+    rule: str | None = Field(default=None, max_length=200)
+    event_type: str | None = Field(default=None, max_length=100)
+    event_key: str | None = Field(default=None, max_length=300)
+    since: AwareDatetime | None = None
+    until: AwareDatetime | None = None
+
+
+class EventPath(AccountPath):
+    ref: str = Field(min_length=1, max_length=300, description="the event's id or key")
+
+
+class CallPath(AccountPath):
+    call_key: str = Field(min_length=1, max_length=250)
 
 
 class RulesQuery(Strict):
@@ -103,7 +141,7 @@ class AccountSummary(Out):
 class HookOut(Out):
     kind: str
     url: str | None
-    last_received_at: datetime | None
+    last_received_at: Time | None
 
 
 class AccountOut(Out):
@@ -123,7 +161,7 @@ class ConnectionOut(Out):
     settings: dict[str, Any]
     secrets: dict[str, bool] = Field(description="secret keys and whether each is set; values are never shown")
     paused_reason: str | None
-    updated_at: datetime
+    updated_at: Time
 
 
 class CheckOut(Out):
@@ -139,9 +177,9 @@ class ApiKeyOut(Out):
     prefix: str
     scope: str
     created_by: str | None = None
-    created_at: datetime | None = None
-    last_used_at: datetime | None = None
-    revoked_at: datetime | None = None
+    created_at: Time | None = None
+    last_used_at: Time | None = None
+    revoked_at: Time | None = None
 
 
 class NewApiKeyOut(ApiKeyOut):
@@ -163,7 +201,7 @@ class InviteOut(Out):
 class OptOutOut(Out):
     number: str
     source: str
-    created_at: datetime
+    created_at: Time
 
 
 class QuarantineOut(Out):
@@ -172,7 +210,7 @@ class QuarantineOut(Out):
     source: str
     method: str
     content_type: str
-    received_at: datetime
+    received_at: Time
     body_text: str
 
 
@@ -189,6 +227,59 @@ class DeliveryOut(Out):
     attempts: int
     last_error: str | None
     external_id: str | None
-    created_at: datetime
-    updated_at: datetime
-    succeeded_at: datetime | None = None
+    created_at: Time
+    updated_at: Time
+    succeeded_at: Time | None = None
+
+
+class EventOut(Out):
+    id: int
+    key: str
+    type: str
+    occurred_at: Time
+    received_at: Time
+    data: dict[str, Any]
+
+
+class AttemptOut(Out):
+    number: int
+    started_at: Time
+    duration_ms: int
+    outcome: str
+    status_code: int | None
+    error: str | None
+    request_excerpt: str | None
+    response_excerpt: str | None
+
+
+class DeliveryDetailOut(DeliveryOut):
+    params: dict[str, Any]
+    attempts: list[AttemptOut]
+
+
+class CallOut(Out):
+    call_key: str
+    event_key: str
+    occurred_at: Time
+    direction: str | None
+    caller: dict[str, Any]
+    callee: dict[str, Any]
+    answered_by: dict[str, Any] | None
+    outcome: str | None
+    duration: int | None
+    talk_time: int | None
+    voicemail_left: bool
+
+
+class DeliveryWithAttempts(Out):
+    delivery: DeliveryOut
+    attempts: list[AttemptOut]
+
+
+class CallDetailOut(Out):
+    call_key: str
+    summary: CallOut | None
+    legs: list[EventOut]
+    events: list[EventOut]
+    deliveries: list[DeliveryWithAttempts]
+    rules: list[str]

@@ -13,6 +13,7 @@ from service import accounts
 from service.config import Settings
 from service.console import apikeys, users
 from service.console.audit import CLI_ACTOR
+from service.engine import planning
 from service.runtime import Runtime
 from service.store.models import migrate
 from service.web import create_app
@@ -67,6 +68,7 @@ def build_api(tmp_path: Path, database_url: str, redis_url: str, namespace: str)
                         database_url=database_url, secret_keys=Fernet.generate_key().decode(),
                         allow_private_urls=True)
     migrate(database_url)
+    planning._RULES_CACHE.clear()  # rules are cached by account and version: every test's database starts at 1
     rt = Runtime(settings)
     api = Api(app=create_app(settings, start_drainer=False), settings=settings, rt=rt)
     with rt.sessions.begin() as db:
