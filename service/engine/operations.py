@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Callable
 
 import sqlalchemy as sa
 
@@ -12,7 +13,7 @@ from service.engine.planning import ruleset_of
 from service.events import aware
 from service.pbx import media, onboarding, reconcile
 from service.runtime import Runtime
-from service.store.models import Account, AuditEntry, Connection, Delivery, StoredEvent, utcnow
+from service.store.models import Account, AuditEntry, Connection, Delivery, QuarantinedDelivery, StoredEvent, utcnow
 
 
 def pbx_accounts(rt: Runtime) -> list[str]:
@@ -62,8 +63,8 @@ def reenable_account_hooks(rt: Runtime, account_id: str, *, receiver_healthy: bo
     return len(hooks)
 
 
-def connect_account(rt: Runtime, account_id: str) -> "onboarding.ConnectReport":
-    """Register (idempotently) the VirtualPBX webhooks the account's rules need; audit the result."""
+def connect_account(rt: Runtime, account_id: str, *, actor: str = "service") -> "onboarding.ConnectReport":
+    """Register (idempotently) the VirtualPBX webhooks the account's rules need; audit the result as ``actor``."""
     client = media.pbx_client(rt, account_id)
     if client is None:
         raise accounts.AccountError(f"account {account_id} has no virtualpbx connection in its rules file "
@@ -79,7 +80,8 @@ def connect_account(rt: Runtime, account_id: str) -> "onboarding.ConnectReport":
     with rt.sessions.begin() as session:
         session.add(AuditEntry(account_id=account_id, kind="connected", detail=(
             f"created {len(report.created)}, updated {len(report.updated)}, unchanged {len(report.unchanged)}, "
-            f"deleted {len(report.deleted)}, re-enabled {len(report.reenabled)}; format {report.body_format}")))
+            f"deleted {len(report.deleted)}, re-enabled {len(report.reenabled)}; format {report.body_format}"),
+            actor=actor))
     return report
 
 
@@ -93,8 +95,8 @@ def resume_connection(rt: Runtime, account_id: str, name: str, *, actor: str = "
         if ids:
             session.execute(sa.update(Delivery).where(Delivery.id.in_(ids)).values(
                 status="pending", claimed_until=None, next_attempt_at=None, updated_at=utcnow()))
-        session.add(AuditEntry(account_id=account_id, kind="connection_resumed", actor=actor,
-                               detail=f"{name}: {len(ids)} paused action(s) replayed"))
+        session.add(AuditEntry(account_id=account_id, kind="connection_resumed",
+                               detail=f"{name}: {len(ids)} paused action(s) replayed", actor=actor))
     rt.redis.delete(f"{rt.settings.namespace}:authfail:{account_id}:{name}")
     return ids
 
@@ -108,3 +110,26 @@ def replay(rt: Runtime, *, delivery_ids: list[int]) -> list[int]:
             session.execute(sa.update(Delivery).where(Delivery.id.in_(ids)).values(
                 status="pending", claimed_until=None, next_attempt_at=None, created_at=utcnow(), updated_at=utcnow()))
     return ids
+
+
+
+def reingest_quarantined(rt: Runtime, account_id: str, quarantine_id: int, *,
+                         publish: Callable[[QuarantinedDelivery], str], actor: str) -> str:
+    """Send a quarantined hook through ingest again, then drop the kept copy; returns ``publish``'s request id.
+
+    ``publish`` queues the row as a receiver envelope (the caller owns the queue). It runs before the
+    row is deleted: a failure in between leaves the copy for another try, and ingesting the same hook
+    twice is harmless (event keys are unique). LookupError for another account's or a missing row.
+    """
+    with rt.sessions() as session:
+        row = session.get(QuarantinedDelivery, quarantine_id)
+        if row is None or row.account_id != account_id:
+            raise LookupError(f"no quarantined hook {quarantine_id}")
+        session.expunge(row)
+    request_id = publish(row)
+    with rt.sessions.begin() as session:
+        session.execute(sa.delete(QuarantinedDelivery).where(QuarantinedDelivery.id == quarantine_id))
+        session.add(AuditEntry(account_id=account_id, kind="quarantine_reingested",
+                               detail=f"quarantined hook {quarantine_id} sent to ingest again (request {request_id})",
+                               actor=actor))
+    return request_id

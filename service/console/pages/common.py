@@ -7,14 +7,19 @@ from dataclasses import dataclass
 
 from flask import abort, g, redirect, render_template, request, url_for
 
+from service.accounts import AccountError
 from service.config import Settings
 from service.console import access
 from service.console.access import Principal
+from service.console.errors import ConsoleError
 from service.queue import TaskQueue
+from service.rules import RulesError
 from service.runtime import Runtime
 from service.store.models import Account
 
 log = logging.getLogger(__name__)
+# What a tenant's bad input raises in the functions pages call; each message names the field and says why.
+REFUSED = (ConsoleError, AccountError, RulesError)
 
 
 def signed_in() -> Principal:
@@ -51,6 +56,7 @@ def account_page(runtime: Runtime, account_id: str, action: str = "read") -> Acc
 
 def render(template: str, page: AccountPage, section: str, **context):
     """Render an account page with the layout's context (account switcher, navigation, role)."""
+    g.account_tz = page.account.timezone  # the ``localtime`` filter shows times in the account's zone
     return render_template(template, principal=page.principal, account=page.account, role=page.role,
                            accounts=page.accounts, section=section, page=page, **context)
 

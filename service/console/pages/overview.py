@@ -5,10 +5,13 @@ from __future__ import annotations
 from flask import Blueprint, redirect, request, url_for
 
 from service.config import Settings
-from service.console import access
+from service.console import access, history
+from service.console.pages import charts
 from service.console.pages.common import account_page, render, signed_in
 from service.runtime import Runtime
-from service.store import queries
+
+# Deliveries per connection: done first, then what is still moving, then what needs a person.
+DELIVERY_ORDER = ("succeeded", "pending", "running", "retrying", "paused", "failed", "dead", "discarded")
 
 
 def register(bp: Blueprint, settings: Settings, runtime: Runtime) -> None:
@@ -19,8 +22,10 @@ def register(bp: Blueprint, settings: Settings, runtime: Runtime) -> None:
         """The account's overview."""
         page = account_page(runtime, account_id)
         with runtime.sessions() as db:
-            paused = [c for c in queries.connections_of(db, account_id) if c.paused_reason]
-        return render("console/pages/overview.html", page, "overview", paused=paused)
+            figures = history.overview(db, account_id)
+        chart = charts.stacked_chart([f"{h:02d}" for h in range(24)], figures.calls_by_hour, history.CALL_OUTCOMES)
+        bars = {name: charts.share_bar(counts, DELIVERY_ORDER) for name, counts in figures.deliveries.items()}
+        return render("console/pages/overview.html", page, "overview", figures=figures, chart=chart, bars=bars)
 
     @bp.get("/switch")
     def switch_account():
