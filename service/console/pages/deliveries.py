@@ -31,7 +31,7 @@ def register(bp: Blueprint, settings: Settings, runtime: Runtime) -> None:
         except ConsoleError as exc:
             error = str(exc)
         later = filters.query_string(args, filters.DELIVERY_FIELDS, cursor=found.next_cursor)
-        statuses = args.getlist("status")
+        statuses = [s for s in args.getlist("status") if s]
         saved = next((key for key, _ in filters.SAVED_DELIVERY_FILTERS if statuses == [key]
                       and not any(args.get(k) for k in filters.DELIVERY_FIELDS if k != "status")), None)
         return render("console/pages/deliveries.html", page, "deliveries", deliveries=found.items, error=error,
