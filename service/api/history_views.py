@@ -20,7 +20,7 @@ from service.api.models import (
     EventsQuery,
     IdPath,
 )
-from service.api.problems import Problem
+from service.api.problems import PROBLEM_RESPONSE as PROBLEM
 from service.console import history
 
 
@@ -46,7 +46,7 @@ def add_routes(bp: APIBlueprint, api: ApiContext) -> None:
             return page_answer(history.list_events(db, path.account_id, flt, cursor=query.cursor,
                                                    limit=query.limit), EventOut)
 
-    @bp.get("/accounts/<account_id>/events/<path:ref>", tags=tag, responses={200: EventOut, 404: Problem})
+    @bp.get("/accounts/<account_id>/events/<path:ref>", tags=tag, responses={200: EventOut, 404: PROBLEM})
     def get_event(path: EventPath):
         """One stored event, by id or key."""
         require(path.account_id, "read")
@@ -64,7 +64,7 @@ def add_routes(bp: APIBlueprint, api: ApiContext) -> None:
             return page_answer(history.list_calls(db, path.account_id, flt, cursor=query.cursor, limit=query.limit),
                                CallOut)
 
-    @bp.get("/accounts/<account_id>/calls/<path:call_key>", tags=tag, responses={200: CallDetailOut, 404: Problem})
+    @bp.get("/accounts/<account_id>/calls/<path:call_key>", tags=tag, responses={200: CallDetailOut, 404: PROBLEM})
     def get_call(path: CallPath):
         """One call: its legs' hooks, the call events derived from them, and the deliveries with attempts."""
         require(path.account_id, "read")
@@ -81,7 +81,7 @@ def add_routes(bp: APIBlueprint, api: ApiContext) -> None:
                                                        limit=query.limit), DeliveryOut)
 
     @bp.get("/accounts/<account_id>/deliveries/<int:item_id>", tags=tag,
-            responses={200: DeliveryDetailOut, 404: Problem})
+            responses={200: DeliveryDetailOut, 404: PROBLEM})
     def get_delivery(path: IdPath):
         """One delivery with its rendered params and every attempt (scrubbed request and response excerpts)."""
         require(path.account_id, "read")
