@@ -36,9 +36,12 @@ def add_routes(bp: APIBlueprint, api: ApiContext) -> None:
 
     @bp.get("/accounts/<account_id>", tags=accounts_tag, responses={200: AccountOut, 404: PROBLEM})
     def get_account(path: AccountPath):
-        """Settings (name, time zone, retention), hook URLs with when each last received, paused connections."""
-        require(path.account_id, "read")
-        return answer(AccountOut.model_validate(settings.account_settings(rt, path.account_id)))
+        """Settings (name, time zone, retention), hooks with when each last received, paused connections.
+
+        Hook URLs carry the hook tokens: only owners see them (``url`` is null for the others)."""
+        caller = require(path.account_id, "read")
+        owner = caller.role_in(path.account_id) == "owner"
+        return answer(AccountOut.model_validate(settings.account_settings(rt, path.account_id, with_urls=owner)))
 
     @bp.patch("/accounts/<account_id>", tags=accounts_tag, responses={200: AccountOut, 422: PROBLEM})
     def update_account(path: AccountPath, body: SettingsPatch):
