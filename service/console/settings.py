@@ -93,7 +93,7 @@ def apply_tenant_rules(session: Session, rt: Runtime, account_id: str, text: str
     ruleset = accounts.apply_rules(session, text, account_id=account_id, filename=RULES_FILENAME,
                                    base_dir=Path(rt.settings.var_dir), registry=rt.registry, box=rt.box,
                                    supplied_by=rules_mod.TENANT, allow_private_urls=rt.settings.allow_private_urls,
-                                   tenant_env_prefix=rt.settings.tenant_env_prefix)
+                                   tenant_env_prefix=rt.settings.tenant_env_prefix, actor=actor)
     audit(session, account_id, "rules_applied", f"version {ruleset.version}: {what}", actor)
     return ruleset
 
