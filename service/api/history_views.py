@@ -14,6 +14,7 @@ from service.api.models import (
     CallsQuery,
     DeliveriesQuery,
     DeliveryDetailOut,
+    DeliveryFilterBody,
     DeliveryOut,
     EventOut,
     EventPath,
@@ -24,7 +25,7 @@ from service.api.problems import PROBLEM_RESPONSE as PROBLEM
 from service.console import history
 
 
-def delivery_filter(query: DeliveriesQuery) -> history.DeliveryFilter:
+def delivery_filter(query: DeliveryFilterBody) -> history.DeliveryFilter:
     """The delivery filter of a list (or bulk replay) request; ConsoleError names a bad field."""
     statuses = tuple(part.strip() for part in (query.status or "").split(",") if part.strip())
     return history.DeliveryFilter(status=statuses, connection=query.connection, rule_name=query.rule,
