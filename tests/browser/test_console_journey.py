@@ -130,6 +130,14 @@ def test_console_journey(browser, deployment):
     row = newest_delivery(page, base, "succeeded")
     assert "missed call to slack" in row and "team-slack.post_message" in row
     screenshot(page, "journey-08-delivered")
+    # The stored event is now offered to "try it" too.
+    page.goto(base + "rules")
+    event_option = page.locator("#try-source option", has_text=f"call.missed · {caller}")
+    page.select_option("#try-source", event_option.get_attribute("value"))
+    page.click("#try button:has-text('Try it')")
+    page.wait_for_selector("#try-result .actions")
+    assert "Missed call from Pat Journey" in page.inner_text("#try-result")
+    screenshot(page, "journey-08b-try-stored-event")
 
     # 8. Break the connection (a wrong token, through the Connections page); the next missed call fails.
     set_slack_token(page, base, "xoxb-0000-wrong-token")
