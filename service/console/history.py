@@ -44,6 +44,7 @@ from service.console.errors import ConsoleError, NotFound
 from service.events import aware
 from service.pbx.calls import call_key_for_leg
 from service.pbx.payloads import KNOWN_HOOKS
+from service.store import queries
 from service.store.models import Account, AuditEntry, Connection, Delivery, DeliveryAttempt, StoredEvent
 
 T = TypeVar("T")
@@ -128,6 +129,13 @@ class DeliveryFilter:
             object.__setattr__(self, name, _text(name, getattr(self, name), max_len))
         _window(self)
 
+    def to_doc(self) -> dict[str, Any]:
+        """The filter as JSON (stored with a replay job; ``queries.delivery_conditions`` takes its fields)."""
+        return {"status": list(self.status), "connection": self.connection, "rule_name": self.rule_name,
+                "event_type": self.event_type, "event_key": self.event_key,
+                "since": self.since.isoformat() if self.since else None,
+                "until": self.until.isoformat() if self.until else None}
+
 
 @dataclass(frozen=True)
 class EventFilter:
@@ -205,7 +213,7 @@ def _page(session: Session, query: sa.Select, id_column, cursor: str | None, lim
     return Page(items=rows, next_cursor=encode_cursor(rows[-1].id) if more else None)
 
 
-def _row_id(value: Any) -> int | None:
+def parse_row_id(value: Any) -> int | None:
     """A row id from the caller (maybe a URL's text), or None when it cannot name a row."""
     if isinstance(value, bool):
         return None
@@ -217,19 +225,9 @@ def _row_id(value: Any) -> int | None:
 # ------------------------------------------------------------------------------------------- deliveries
 
 def _delivery_query(account_id: str, flt: DeliveryFilter) -> sa.Select:
-    query = sa.select(Delivery).where(Delivery.account_id == account_id)
-    if len(flt.status) == 1:
-        query = query.where(Delivery.status == flt.status[0])
-    elif flt.status:
-        query = query.where(Delivery.status.in_(flt.status))
-    for name in ("connection", "rule_name", "event_type", "event_key"):
-        if getattr(flt, name) is not None:
-            query = query.where(getattr(Delivery, name) == getattr(flt, name))
-    if flt.since is not None:
-        query = query.where(Delivery.created_at >= flt.since)
-    if flt.until is not None:
-        query = query.where(Delivery.created_at < flt.until)
-    return query
+    return sa.select(Delivery).where(*queries.delivery_conditions(
+        account_id, status=flt.status, connection=flt.connection, rule_name=flt.rule_name,
+        event_type=flt.event_type, event_key=flt.event_key, since=flt.since, until=flt.until))
 
 
 def list_deliveries(session: Session, account_id: str, flt: DeliveryFilter, *, cursor: str | None = None,
@@ -238,19 +236,10 @@ def list_deliveries(session: Session, account_id: str, flt: DeliveryFilter, *, c
     return _page(session, _delivery_query(account_id, flt), Delivery.id, cursor, limit)
 
 
-def delivery_ids_matching(session: Session, account_id: str, flt: DeliveryFilter, *, after: int | None = None,
-                          limit: int = 500) -> list[int]:
-    """Ids of the account's deliveries matching ``flt`` above ``after``, oldest first (for batch work)."""
-    query = _delivery_query(account_id, flt).with_only_columns(Delivery.id)
-    if after is not None:
-        query = query.where(Delivery.id > after)
-    return list(session.scalars(query.order_by(Delivery.id).limit(limit)))
-
-
 def get_delivery(session: Session, account_id: str, delivery_id: int | str) -> Delivery:
     """One delivery of the account; NotFound for an unknown id or another account's."""
-    row_id = _row_id(delivery_id)
-    delivery = session.get(Delivery, row_id) if row_id is not None else None
+    key = parse_row_id(delivery_id)
+    delivery = session.get(Delivery, key) if key is not None else None
     if delivery is None or delivery.account_id != account_id:
         raise NotFound("no such delivery")
     return delivery
@@ -290,8 +279,8 @@ def list_events(session: Session, account_id: str, flt: EventFilter, *, cursor: 
 def get_event(session: Session, account_id: str, ref: int | str) -> StoredEvent:
     """One stored event of the account by id (an int) or key (a str); NotFound otherwise."""
     if isinstance(ref, int) and not isinstance(ref, bool):
-        row_id = _row_id(ref)
-        event = session.get(StoredEvent, row_id) if row_id is not None else None
+        key = parse_row_id(ref)
+        event = session.get(StoredEvent, key) if key is not None else None
         if event is not None and event.account_id != account_id:
             event = None
     elif isinstance(ref, str) and 0 < len(ref) <= 300:
