@@ -221,7 +221,7 @@ class SlackIntegration(Integration):
         return values
 
     def check(self, ctx: ActionContext) -> str:
-        """auth.test for a bot token; for a webhook, an empty post, which Slack refuses with no_text (posts nothing)."""
+        """auth.test for a bot token; for a webhook, an empty text, which Slack refuses with no_text (posts nothing)."""
         if self.config.webhook_url is None:
             try:
                 response = self._web_client(ctx).auth_test()
@@ -233,7 +233,7 @@ class SlackIntegration(Integration):
         client = WebhookClient(self.config.webhook_url.get_secret_value(), timeout=self.config.timeout,
                                retry_handlers=[])
         try:
-            error = classify_webhook_failure(client.send_dict({}), secrets=self.secrets())
+            error = classify_webhook_failure(client.send_dict({"text": ""}), secrets=self.secrets())
         except (SlackRequestError, *_TRANSPORT_ERRORS) as exc:
             error = classify_webhook_failure(exc, secrets=self.secrets())
         if error is None or error.code == "no_text":  # a live webhook answers an empty message with no_text

@@ -16,9 +16,10 @@ from flask import g, request
 from flask_openapi3 import APIBlueprint, Info, OpenAPI
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from service.api import account_views, history_views, people_views, records_views, rules_views
+from service.api import account_views, history_views, people_views, records_views, replay_views, rules_views
 from service.api.auth import Authenticator, NotAuthenticated
 from service.api.base import ApiContext, answer
+from service.api.problems import PROBLEM_RESPONSE as PROBLEM
 from service.api.problems import Problem, problem, to_problem, validation_problem
 from service.config import Settings
 from service.console import csrf
@@ -36,8 +37,6 @@ SECURITY_SCHEMES = {
     "session": {"type": "apiKey", "in": "cookie", "name": "pbxrelay_session",
                 "description": f"the console's session; changes also need the {csrf.HEADER} header"},
 }
-PROBLEM = {"description": "a problem (RFC 9457)",
-           "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}
 
 
 def openapi_app(import_name: str) -> OpenAPI:
@@ -55,7 +54,7 @@ def register_api(app: OpenAPI, settings: Settings, runtime: Runtime) -> None:
                                   idle_seconds=settings.console_session_idle_seconds)
     bp = APIBlueprint("api", __name__, url_prefix=PREFIX, abp_security=[{"bearer": []}, {"session": []}],
                       abp_responses={"401": PROBLEM, "403": PROBLEM, "404": PROBLEM, "422": PROBLEM})
-    for views in (account_views, rules_views, history_views, people_views, records_views):
+    for views in (account_views, rules_views, history_views, replay_views, people_views, records_views):
         views.add_routes(bp, api)
 
     @bp.before_request
@@ -75,6 +74,7 @@ def register_api(app: OpenAPI, settings: Settings, runtime: Runtime) -> None:
         return response
 
     @bp.errorhandler(Exception)
+    @bp.errorhandler(RequestEntityTooLarge)  # by code too: the hooks' app-wide 413 handler would win otherwise
     def refused(exc: Exception):
         response = to_problem(exc)
         if isinstance(exc, NotAuthenticated):

@@ -16,7 +16,7 @@ from service.api.models import (
     RotateTokenBody,
     SettingsPatch,
 )
-from service.api.problems import Problem
+from service.api.problems import PROBLEM_RESPONSE as PROBLEM
 from service.console import access, connections, settings
 
 
@@ -34,13 +34,16 @@ def add_routes(bp: APIBlueprint, api: ApiContext) -> None:
             return list_answer([AccountSummary(id=a.id, name=a.name, timezone=a.timezone,
                                                role=caller.role_in(a.id)).model_dump() for a in rows])
 
-    @bp.get("/accounts/<account_id>", tags=accounts_tag, responses={200: AccountOut, 404: Problem})
+    @bp.get("/accounts/<account_id>", tags=accounts_tag, responses={200: AccountOut, 404: PROBLEM})
     def get_account(path: AccountPath):
-        """Settings (name, time zone, retention), hook URLs with when each last received, paused connections."""
-        require(path.account_id, "read")
-        return answer(AccountOut.model_validate(settings.account_settings(rt, path.account_id)))
+        """Settings (name, time zone, retention), hooks with when each last received, paused connections.
 
-    @bp.patch("/accounts/<account_id>", tags=accounts_tag, responses={200: AccountOut, 422: Problem})
+        Hook URLs carry the hook tokens: only owners see them (``url`` is null for the others)."""
+        caller = require(path.account_id, "read")
+        owner = caller.role_in(path.account_id) == "owner"
+        return answer(AccountOut.model_validate(settings.account_settings(rt, path.account_id, with_urls=owner)))
+
+    @bp.patch("/accounts/<account_id>", tags=accounts_tag, responses={200: AccountOut, 422: PROBLEM})
     def update_account(path: AccountPath, body: SettingsPatch):
         """Change name, time zone or retention (``retention_days: null`` restores the service default)."""
         caller = require(path.account_id, "manage_account")
@@ -74,14 +77,14 @@ def add_routes(bp: APIBlueprint, api: ApiContext) -> None:
         return list_answer(dump(ConnectionOut, connections.list_connections(rt, path.account_id)))
 
     @bp.get("/accounts/<account_id>/connections/<name>", tags=connections_tag,
-            responses={200: ConnectionOut, 404: Problem})
+            responses={200: ConnectionOut, 404: PROBLEM})
     def get_connection(path: ConnectionPath):
         """One connection."""
         require(path.account_id, "read")
         return answer(ConnectionOut.model_validate(connections.get_connection(rt, path.account_id, path.name)))
 
     @bp.put("/accounts/<account_id>/connections/<name>", tags=connections_tag,
-            responses={200: ConnectionOut, 201: ConnectionOut, 422: Problem})
+            responses={200: ConnectionOut, 201: ConnectionOut, 422: PROBLEM})
     def put_connection(path: ConnectionPath, body: ConnectionBody):
         """Create or replace a connection (applied through the rules document); secrets left out are kept."""
         caller = require(path.account_id, "write_connections")
@@ -90,7 +93,7 @@ def add_routes(bp: APIBlueprint, api: ApiContext) -> None:
         return answer(ConnectionOut.model_validate(view), 201 if created else 200)
 
     @bp.delete("/accounts/<account_id>/connections/<name>", tags=connections_tag,
-               responses={204: None, 409: Problem})
+               responses={204: None, 409: PROBLEM})
     def delete_connection(path: ConnectionPath):
         """Delete a connection no rule uses (409 names the rules that do)."""
         caller = require(path.account_id, "write_connections")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Iterable
 from urllib.parse import urlencode
@@ -34,7 +34,6 @@ class ApiContext:
 
     settings: Settings
     runtime: Runtime
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @cached_property
     def queue(self) -> TaskQueue:

@@ -14,17 +14,18 @@ from service.api.models import (
     CallsQuery,
     DeliveriesQuery,
     DeliveryDetailOut,
+    DeliveryFilterBody,
     DeliveryOut,
     EventOut,
     EventPath,
     EventsQuery,
     IdPath,
 )
-from service.api.problems import Problem
+from service.api.problems import PROBLEM_RESPONSE as PROBLEM
 from service.console import history
 
 
-def delivery_filter(query: DeliveriesQuery) -> history.DeliveryFilter:
+def delivery_filter(query: DeliveryFilterBody) -> history.DeliveryFilter:
     """The delivery filter of a list (or bulk replay) request; ConsoleError names a bad field."""
     statuses = tuple(part.strip() for part in (query.status or "").split(",") if part.strip())
     return history.DeliveryFilter(status=statuses, connection=query.connection, rule_name=query.rule,
@@ -46,7 +47,7 @@ def add_routes(bp: APIBlueprint, api: ApiContext) -> None:
             return page_answer(history.list_events(db, path.account_id, flt, cursor=query.cursor,
                                                    limit=query.limit), EventOut)
 
-    @bp.get("/accounts/<account_id>/events/<path:ref>", tags=tag, responses={200: EventOut, 404: Problem})
+    @bp.get("/accounts/<account_id>/events/<path:ref>", tags=tag, responses={200: EventOut, 404: PROBLEM})
     def get_event(path: EventPath):
         """One stored event, by id or key."""
         require(path.account_id, "read")
@@ -64,7 +65,7 @@ def add_routes(bp: APIBlueprint, api: ApiContext) -> None:
             return page_answer(history.list_calls(db, path.account_id, flt, cursor=query.cursor, limit=query.limit),
                                CallOut)
 
-    @bp.get("/accounts/<account_id>/calls/<path:call_key>", tags=tag, responses={200: CallDetailOut, 404: Problem})
+    @bp.get("/accounts/<account_id>/calls/<path:call_key>", tags=tag, responses={200: CallDetailOut, 404: PROBLEM})
     def get_call(path: CallPath):
         """One call: its legs' hooks, the call events derived from them, and the deliveries with attempts."""
         require(path.account_id, "read")
@@ -81,7 +82,7 @@ def add_routes(bp: APIBlueprint, api: ApiContext) -> None:
                                                        limit=query.limit), DeliveryOut)
 
     @bp.get("/accounts/<account_id>/deliveries/<int:item_id>", tags=tag,
-            responses={200: DeliveryDetailOut, 404: Problem})
+            responses={200: DeliveryDetailOut, 404: PROBLEM})
     def get_delivery(path: IdPath):
         """One delivery with its rendered params and every attempt (scrubbed request and response excerpts)."""
         require(path.account_id, "read")

@@ -66,7 +66,7 @@ class CallsQuery(PageQuery):
     until: AwareDatetime | None = None
 
 
-class DeliveriesQuery(PageQuery):
+class DeliveryFilterBody(Strict):
     status: str | None = Field(default=None, max_length=200, description="one status, or several comma-separated")
     connection: str | None = Field(default=None, max_length=100)
     rule: str | None = Field(default=None, max_length=200)
@@ -74,6 +74,10 @@ class DeliveriesQuery(PageQuery):
     event_key: str | None = Field(default=None, max_length=300)
     since: AwareDatetime | None = None
     until: AwareDatetime | None = None
+
+
+class DeliveriesQuery(PageQuery, DeliveryFilterBody):
+    pass
 
 
 class EventPath(AccountPath):
@@ -283,3 +287,16 @@ class CallDetailOut(Out):
     events: list[EventOut]
     deliveries: list[DeliveryWithAttempts]
     rules: list[str]
+
+
+class ReplayJobOut(Out):
+    id: int
+    status: str
+    filter: dict[str, Any]
+    total: int | None
+    done: int
+    failed: int
+    error: str | None
+    actor: str
+    created_at: Time
+    finished_at: Time | None

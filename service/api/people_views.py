@@ -16,7 +16,7 @@ from service.api.models import (
     NewApiKeyOut,
     RoleBody,
 )
-from service.api.problems import Problem
+from service.api.problems import PROBLEM_RESPONSE as PROBLEM
 from service.console import apikeys, members
 
 
@@ -41,7 +41,7 @@ def add_routes(bp: APIBlueprint, api: ApiContext) -> None:
         return list_answer([{"id": row.id, "email": row.email, "role": row.role,
                              "expires_at": row.expires_at.isoformat()} for row in rows])
 
-    @bp.post("/accounts/<account_id>/invites", tags=tag, responses={201: InviteOut, 422: Problem})
+    @bp.post("/accounts/<account_id>/invites", tags=tag, responses={201: InviteOut, 422: PROBLEM})
     def invite(path: AccountPath, body: InviteBody):
         """Invite someone by email; the invite link is in this answer only."""
         caller = require(path.account_id, "manage_members")
@@ -50,7 +50,7 @@ def add_routes(bp: APIBlueprint, api: ApiContext) -> None:
                                         actor=caller.actor)
         return answer(InviteOut(email=body.email.strip().lower(), role=body.role, invite_url=url), 201)
 
-    @bp.patch("/accounts/<account_id>/members/<int:item_id>", tags=tag, responses={200: MemberOut, 404: Problem})
+    @bp.patch("/accounts/<account_id>/members/<int:item_id>", tags=tag, responses={200: MemberOut, 404: PROBLEM})
     def change_role(path: IdPath, body: RoleBody):
         """Give a member another role (the last owner stays owner)."""
         caller = require(path.account_id, "manage_members")
@@ -58,7 +58,7 @@ def add_routes(bp: APIBlueprint, api: ApiContext) -> None:
             member = members.change_role(db, path.account_id, path.item_id, body.role, actor=caller.actor)
         return answer(MemberOut.model_validate(member))
 
-    @bp.delete("/accounts/<account_id>/members/<int:item_id>", tags=tag, responses={204: None, 404: Problem})
+    @bp.delete("/accounts/<account_id>/members/<int:item_id>", tags=tag, responses={204: None, 404: PROBLEM})
     def remove_member(path: IdPath):
         """Take a member out of the account."""
         caller = require(path.account_id, "manage_members")
@@ -73,7 +73,7 @@ def add_routes(bp: APIBlueprint, api: ApiContext) -> None:
         with rt.sessions() as db:
             return list_answer(dump(ApiKeyOut, apikeys.list_api_keys(db, path.account_id)))
 
-    @bp.post("/accounts/<account_id>/api-keys", tags=tag, responses={201: NewApiKeyOut, 422: Problem})
+    @bp.post("/accounts/<account_id>/api-keys", tags=tag, responses={201: NewApiKeyOut, 422: PROBLEM})
     def create_api_key(path: AccountPath, body: ApiKeyBody):
         """A new key (scope read: GET only; write: changes too); ``token`` is in this answer only."""
         caller = require(path.account_id, "manage_api_keys")
@@ -82,7 +82,7 @@ def add_routes(bp: APIBlueprint, api: ApiContext) -> None:
             out = NewApiKeyOut.model_validate({**ApiKeyOut.model_validate(new.key).model_dump(), "token": new.secret})
         return answer(out, 201)
 
-    @bp.delete("/accounts/<account_id>/api-keys/<int:item_id>", tags=tag, responses={204: None, 404: Problem})
+    @bp.delete("/accounts/<account_id>/api-keys/<int:item_id>", tags=tag, responses={204: None, 404: PROBLEM})
     def revoke_api_key(path: IdPath):
         """Revoke a key: it stops working at once."""
         caller = require(path.account_id, "manage_api_keys")

@@ -41,6 +41,11 @@ class Problem(BaseModel):
     errors: list[FieldProblem] = Field(default_factory=list)
 
 
+# How the OpenAPI document describes an error answer.
+PROBLEM_RESPONSE = {"description": "a problem (RFC 9457)",
+                    "content": {MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}}}
+
+
 def problem(status: int, title: str, detail: str | None = None, *, kind: str | None = None,
             errors: list[FieldProblem] | None = None, headers: dict[str, str] | None = None) -> Response:
     """A problem+json response."""

@@ -16,7 +16,7 @@ from service.api.models import (
     PageQuery,
     QuarantineOut,
 )
-from service.api.problems import Problem
+from service.api.problems import PROBLEM_RESPONSE as PROBLEM
 from service.console import optouts
 from service.console.errors import NotFound
 from service.console.history import _page as keyset_page  # one cursor format for every list
@@ -40,7 +40,7 @@ def add_routes(bp: APIBlueprint, api: ApiContext) -> None:
             return page_answer(optouts.list_opt_outs(db, path.account_id, cursor=query.cursor, limit=query.limit),
                                OptOutOut)
 
-    @bp.post("/accounts/<account_id>/opt-outs", tags=tag, responses={201: OptOutOut, 422: Problem})
+    @bp.post("/accounts/<account_id>/opt-outs", tags=tag, responses={201: OptOutOut, 422: PROBLEM})
     def add_opt_out(path: AccountPath, body: OptOutBody):
         """Stop texting a number (201 when added, 200 when it was there already)."""
         caller = require(path.account_id, "write_rules")
@@ -48,7 +48,7 @@ def add_routes(bp: APIBlueprint, api: ApiContext) -> None:
             number, added = optouts.add_opt_out(db, rt, path.account_id, body.number, actor=caller.actor)
         return answer({"number": number, "added": added}, 201 if added else 200)
 
-    @bp.delete("/accounts/<account_id>/opt-outs/<number>", tags=tag, responses={204: None, 404: Problem})
+    @bp.delete("/accounts/<account_id>/opt-outs/<number>", tags=tag, responses={204: None, 404: PROBLEM})
     def remove_opt_out(path: NumberPath):
         """Allow texting a number again."""
         caller = require(path.account_id, "write_rules")
@@ -66,7 +66,7 @@ def add_routes(bp: APIBlueprint, api: ApiContext) -> None:
                 query.cursor, query.limit), QuarantineOut)
 
     @bp.post("/accounts/<account_id>/quarantine/<int:item_id>/reingest", tags=tag,
-             responses={202: None, 404: Problem})
+             responses={202: None, 404: PROBLEM})
     def reingest(path: IdPath):
         """Send a quarantined hook through ingest again (after a fix); it leaves the quarantine."""
         caller = require(path.account_id, "replay")

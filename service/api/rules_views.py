@@ -11,7 +11,7 @@ from flask_openapi3 import APIBlueprint
 from service import accounts
 from service.api.base import TAGS, ApiContext, answer, require
 from service.api.models import AccountPath, DryRunBody, RulesQuery
-from service.api.problems import Problem
+from service.api.problems import PROBLEM_RESPONSE as PROBLEM
 from service.console.errors import ConsoleError, NotFound
 from service.console.settings import apply_tenant_rules
 from service.engine import dryrun
@@ -46,7 +46,7 @@ def add_routes(bp: APIBlueprint, api: ApiContext) -> None:
     rt = api.runtime
     tag = [TAGS["rules"]]
 
-    @bp.get("/accounts/<account_id>/rules", tags=tag, responses={404: Problem})
+    @bp.get("/accounts/<account_id>/rules", tags=tag, responses={404: PROBLEM})
     def get_rules(path: AccountPath, query: RulesQuery):
         """The applied rules, secrets as ``stored:``: YAML when asked (Accept: text/yaml), else JSON."""
         require(path.account_id, "read")
@@ -63,7 +63,7 @@ def add_routes(bp: APIBlueprint, api: ApiContext) -> None:
             return Response(text, mimetype="text/yaml", headers={"X-Rules-Version": str(meta["version"])})
         return answer({**meta, "document": yaml.safe_load(text)})
 
-    @bp.put("/accounts/<account_id>/rules", tags=tag, responses={422: Problem}, openapi_extensions=RULES_BODY)
+    @bp.put("/accounts/<account_id>/rules", tags=tag, responses={422: PROBLEM}, openapi_extensions=RULES_BODY)
     def put_rules(path: AccountPath):
         """Apply a whole rules document (YAML or JSON) atomically: all of it is valid, or nothing changes."""
         caller = require(path.account_id, "write_rules")
@@ -73,7 +73,7 @@ def add_routes(bp: APIBlueprint, api: ApiContext) -> None:
             version = ruleset.version
         return answer({"version": version})
 
-    @bp.post("/accounts/<account_id>/rules/validate", tags=tag, responses={422: Problem},
+    @bp.post("/accounts/<account_id>/rules/validate", tags=tag, responses={422: PROBLEM},
              openapi_extensions=RULES_BODY)
     def validate_rules(path: AccountPath):
         """Check a rules document exactly as applying would (connections included), and change nothing."""
@@ -86,7 +86,7 @@ def add_routes(bp: APIBlueprint, api: ApiContext) -> None:
                 db.rollback()
         return answer({"valid": True, "would_be_version": version})
 
-    @bp.post("/accounts/<account_id>/rules/dry-run", tags=tag, responses={422: Problem})
+    @bp.post("/accounts/<account_id>/rules/dry-run", tags=tag, responses={422: PROBLEM})
     def dry_run(path: AccountPath, body: DryRunBody):
         """What a stored hook event (``event_key``) or hook payloads would do under the applied rules; no effects."""
         require(path.account_id, "read")

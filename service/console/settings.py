@@ -56,14 +56,15 @@ class AccountSettings:
     paused_connections: list[str]
 
 
-def account_settings(rt: Runtime, account_id: str) -> AccountSettings:
-    """The account's settings, hook URLs and hook health (NotFound-free: call after ``access.require``)."""
+def account_settings(rt: Runtime, account_id: str, *, with_urls: bool = True) -> AccountSettings:
+    """The account's settings, hook health and (``with_urls``: they hold the hook tokens) hook URLs."""
     with rt.sessions() as session:
         account = accounts.get_account(session, account_id)
         ruleset = session.get(RuleSet, account_id)
         section = (yaml.safe_load(ruleset.source) or {}).get("account", {}) if ruleset else {}
         configured = section.get("retention_days")
-        hooks = [HookStatus(kind, _hook_url(rt, account, kind), _last_received(session, account_id, kind))
+        hooks = [HookStatus(kind, _hook_url(rt, account, kind) if with_urls else None,
+                            _last_received(session, account_id, kind))
                  for kind in accounts.HOOK_KINDS]
         paused = list(session.scalars(sa.select(Connection.name).where(
             Connection.account_id == account_id, Connection.paused_reason.is_not(None)).order_by(Connection.name)))
@@ -92,7 +93,7 @@ def apply_tenant_rules(session: Session, rt: Runtime, account_id: str, text: str
     ruleset = accounts.apply_rules(session, text, account_id=account_id, filename=RULES_FILENAME,
                                    base_dir=Path(rt.settings.var_dir), registry=rt.registry, box=rt.box,
                                    supplied_by=rules_mod.TENANT, allow_private_urls=rt.settings.allow_private_urls,
-                                   tenant_env_prefix=rt.settings.tenant_env_prefix)
+                                   tenant_env_prefix=rt.settings.tenant_env_prefix, actor=actor)
     audit(session, account_id, "rules_applied", f"version {ruleset.version}: {what}", actor)
     return ruleset
 

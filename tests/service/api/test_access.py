@@ -29,9 +29,12 @@ WRITES = [
     ("post", f"{A}/opt-outs", {"json": {"number": "+15551234567"}}),
     ("delete", f"{A}/opt-outs/+15551234567", {}),
     ("post", f"{A}/quarantine/1/reingest", {}),
+    ("post", f"{A}/deliveries/1/replay", {}),
+    ("post", f"{A}/events/call.missed:x/replan", {}),
+    ("post", f"{A}/replays", {"json": {"status": "dead"}}),
 ]
 READS = [f"{A}", f"{A}/connections", f"{A}/connections/team-slack", f"{A}/rules", f"{A}/members",
-         f"{A}/opt-outs", f"{A}/quarantine", f"{A}/dead-letters"]
+         f"{A}/opt-outs", f"{A}/quarantine", f"{A}/dead-letters", f"{A}/events", f"{A}/calls", f"{A}/deliveries"]
 OWNER_READS = [f"{A}/api-keys", f"{A}/invites"]
 
 

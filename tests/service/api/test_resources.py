@@ -42,6 +42,7 @@ def test_account_settings_hooks_and_changes_through_the_rules(api):
     assert body["retention_days"] is None and body["effective_retention_days"] == api.settings.retention_days
     assert [h["kind"] for h in body["hooks"]] == ["virtualpbx", "crm"]
     assert body["hooks"][0]["url"].startswith(api.settings.public_url + "/hooks/virtualpbx/")
+    assert [h["url"] for h in api.client("editor").get(A).get_json()["hooks"]] == [None, None]  # tokens: owners
     version = body["rules_version"]
 
     changed = owner.patch(A, json={"name": "Acme Dental & Co", "timezone": "Europe/Paris", "retention_days": 90})
