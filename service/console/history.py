@@ -201,7 +201,7 @@ def decode_cursor(cursor: str | None) -> int | None:
         raise ConsoleError("cursor: not a cursor from a previous page of this list") from None
 
 
-def _page(session: Session, query: sa.Select, id_column, cursor: str | None, limit: int) -> Page:
+def keyset_page(session: Session, query: sa.Select, id_column, cursor: str | None, limit: int) -> Page:
     """Run a newest-first keyset query: rows before the cursor, one more than asked to know if a page follows."""
     limit = _check_limit(limit)
     before = decode_cursor(cursor)
@@ -233,7 +233,7 @@ def _delivery_query(account_id: str, flt: DeliveryFilter) -> sa.Select:
 def list_deliveries(session: Session, account_id: str, flt: DeliveryFilter, *, cursor: str | None = None,
                     limit: int = 50) -> Page[Delivery]:
     """A page of the account's deliveries matching ``flt``, newest first."""
-    return _page(session, _delivery_query(account_id, flt), Delivery.id, cursor, limit)
+    return keyset_page(session, _delivery_query(account_id, flt), Delivery.id, cursor, limit)
 
 
 def get_delivery(session: Session, account_id: str, delivery_id: int | str) -> Delivery:
@@ -273,7 +273,7 @@ def list_events(session: Session, account_id: str, flt: EventFilter, *, cursor: 
         query = query.where(StoredEvent.occurred_at >= flt.since)
     if flt.until is not None:
         query = query.where(StoredEvent.occurred_at < flt.until)
-    return _page(session, query, StoredEvent.id, cursor, limit)
+    return keyset_page(session, query, StoredEvent.id, cursor, limit)
 
 
 def get_event(session: Session, account_id: str, ref: int | str) -> StoredEvent:
@@ -357,7 +357,7 @@ def list_calls(session: Session, account_id: str, flt: CallFilter, *, cursor: st
         query = query.where(StoredEvent.occurred_at >= flt.since)
     if flt.until is not None:
         query = query.where(StoredEvent.occurred_at < flt.until)
-    page = _page(session, query, StoredEvent.id, cursor, limit)
+    page = keyset_page(session, query, StoredEvent.id, cursor, limit)
     return Page(items=[_call_summary(event) for event in page.items], next_cursor=page.next_cursor)
 
 
