@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+
 from flask import Blueprint, request
 
 from service.config import Settings
@@ -13,15 +15,23 @@ from service.events import aware
 from service.runtime import Runtime
 
 PAGE_SIZE = 50
+CLOCK_SKEW = timedelta(minutes=1)  # a PBX time further than this from when it arrived is shown next to it
 
 
-def timeline(detail: history.CallDetail) -> list[tuple[object, str, object]]:
-    """The call's story in time order: (when, kind, row) for each leg hook, derived event, delivery and attempt."""
-    entries = [(aware(e.occurred_at), "hook", e) for e in detail.legs]
-    entries += [(aware(e.occurred_at), "event", e) for e in detail.events]
+def timeline(detail: history.CallDetail) -> list[tuple[datetime, str, object, datetime | None]]:
+    """The call's story in order: (when, kind, row, PBX time) for each leg hook, derived event, delivery, attempt.
+
+    Hooks and events are placed by when pbxrelay received them, not by the PBX's clock, so they sort against
+    deliveries and attempts (which pbxrelay times); the PBX's time is given too when it is more than a minute off.
+    """
+    entries = []
+    for kind, rows in (("hook", detail.legs), ("event", detail.events)):
+        for e in rows:
+            received, occurred = aware(e.received_at), aware(e.occurred_at)
+            entries.append((received, kind, e, occurred if abs(occurred - received) > CLOCK_SKEW else None))
     for item in detail.deliveries:
-        entries.append((aware(item.delivery.created_at), "delivery", item.delivery))
-        entries += [(aware(a.started_at), "attempt", (item.delivery, a)) for a in item.attempts]
+        entries.append((aware(item.delivery.created_at), "delivery", item.delivery, None))
+        entries += [(aware(a.started_at), "attempt", (item.delivery, a), None) for a in item.attempts]
     order = {"hook": 0, "event": 1, "delivery": 2, "attempt": 3}
     return sorted(entries, key=lambda entry: (entry[0], order[entry[1]]))
 
