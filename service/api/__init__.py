@@ -16,7 +16,15 @@ from flask import g, request
 from flask_openapi3 import APIBlueprint, Info, OpenAPI
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from service.api import account_views, history_views, people_views, records_views, replay_views, rules_views
+from service.api import (
+    account_views,
+    history_views,
+    people_views,
+    records_views,
+    replay_views,
+    rules_views,
+    version_views,
+)
 from service.api.auth import Authenticator, NotAuthenticated
 from service.api.base import ApiContext, answer
 from service.api.problems import PROBLEM_RESPONSE as PROBLEM
@@ -54,7 +62,8 @@ def register_api(app: OpenAPI, settings: Settings, runtime: Runtime) -> None:
                                   idle_seconds=settings.console_session_idle_seconds)
     bp = APIBlueprint("api", __name__, url_prefix=PREFIX, abp_security=[{"bearer": []}, {"session": []}],
                       abp_responses={"401": PROBLEM, "403": PROBLEM, "404": PROBLEM, "422": PROBLEM})
-    for views in (account_views, rules_views, history_views, replay_views, people_views, records_views):
+    for views in (account_views, rules_views, version_views, history_views, replay_views, people_views,
+                  records_views):
         views.add_routes(bp, api)
 
     @bp.before_request

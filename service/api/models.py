@@ -300,3 +300,23 @@ class ReplayJobOut(Out):
     actor: str
     created_at: Time
     finished_at: Time | None
+
+
+class VersionPath(AccountPath):
+    version: int = Field(ge=1)
+
+
+class DiffQuery(Strict):
+    from_: int = Field(alias="from", ge=1)
+    to: int = Field(ge=1)
+
+
+class VersionOut(Out):
+    version: int
+    applied_at: Time
+    actor: str
+    supplied_by: str
+
+
+class VersionDetailOut(VersionOut):
+    source: str

@@ -19,7 +19,7 @@ from service.api.models import (
 from service.api.problems import PROBLEM_RESPONSE as PROBLEM
 from service.console import optouts
 from service.console.errors import NotFound
-from service.console.history import _page as keyset_page  # one cursor format for every list
+from service.console.history import keyset_page
 from service.engine import operations
 from service.events import aware
 from service.queue import INGEST

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from service import crm
 from service.console.audit import audit
 from service.console.errors import ConsoleError, NotFound
-from service.console.history import Page, _page
+from service.console.history import Page, keyset_page
 from service.engine.planning import ruleset_of
 from service.runtime import Runtime
 from service.store.models import OptOut
@@ -35,8 +35,7 @@ def normalize(session: Session, rt: Runtime, account_id: str, number: str) -> st
 
 def list_opt_outs(session: Session, account_id: str, *, cursor: str | None = None, limit: int = 50) -> Page:
     """A page of the account's opt-outs, newest first."""
-    # history's keyset pager: one cursor format for every console list.
-    return _page(session, sa.select(OptOut).where(OptOut.account_id == account_id), OptOut.id, cursor, limit)
+    return keyset_page(session, sa.select(OptOut).where(OptOut.account_id == account_id), OptOut.id, cursor, limit)
 
 
 def add_opt_out(session: Session, rt: Runtime, account_id: str, number: str, *, actor: str) -> tuple[str, bool]:
