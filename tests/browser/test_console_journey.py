@@ -188,5 +188,12 @@ def newest_delivery(page, base: str, status: str) -> str:
 
 
 def bulk_replay(page, base: str) -> None:
-    """Replay every paused delivery from the Deliveries page and wait for the job to finish."""
-    pytest.xfail("missing: bulk replay on the Deliveries page (console-pages, console-data replay) is not merged yet")
+    """Replay every paused delivery from the Deliveries page (saved filter "Paused") and wait for the job to end."""
+    page.goto(base + "deliveries")
+    page.click("nav.chips a:has-text('Paused')")
+    assert "paused" in page.inner_text("table tr:nth-child(2)")
+    with page.expect_navigation():
+        page.click("button:has-text('Replay all matching')")
+    expect(page.locator("#replay-progress")).to_contain_text("finished", timeout=60_000)  # htmx polls it
+    assert "1 of 1 replayed" in page.inner_text("#replay-progress")
+    screenshot(page, "journey-11-bulk-replay")
