@@ -17,8 +17,8 @@ from sqlalchemy.orm import Session
 
 from service import accounts
 from service import rules as rules_mod
-from service.console.audit import audit
 from service.console.errors import NotFound
+from service.console.settings import apply_tenant_rules
 from service.engine.dryrun import dry_run_text
 from service.events import Event, aware
 from service.rules.schema import _RulesYamlLoader  # the rules' YAML 1.2-style loader: PyYAML's reads `on:` as True
@@ -210,13 +210,7 @@ def try_draft(rt: Runtime, account_id: str, text: str, *, sample: str | None = N
 def save_draft(rt: Runtime, account_id: str, text: str, *, actor: str) -> RuleSet:
     """Apply the draft to the account atomically as tenant-supplied rules, and audit it; errors change nothing."""
     with rt.sessions.begin() as session:
-        # Tenants may not use file: references, so base_dir is never read; it is the service's own folder.
-        ruleset = accounts.apply_rules(session, text, account_id=account_id, filename=FILENAME,
-                                       base_dir=Path(rt.settings.var_dir), registry=rt.registry, box=rt.box,
-                                       supplied_by=rules_mod.TENANT,
-                                       allow_private_urls=rt.settings.allow_private_urls,
-                                       tenant_env_prefix=rt.settings.tenant_env_prefix)
-        audit(session, account_id, "rules_applied", f"rules version {ruleset.version}", actor)
+        ruleset = apply_tenant_rules(session, rt, account_id, text, actor=actor, what="saved in the rules editor")
         session.flush()
         session.expunge(ruleset)
     return ruleset

@@ -134,29 +134,6 @@ def replay_in(session: Session, delivery_ids: list[int]) -> list[int]:
     return ids
 
 
-
-def reingest_quarantined(rt: Runtime, account_id: str, quarantine_id: int, *,
-                         publish: Callable[[QuarantinedDelivery], str], actor: str) -> str:
-    """Send a quarantined hook through ingest again, then drop the kept copy; returns ``publish``'s request id.
-
-    ``publish`` queues the row as a receiver envelope (the caller owns the queue). It runs before the
-    row is deleted: a failure in between leaves the copy for another try, and ingesting the same hook
-    twice is harmless (event keys are unique). LookupError for another account's or a missing row.
-    """
-    with rt.sessions() as session:
-        row = session.get(QuarantinedDelivery, quarantine_id)
-        if row is None or row.account_id != account_id:
-            raise LookupError(f"no quarantined hook {quarantine_id}")
-        session.expunge(row)
-    request_id = publish(row)
-    with rt.sessions.begin() as session:
-        session.execute(sa.delete(QuarantinedDelivery).where(QuarantinedDelivery.id == quarantine_id))
-        session.add(AuditEntry(account_id=account_id, kind="quarantine_reingested",
-                               detail=f"quarantined hook {quarantine_id} sent to ingest again (request {request_id})",
-                               actor=actor))
-    return request_id
-
-
 @dataclass
 class ReplayBatch:
     """One batch of a bulk replay: the deliveries put back to pending (to enqueue), and whether the job ended."""
@@ -215,3 +192,24 @@ def fail_replay_job(rt: Runtime, job_id: int, reason: str) -> None:
 
 def _instant(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value) if value else None
+
+def reingest_quarantined(rt: Runtime, account_id: str, quarantine_id: int, *,
+                         publish: Callable[[QuarantinedDelivery], str], actor: str) -> str:
+    """Send a quarantined hook through ingest again, then drop the kept copy; returns ``publish``'s request id.
+
+    ``publish`` queues the row as a receiver envelope (the caller owns the queue). It runs before the
+    row is deleted: a failure in between leaves the copy for another try, and ingesting the same hook
+    twice is harmless (event keys are unique). LookupError for another account's or a missing row.
+    """
+    with rt.sessions() as session:
+        row = session.get(QuarantinedDelivery, quarantine_id)
+        if row is None or row.account_id != account_id:
+            raise LookupError(f"no quarantined hook {quarantine_id}")
+        session.expunge(row)
+    request_id = publish(row)
+    with rt.sessions.begin() as session:
+        session.execute(sa.delete(QuarantinedDelivery).where(QuarantinedDelivery.id == quarantine_id))
+        session.add(AuditEntry(account_id=account_id, kind="quarantine_reingested",
+                               detail=f"quarantined hook {quarantine_id} sent to ingest again (request {request_id})",
+                               actor=actor))
+    return request_id

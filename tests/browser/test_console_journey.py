@@ -78,18 +78,23 @@ def test_console_journey(browser, deployment):
     assert page.url.endswith(base)
     screenshot(page, "journey-02-owner-joined")
 
-    # 3. The rules page: a recipe fills the editor (with the Slack connection it needs).
+    # 3. The owner adds the Slack connection on the Connections page (the token is write-only) and tests it.
+    set_slack_token(page, base, DEFAULT_TOKEN, new=True)
+    page.click("#connection-1 button:has-text('Test')")
+    assert "Test of team-slack: works" in page.inner_text("#test-result")
+    screenshot(page, "journey-03-connection")
+
+    # 4. The rules page: a recipe fills the editor, reusing the connection.
     page.goto(base + "rules")
     page.click("#recipes li:has-text('Missed call → Slack') button")
     expect(page.locator("#rules-text")).to_have_value(re.compile("missed call to slack"))
     draft = editor_text(page)
-    assert "on: call.missed" in draft and "integration: slack" in draft
-    screenshot(page, "journey-03-recipe")
-    # The recipe's placeholders: the workspace's bot token and channel.
-    page.fill("#rules-text", draft.replace("xoxb-your-bot-token", DEFAULT_TOKEN)
-              .replace("C0123456789", DEFAULT_CHANNEL_ID))
+    assert "on: call.missed" in draft and "use: team-slack" in draft and "xoxb-your-bot-token" not in draft
+    assert DEFAULT_TOKEN not in draft  # the stored token is never shown back
+    screenshot(page, "journey-04-recipe")
+    page.fill("#rules-text", draft.replace("C0123456789", DEFAULT_CHANNEL_ID))  # the recipe's placeholder
 
-    # 4. Try it on the bundled missed-call hook: the rendered message, without a page load or a save.
+    # 5. Try it on the bundled missed-call hook: the rendered message, without a page load or a save.
     marker = page.evaluate("window.journeyMarker = Math.random()")
     page.select_option("#try-source", "sample:missed_call")
     page.click("#try button:has-text('Try it')")
@@ -97,7 +102,7 @@ def test_console_journey(browser, deployment):
     result = page.inner_text("#try-result")
     assert "missed call to slack" in result and "Missed call from" in result and "post_message" in result
     assert page.evaluate("window.journeyMarker") == marker  # htmx swapped a fragment: same page
-    screenshot(page, "journey-04-try-it")
+    screenshot(page, "journey-05-try-it")
 
     # A mistake first: shown at its line, nothing saved.
     page.fill("#rules-text", editor_text(page).replace("on: call.missed", "on: call.mised"))
@@ -105,59 +110,90 @@ def test_console_journey(browser, deployment):
         page.click("button:has-text('Save and apply')")
     problem = page.inner_text("#problems")
     assert "call.mised" in problem and "line" in problem and "on[0]" in problem
-    screenshot(page, "journey-05-problem-at-line")
+    screenshot(page, "journey-06-problem-at-line")
     page.fill("#rules-text", editor_text(page).replace("on: call.mised", "on: call.missed"))
 
-    # 5. Save: applied.
+    # 6. Save: applied.
     with page.expect_navigation():
         page.click("button:has-text('Save and apply')")
     assert "Saved: the rules are applied" in page.inner_text("main")
-    assert DEFAULT_TOKEN not in editor_text(page)  # the secret is stored, never shown back
-    screenshot(page, "journey-06-saved")
+    screenshot(page, "journey-07-saved")
 
-    # 6. A real hook at the account's hook URL (read from the Settings page, as the owner would).
+    # 7. A real hook at the account's hook URL (read from the Settings page, as the owner would): the message
+    # reaches Slack and the delivery shows on the Deliveries page.
     page.goto(base + "settings")
     hook_url = page.input_value("#hook-virtualpbx")
     answer = requests.post(hook_url, json=missed_call(account.account_id, caller), timeout=10)
     assert answer.status_code == 200, answer.text
     texts = wait_for(lambda: slack_texts(deployment, caller[-4:]), timeout=60, message="the Slack message")
     assert len(texts) == 1 and "Missed call from Pat Journey" in texts[0]
-    deliveries_page(page, base, "succeeded", "journey-07-delivered")
-
-    # 7. Break the connection: a wrong token (saved through the editor), then another missed call.
+    row = newest_delivery(page, base, "succeeded")
+    assert "missed call to slack" in row and "team-slack.post_message" in row
+    screenshot(page, "journey-08-delivered")
+    # The stored event is now offered to "try it" too.
     page.goto(base + "rules")
-    page.fill("#rules-text", editor_text(page).replace("bot_token: stored:", "bot_token: xoxb-0000-wrong")
-              .replace("bot_token: 'stored:'", "bot_token: xoxb-0000-wrong"))
-    with page.expect_navigation():
-        page.click("button:has-text('Save and apply')")
-    assert "Saved" in page.inner_text("main")
+    event_option = page.locator("#try-source option", has_text=f"call.missed · {caller}")
+    page.select_option("#try-source", event_option.get_attribute("value"))
+    page.click("#try button:has-text('Try it')")
+    page.wait_for_selector("#try-result .actions")
+    assert "Missed call from Pat Journey" in page.inner_text("#try-result")
+    screenshot(page, "journey-08b-try-stored-event")
+
+    # 8. Break the connection (a wrong token, through the Connections page); the next missed call fails.
+    set_slack_token(page, base, "xoxb-0000-wrong-token")
     second = f"+1202556{uuid.uuid4().int % 10000:04d}"
     assert requests.post(hook_url, json=missed_call(account.account_id, second), timeout=10).status_code == 200
-    deliveries_page(page, base, "paused", "journey-08-failure")
+    row = newest_delivery(page, base, "paused")
+    assert "invalid_auth" in row or "token" in row
+    screenshot(page, "journey-09-failure")
     assert slack_texts(deployment, second[-4:]) == []
 
-    # 8. Fix it: the right token again.
-    page.goto(base + "rules")
-    page.fill("#rules-text", editor_text(page).replace("bot_token: stored:", f"bot_token: {DEFAULT_TOKEN}")
-              .replace("bot_token: 'stored:'", f"bot_token: {DEFAULT_TOKEN}"))
-    with page.expect_navigation():
-        page.click("button:has-text('Save and apply')")
-    assert "Saved" in page.inner_text("main")
-    screenshot(page, "journey-09-fixed")
+    # 9. Fix it: the right token again; the connection's test works.
+    set_slack_token(page, base, DEFAULT_TOKEN)
+    page.click("#connection-1 button:has-text('Test')")
+    assert "works" in page.inner_text("#test-result")
+    screenshot(page, "journey-10-fixed")
 
-    # 9. Bulk replay of what failed, and it arrives.
+    # 10. Bulk replay of what failed, and it arrives.
     bulk_replay(page, base)
     texts = wait_for(lambda: slack_texts(deployment, second[-4:]), timeout=60, message="the replayed message")
     assert len(texts) == 1
-    deliveries_page(page, base, "succeeded", "journey-11-replayed")
+    newest_delivery(page, base, "succeeded")
+    screenshot(page, "journey-12-replayed")
     context.close()
 
 
-def deliveries_page(page, base: str, status: str, shot: str) -> None:
-    """Open the Deliveries page and wait until its newest delivery shows ``status``; screenshot it."""
-    pytest.xfail("missing: the Deliveries page (console-pages) is not merged yet")
+def set_slack_token(page, base: str, token: str, *, new: bool = False) -> None:
+    """Add the team-slack connection (``new``) or change its bot token, through the Connections page's form."""
+    page.goto(base + "connections")
+    if new:
+        page.fill("#new-name", "team-slack")
+        page.select_option("#new-integration", "slack")
+        page.click("form:has(#new-name) button:has-text('Next')")
+    else:
+        page.click("#connection-1 a:has-text('Change')")
+    page.fill("#field-bot_token", token)
+    with page.expect_navigation():
+        page.click("button:has-text('Save')")
+    assert "Saved team-slack" in page.inner_text("main"), page.inner_text("main")
+
+
+def newest_delivery(page, base: str, status: str) -> str:
+    """The Deliveries page's newest row once it shows ``status`` (reloading while it does not); its text."""
+    def row() -> str | None:
+        page.goto(base + "deliveries")
+        text = page.inner_text("table tr:nth-child(2)")
+        return text if status in text else None
+    return wait_for(row, timeout=60, interval=1, message=f"a {status} delivery on the Deliveries page")
 
 
 def bulk_replay(page, base: str) -> None:
-    """Replay every failed delivery from the Deliveries page and wait for the job to finish."""
-    pytest.xfail("missing: bulk replay on the Deliveries page (console-pages, console-data replay) is not merged yet")
+    """Replay every paused delivery from the Deliveries page (saved filter "Paused") and wait for the job to end."""
+    page.goto(base + "deliveries")
+    page.click("nav.chips a:has-text('Paused')")
+    assert "paused" in page.inner_text("table tr:nth-child(2)")
+    with page.expect_navigation():
+        page.click("button:has-text('Replay all matching')")
+    expect(page.locator("#replay-progress")).to_contain_text("finished", timeout=60_000)  # htmx polls it
+    assert "1 of 1 replayed" in page.inner_text("#replay-progress")
+    screenshot(page, "journey-11-bulk-replay")

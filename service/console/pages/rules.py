@@ -12,11 +12,13 @@ from flask import Blueprint, abort, redirect, request, url_for
 from service import accounts
 from service import rules as rules_mod
 from service.config import Settings
-from service.console import rules_editor
+from service.console import rules_editor, ruleversions
+from service.console.errors import NotFound
 from service.console.pages.common import AccountPage, account_page, render
 from service.runtime import Runtime
 
 TEMPLATE = "console/pages/rules.html"
+HISTORY_SHOWN = 20
 
 
 def register(bp: Blueprint, settings: Settings, runtime: Runtime) -> None:
@@ -32,10 +34,12 @@ def register(bp: Blueprint, settings: Settings, runtime: Runtime) -> None:
         with runtime.sessions() as db:
             events = [(row.id, rules_editor.event_label(row))
                       for row in rules_editor.recent_events(db, page.account.id)]
+            versions = ruleversions.list_versions(db, page.account.id, limit=HISTORY_SHOWN).items
         context.setdefault("problems", [])
         return render(TEMPLATE, page, "rules", text=text, lines=text.splitlines(), events=events,
-                      samples=rules_editor.samples(), recipes=rules_editor.recipes(),
-                      saved=request.args.get("saved", type=int), **context), status
+                      samples=rules_editor.samples(), recipes=rules_editor.recipes(), versions=versions,
+                      saved=request.args.get("saved", type=int), rolled_back=request.args.get("from", type=int),
+                      **context), status
 
     @bp.get("/accounts/<account_id>/rules")
     def rules_page(account_id: str):
@@ -87,3 +91,32 @@ def register(bp: Blueprint, settings: Settings, runtime: Runtime) -> None:
         if is_htmx():
             return render("console/pages/rules_editor.html", page, "rules", text=text, problems=[], lines=[])
         return full_page(page, text)
+
+    @bp.get("/accounts/<account_id>/rules/versions/<int:version>")
+    def rules_version(account_id: str, version: int):
+        """One applied version: its text, and what changed from another version (the one before, by default)."""
+        page = account_page(runtime, account_id)
+        against = request.args.get("against", type=int) or version - 1
+        with runtime.sessions() as db:
+            shown = ruleversions.get_version(db, account_id, version)
+            try:
+                diff = ruleversions.diff_versions(db, account_id, against, version)
+            except NotFound:  # the first version: nothing before it
+                against, diff = None, None
+            newest = ruleversions.list_versions(db, account_id, limit=1).items[0].version
+        return render("console/pages/rules_version.html", page, "rules", shown=shown, against=against, diff=diff,
+                      newest=newest)
+
+    @bp.post("/accounts/<account_id>/rules/versions/<int:version>/rollback")
+    def rules_rollback(account_id: str, version: int):
+        """Apply an old version again, as a new version on top (validated like any save; audited)."""
+        page = account_page(runtime, account_id, "write_rules")
+        # A member's rollback is the tenant's, whoever applied that version; an operator's keeps its supplier.
+        supplier = None if page.principal.is_operator else rules_mod.TENANT
+        try:
+            new = ruleversions.rollback(runtime, account_id, version, actor=page.principal.actor, supplied_by=supplier)
+        except (rules_mod.RulesError, accounts.AccountError) as exc:
+            with runtime.sessions() as db:
+                text = ruleversions.get_version(db, account_id, version).source
+            return full_page(page, text, status=400, problems=rules_editor.problems_of(exc, text))
+        return redirect(url_for("console.rules_page", account_id=account_id, saved=new.version, **{"from": version}))

@@ -236,3 +236,44 @@ def test_recipe_fills_the_editor_reusing_a_connection(console):  # noqa: F811
     text = re.search(r"<textarea[^>]*>(.*)</textarea>", fragment, re.S).group(1)
     assert save(client, html.unescape(text)).status_code == 302
     assert ruleset(console).source.count("use: team-slack") == 2
+
+
+def test_history_diff_and_rollback(console):  # noqa: F811
+    """Each save is a version; a version's page shows what changed; rolling back applies the old one as a new
+    version (audited), and a rolled-back secret is still the stored one."""
+    client = signed_in(console, "editor@example.com")
+    assert save(client, RULES).status_code == 302
+    changed = RULES.replace("Missed call from", "Call missed from")
+    assert save(client, changed).status_code == 302
+    page = text_of(client.get(PAGE))
+    assert "version 2" in page and "version 1" in page and "Roll back to this" in page
+    diff = text_of(client.get(f"{PAGE}/versions/2"))
+    assert re.search(r'class="del">-\s+text: Missed call from', diff)
+    assert re.search(r'class="add">\+\s+text: Call missed from', diff)
+    assert "The first version" in text_of(client.get(f"{PAGE}/versions/1"))
+    back = client.post(f"{PAGE}/versions/1/rollback", data={"csrf_token": token(client)})
+    assert back.status_code == 302 and back.headers["Location"].endswith("saved=3&from=1")
+    assert "Rolled back: version 1 is applied again as version 3" in text_of(client.get(back.headers["Location"]))
+    stored = ruleset(console)
+    assert stored.version == 3 and "Missed call from" in stored.source and stored.supplied_by == "tenant"
+    with session_factory(console.settings.database_url)() as db:
+        kinds = [(e.kind, e.actor.split(":")[0]) for e in audit_entries(db, ACCOUNT_A)]
+    assert ("rules_rolled_back", "user") in kinds
+
+
+def test_history_is_guarded(console):  # noqa: F811
+    """Viewers see the history but cannot roll back; other accounts' versions are 404; rollback needs CSRF."""
+    editor = signed_in(console, "editor@example.com")
+    save(editor, RULES)
+    save(editor, RULES.replace("Missed call from", "Call missed from"))
+    viewer = signed_in(console, "viewer@example.com")
+    assert "version 1" in text_of(viewer.get(PAGE)) and "Roll back to this" not in text_of(viewer.get(PAGE))
+    assert viewer.get(f"{PAGE}/versions/1").status_code == 200
+    assert viewer.post(f"{PAGE}/versions/1/rollback", data={"csrf_token": token(viewer)}).status_code == 403
+    assert editor.post(f"{PAGE}/versions/1/rollback", data={}).status_code == 400  # no CSRF token
+    assert editor.get(f"{PAGE}/versions/9").status_code == 404
+    owner = signed_in(console, "owner@example.com")
+    other = f"/console/accounts/{ACCOUNT_B}/rules/versions/1"
+    assert owner.get(other).status_code == 404
+    assert owner.post(f"{other}/rollback", data={"csrf_token": token(owner)}).status_code == 404
+    assert ruleset(console).version == 2
