@@ -18,6 +18,7 @@ from service.runtime import Runtime
 from service.store.models import Account
 
 log = logging.getLogger(__name__)
+SWITCHER_MAX = 100  # accounts in the layout's switcher; the console's home page lists every one
 # What a tenant's bad input raises in the functions pages call; each message names the field and says why.
 REFUSED = (ConsoleError, AccountError, RulesError)
 
@@ -51,7 +52,11 @@ def account_page(runtime: Runtime, account_id: str, action: str = "read") -> Acc
         account = db.get(Account, account_id)
         if account is None:
             abort(404)
-        return AccountPage(principal, account, role, access.reachable_accounts(db, principal))
+        reachable = access.reachable_accounts(db, principal)
+        if len(reachable) > SWITCHER_MAX:  # an operator of many accounts: the home page lists them all
+            others = [a for a in reachable if a.id != account.id][:SWITCHER_MAX - 1]
+            reachable = sorted([*others, account], key=lambda a: (a.name, a.id))
+        return AccountPage(principal, account, role, reachable)
 
 
 def render(template: str, page: AccountPage, section: str, **context):

@@ -59,3 +59,12 @@ def test_static_files_are_served_and_cacheable(console):
     assert htmx.headers["Cache-Control"] == "max-age=3600"
     assert client.get("/console/static/console.css").status_code == 200
     assert client.get("/console/login").headers["Cache-Control"] == "no-store"
+
+
+def test_switcher_is_bounded_and_keeps_the_current_account(console, monkeypatch):
+    """With more accounts than the switcher shows, the current one is always among them."""
+    from service.console.pages import common
+
+    monkeypatch.setattr(common, "SWITCHER_MAX", 1)
+    page = signed_in(console, "op@example.com").get(f"/console/accounts/{ACCOUNT_B}/").get_data(as_text=True)
+    assert f'<option value="{ACCOUNT_B}" selected>' in page and f'<option value="{ACCOUNT_A}"' not in page
