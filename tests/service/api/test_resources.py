@@ -288,3 +288,25 @@ def test_lists_page_by_cursor_with_a_link_header(api_on):
     second = writer.get(f"{A}/deliveries?status=dead&limit=2&cursor={first.get_json()['next_cursor']}")
     assert [d["event_key"] for d in first.get_json()["items"] + second.get_json()["items"]] == ["e4", "e3", "e2", "e1"]
     assert RULES_A  # the fixture's rules are applied on both databases
+
+
+def test_export_and_delete_the_account(api):
+    owner = api.client("owner")
+    exported = owner.get(f"{A}/export")
+    assert exported.status_code == 200 and "attachment" in exported.headers["Content-Disposition"]
+    text = exported.get_data(as_text=True)
+    doc = json.loads(text)
+    assert doc["account"]["id"] == ACCOUNT_A and {c["name"] for c in doc["connections"]} == {"team-slack", "spare"}
+    assert "xoxb-1-secret-token-value" not in text and "hooksecretvalue" not in text
+    assert audited(api, "account_exported")[0].actor.startswith("user:")
+    assert_problem(api.client("editor").get(f"{A}/export"), 403)
+
+    wrong = assert_problem(owner.delete(A, json={"confirm": "yes"}), 422)
+    assert wrong["errors"][0]["field"] == "confirm"
+    assert owner.get(A).status_code == 200
+    deleted = owner.delete(A, json={"confirm": ACCOUNT_A})
+    assert deleted.status_code == 200 and deleted.get_json()["rows"]["accounts"] == 1
+    assert_problem(api.client("op").get(A), 404)
+    with api.rt.sessions() as db:
+        entry = audit_entries(db, None)[0]
+    assert entry.kind == "account_deleted" and ACCOUNT_A in entry.detail and entry.actor.startswith("user:")
