@@ -3,6 +3,7 @@ opt-outs, quarantine, dead letters, events, calls and deliveries; each change au
 
 from __future__ import annotations
 
+import base64
 import json
 from datetime import datetime, timezone
 
@@ -11,6 +12,7 @@ import yaml
 
 from service import engine
 from service.console.audit import audit_entries
+from service.queue import queue_names
 from service.sandbox.virtualpbx import standin
 from service.sandbox.virtualpbx.simulator import CallSimulator
 from service.store.models import Connection, Delivery, DeliveryAttempt, QuarantinedDelivery
@@ -234,7 +236,7 @@ def test_people_api_keys_and_members(api):
     assert_problem(owner.patch(f"{A}/members/{10**6}", json={"role": "viewer"}), 404)
 
 
-def test_opt_outs_quarantine_and_dead_letters(api):
+def test_opt_outs_quarantine_and_dead_letters(api, redis_client):
     writer = api.client("write")
     assert writer.post(f"{A}/opt-outs", json={"number": "(555) 123-4567"}).get_json() == {
         "number": "+15551234567", "added": True}
@@ -257,6 +259,10 @@ def test_opt_outs_quarantine_and_dead_letters(api):
     assert [d["last_error"] for d in writer.get(f"{A}/dead-letters").get_json()["items"]] == ["gave up"]
     sent = writer.post(f"{A}/quarantine/{quarantined[0]['id']}/reingest")
     assert sent.status_code == 202, sent.get_data(as_text=True)
+    # The hook is on the ingest queue again, as the receiver would have queued it (kombu's Redis list).
+    queued = [json.loads(m) for m in redis_client.lrange(queue_names(api.settings)["ingest"], 0, -1)]
+    envelopes = [json.loads(base64.b64decode(m["body"]))[0][0] for m in queued]
+    assert [(e["body"], e["received_at"][:19]) for e in envelopes] == [('{"hook_event": "x"}', T0.isoformat()[:19])]
     assert writer.get(f"{A}/quarantine").get_json()["items"] == []
     assert audited(api, "quarantine_reingested")[0].actor.startswith("api_key:")
     assert_problem(writer.post(f"{A}/quarantine/{quarantined[0]['id']}/reingest"), 404)
