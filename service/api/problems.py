@@ -88,9 +88,13 @@ def _split(line: str) -> FieldProblem:
 
 def account_problem(exc: AccountError) -> Response:
     """AccountError lines are ``file: field: message``: one field problem per line."""
-    errors = [_split(line.split(": ", 1)[1] if line.startswith("rules.yaml: ") else line)
-              for line in str(exc).splitlines() if line.strip()]
-    return problem(422, "Invalid rules", str(exc), kind="invalid-rules", errors=errors)
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    about_rules = any(line.startswith(("rules.yaml: ", "<rules version")) for line in lines)
+    errors = [_split(line.split(": ", 1)[1] if line.startswith(("rules.yaml: ", "<rules version")) else line)
+              for line in lines]
+    if about_rules:
+        return problem(422, "Invalid rules", str(exc), kind="invalid-rules", errors=errors)
+    return problem(422, "Cannot be done", str(exc), kind="unprocessable", errors=errors)
 
 
 def to_problem(exc: Exception) -> Response:

@@ -138,6 +138,13 @@ def test_rules_read_as_yaml_or_json_applied_validated_atomically(api):
     foreign = assert_problem(writer.put(f"{A}/rules", json=other), 422)
     assert "account.id" in foreign["detail"]
     assert writer.get(f"{A}/rules").get_json()["version"] == version + 2
+    assert "no rules" in assert_problem(api.client("b_write").get(f"/api/v1/accounts/{'b' * 32}/rules"),
+                                        404)["detail"]
+
+
+def test_connect_without_a_virtualpbx_connection_says_so(api):
+    body = assert_problem(api.client("owner").post(f"{A}/connect"), 422)
+    assert body["title"] == "Cannot be done" and "virtualpbx connection" in body["detail"]
 
 
 def test_dry_run_payloads_and_a_stored_hook(api):
