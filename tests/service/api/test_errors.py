@@ -12,6 +12,12 @@ from tests.service.api.conftest import ACCOUNT_A
 from tests.service.api.test_access import A, assert_problem
 
 
+def assert_problem_headers(response, status: int):
+    """The response is a problem with this status; its headers."""
+    assert_problem(response, status)
+    return response.headers
+
+
 def fields(body: dict) -> list[str]:
     """The fields a problem names."""
     return [error["field"] for error in body["errors"]]
@@ -40,7 +46,7 @@ def test_bad_paths_and_queries_name_the_parameter(api):
     assert "limit" in fields(assert_problem(owner.get(f"{A}/opt-outs?limit=zero"), 422))
     assert "colour" in fields(assert_problem(owner.get(f"{A}/opt-outs?colour=red"), 422))
     assert_problem(owner.get("/api/v1/nowhere"), 404)
-    assert_problem(owner.post("/api/v1/accounts"), 405)
+    assert "GET" in assert_problem_headers(owner.post("/api/v1/accounts"), 405)["Allow"]
 
 
 def test_not_json_is_a_clear_error(api):
