@@ -7,6 +7,7 @@ import re
 
 from flask import Response, json
 from pydantic import BaseModel, Field, ValidationError
+from sqlalchemy.exc import IntegrityError
 from werkzeug.exceptions import HTTPException
 
 from service.accounts import AccountError
@@ -104,6 +105,9 @@ def to_problem(exc: Exception) -> Response:
             return exc.response
         headers = {"Allow": ", ".join(exc.valid_methods)} if getattr(exc, "valid_methods", None) else None
         return problem(exc.code or 500, exc.name, exc.description, headers=headers)
+    if isinstance(exc, IntegrityError):  # e.g. two saves of the rules at once: both took the same version number
+        return problem(409, "Conflict", "something changed the account at the same time; reload and try again",
+                       kind="conflict")
     if isinstance(exc, ConnectionInUse):
         return problem(409, "Conflict", str(exc).split(": ", 1)[-1], kind="conflict", errors=[_split(str(exc))])
     if isinstance(exc, ConsoleError):

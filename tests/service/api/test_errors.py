@@ -106,3 +106,14 @@ def test_the_openapi_document_validates_and_covers_the_api(api):
     assert "text/yaml" in paths["/api/v1/accounts/{account_id}/rules"]["put"]["requestBody"]["content"]
     schema = doc["components"]["schemas"]["SettingsPatch"]
     assert schema["additionalProperties"] is False
+
+
+def test_a_concurrent_change_is_a_conflict_not_a_crash(api, monkeypatch):
+    import sqlalchemy.exc
+
+    def collide(*_args, **_kwargs):
+        raise sqlalchemy.exc.IntegrityError("INSERT INTO ruleset_versions", {}, Exception("duplicate key"))
+
+    monkeypatch.setattr(settings, "edit_rules", collide)
+    body = assert_problem(api.client("owner").patch(A, json={"name": "X"}), 409)
+    assert "try again" in body["detail"] and "ruleset_versions" not in str(body)
