@@ -65,7 +65,8 @@ def test_account_settings_hooks_and_changes_through_the_rules(api):
     assert audited(api, "token_rotated")[0].actor.startswith("user:")
 
 
-def test_connections_never_show_secrets_and_keep_them_when_left_out(api):
+def test_connections_never_show_secrets_and_keep_them_when_left_out(api_on):
+    api = api_on  # SQLite and PostgreSQL
     writer = api.client("write")
     listed = writer.get(f"{A}/connections").get_json()["items"]
     assert [c["name"] for c in listed] == ["spare", "team-slack"]
@@ -108,7 +109,8 @@ def test_connections_never_show_secrets_and_keep_them_when_left_out(api):
     assert_problem(writer.delete(f"{A}/connections/spare"), 404)
 
 
-def test_rules_read_as_yaml_or_json_applied_validated_atomically(api):
+def test_rules_read_as_yaml_or_json_applied_validated_atomically(api_on):
+    api = api_on  # SQLite and PostgreSQL
     writer = api.client("write")
     as_yaml = writer.get(f"{A}/rules", headers={"Accept": "text/yaml"})
     assert as_yaml.mimetype == "text/yaml" and "stored:" in as_yaml.get_data(as_text=True)
@@ -177,7 +179,8 @@ def ingest(api, payload: dict) -> None:
     assert engine.ingest(api.rt, envelope).status == "accepted"
 
 
-def test_events_calls_and_deliveries_with_attempts(api):
+def test_events_calls_and_deliveries_with_attempts(api_on):
+    api = api_on  # SQLite and PostgreSQL
     call_id, payloads = simulated_call("inbound_missed", 5)
     for payload in payloads:
         ingest(api, payload)
