@@ -45,7 +45,7 @@ from service.events import aware
 from service.pbx.calls import call_key_for_leg
 from service.pbx.payloads import KNOWN_HOOKS
 from service.store import queries
-from service.store.models import Account, AuditEntry, Connection, Delivery, DeliveryAttempt, StoredEvent
+from service.store.models import Account, AuditEntry, Connection, Delivery, DeliveryAttempt, StoredEvent, utcnow
 
 T = TypeVar("T")
 
@@ -59,6 +59,9 @@ MAX_ID = 2**31 - 1
 HOOK_EVENT_TYPES = tuple(f"virtualpbx.{hook}" for hook in KNOWN_HOOKS) + ("crm.event",)
 # Raw hooks of a call are looked for this long around its call events (the call's own length aside).
 CALL_HOOK_MARGIN = timedelta(hours=2)
+# A call none of whose call events was stored (still ringing, or its hooks came without an A-leg) is looked for
+# among the hooks received this recently.
+CALL_HOOKS_WITHOUT_EVENTS = timedelta(days=2)
 _ENDED, _MISSED = "call.ended:", "call.missed:"
 
 
@@ -394,6 +397,9 @@ def _hooks_of_call(session: Session, account_id: str, call_key: str,
         # Bounded to the call's time (a call cannot outlast its ended event), so the search stays small.
         query = query.where(StoredEvent.occurred_at >= min(around) - CALL_HOOK_MARGIN - timedelta(hours=24),
                             StoredEvent.occurred_at <= max(around) + CALL_HOOK_MARGIN)
+    else:
+        # No call event yet (or ever): only recent hooks, never a scan of the account's whole history.
+        query = query.where(StoredEvent.received_at >= utcnow() - CALL_HOOKS_WITHOUT_EVENTS)
     hooks = []
     for event in session.scalars(query.order_by(StoredEvent.occurred_at, StoredEvent.id)):
         data = event.data if isinstance(event.data, dict) else {}

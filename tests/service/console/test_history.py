@@ -320,3 +320,15 @@ def test_overview_counts_the_day_in_the_accounts_time_zone(rt):
         with pytest.raises(NotFound):
             history.overview(session, "c" * 32)
     assert len(calls) == 4
+
+
+def test_a_call_with_hooks_but_no_call_event_yet_shows_its_legs(rt):
+    """An A-leg's channel_destroy still waiting for its settle window: the detail has the leg, no summary."""
+    payload = json.loads((FIXTURES / "kazoo" / "webhook_channel_destroy.json").read_text())
+    ingest(rt, payload)
+    with rt.sessions() as session:
+        detail = history.call_detail(session, ACCOUNT, payload["call_id"])
+        assert detail.summary is None and detail.events == [] and detail.deliveries == []
+        assert [leg.type for leg in detail.legs] == ["virtualpbx.channel_destroy"]
+        with pytest.raises(NotFound):
+            history.call_detail(session, OTHER, payload["call_id"])

@@ -84,14 +84,27 @@ def upgrade() -> None:
     with op.batch_alter_table('replay_jobs', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_replay_jobs_account_id'), ['account_id'], unique=False)
 
-    with op.batch_alter_table('deliveries', schema=None) as batch_op:
-        for name, columns in DELIVERY_INDEXES:
-            batch_op.create_index(name, columns, unique=False)
-        batch_op.drop_index('ix_deliveries_account_id')
-    with op.batch_alter_table('events', schema=None) as batch_op:
-        for name, columns in EVENT_INDEXES:
-            batch_op.create_index(name, columns, unique=False)
-        batch_op.drop_index('ix_events_account_id')
+    _swap_indexes(('deliveries', DELIVERY_INDEXES, 'ix_deliveries_account_id'),
+                  ('events', EVENT_INDEXES, 'ix_events_account_id'))
+
+
+def _swap_indexes(*changes: tuple[str, tuple, str]) -> None:
+    """Create each table's new indexes, then drop its old one. On PostgreSQL CONCURRENTLY, outside the
+    transaction, so a large deliveries table keeps taking writes (ingest runs on) while they are built;
+    IF NOT EXISTS / IF EXISTS let a migration interrupted half-way run again."""
+    if op.get_bind().dialect.name == 'postgresql':
+        with op.get_context().autocommit_block():
+            for table, indexes, old in changes:
+                for name, columns in indexes:
+                    op.create_index(name, table, columns, unique=False, postgresql_concurrently=True,
+                                    if_not_exists=True)
+                op.drop_index(old, table_name=table, postgresql_concurrently=True, if_exists=True)
+        return
+    for table, indexes, old in changes:
+        with op.batch_alter_table(table, schema=None) as batch_op:
+            for name, columns in indexes:
+                batch_op.create_index(name, columns, unique=False)
+            batch_op.drop_index(old)
 
 
 def downgrade() -> None:
