@@ -28,7 +28,7 @@ from service.api import (
 from service.api.auth import Authenticator, NotAuthenticated
 from service.api.base import ApiContext, answer
 from service.api.problems import PROBLEM_RESPONSE as PROBLEM
-from service.api.problems import Problem, problem, to_problem, validation_problem
+from service.api.problems import Problem, to_problem, validation_problem
 from service.config import Settings
 from service.console import csrf
 from service.console.web import Cookies
@@ -97,5 +97,5 @@ def register_api(app: OpenAPI, settings: Settings, runtime: Runtime) -> None:
     def outside_routes(exc: HTTPException):
         # Unknown paths and methods under /api/ answer as the API does; everything else as before.
         if request.path.startswith(PREFIX + "/") or request.path == PREFIX:
-            return problem(exc.code or 500, exc.name, exc.description)
+            return to_problem(exc)
         return exc

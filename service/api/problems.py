@@ -7,6 +7,7 @@ import re
 
 from flask import Response, json
 from pydantic import BaseModel, Field, ValidationError
+from sqlalchemy.exc import IntegrityError
 from werkzeug.exceptions import HTTPException
 
 from service.accounts import AccountError
@@ -88,9 +89,13 @@ def _split(line: str) -> FieldProblem:
 
 def account_problem(exc: AccountError) -> Response:
     """AccountError lines are ``file: field: message``: one field problem per line."""
-    errors = [_split(line.split(": ", 1)[1] if line.startswith("rules.yaml: ") else line)
-              for line in str(exc).splitlines() if line.strip()]
-    return problem(422, "Invalid rules", str(exc), kind="invalid-rules", errors=errors)
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    about_rules = any(line.startswith(("rules.yaml: ", "<rules version")) for line in lines)
+    errors = [_split(line.split(": ", 1)[1] if line.startswith(("rules.yaml: ", "<rules version")) else line)
+              for line in lines]
+    if about_rules:
+        return problem(422, "Invalid rules", str(exc), kind="invalid-rules", errors=errors)
+    return problem(422, "Cannot be done", str(exc), kind="unprocessable", errors=errors)
 
 
 def to_problem(exc: Exception) -> Response:
@@ -100,6 +105,9 @@ def to_problem(exc: Exception) -> Response:
             return exc.response
         headers = {"Allow": ", ".join(exc.valid_methods)} if getattr(exc, "valid_methods", None) else None
         return problem(exc.code or 500, exc.name, exc.description, headers=headers)
+    if isinstance(exc, IntegrityError):  # e.g. two saves of the rules at once: both took the same version number
+        return problem(409, "Conflict", "something changed the account at the same time; reload and try again",
+                       kind="conflict")
     if isinstance(exc, ConnectionInUse):
         return problem(409, "Conflict", str(exc).split(": ", 1)[-1], kind="conflict", errors=[_split(str(exc))])
     if isinstance(exc, ConsoleError):

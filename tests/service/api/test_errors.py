@@ -12,6 +12,12 @@ from tests.service.api.conftest import ACCOUNT_A
 from tests.service.api.test_access import A, assert_problem
 
 
+def assert_problem_headers(response, status: int):
+    """The response is a problem with this status; its headers."""
+    assert_problem(response, status)
+    return response.headers
+
+
 def fields(body: dict) -> list[str]:
     """The fields a problem names."""
     return [error["field"] for error in body["errors"]]
@@ -40,7 +46,7 @@ def test_bad_paths_and_queries_name_the_parameter(api):
     assert "limit" in fields(assert_problem(owner.get(f"{A}/opt-outs?limit=zero"), 422))
     assert "colour" in fields(assert_problem(owner.get(f"{A}/opt-outs?colour=red"), 422))
     assert_problem(owner.get("/api/v1/nowhere"), 404)
-    assert_problem(owner.post("/api/v1/accounts"), 405)
+    assert "GET" in assert_problem_headers(owner.post("/api/v1/accounts"), 405)["Allow"]
 
 
 def test_not_json_is_a_clear_error(api):
@@ -100,3 +106,14 @@ def test_the_openapi_document_validates_and_covers_the_api(api):
     assert "text/yaml" in paths["/api/v1/accounts/{account_id}/rules"]["put"]["requestBody"]["content"]
     schema = doc["components"]["schemas"]["SettingsPatch"]
     assert schema["additionalProperties"] is False
+
+
+def test_a_concurrent_change_is_a_conflict_not_a_crash(api, monkeypatch):
+    import sqlalchemy.exc
+
+    def collide(*_args, **_kwargs):
+        raise sqlalchemy.exc.IntegrityError("INSERT INTO ruleset_versions", {}, Exception("duplicate key"))
+
+    monkeypatch.setattr(settings, "edit_rules", collide)
+    body = assert_problem(api.client("owner").patch(A, json={"name": "X"}), 409)
+    assert "try again" in body["detail"] and "ruleset_versions" not in str(body)

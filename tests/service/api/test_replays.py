@@ -51,7 +51,8 @@ def test_replan_an_event_with_todays_rules(api):
     assert_problem(api.client("read").post(f"{A}/events/{key}/replan"), 403)
 
 
-def test_bulk_replay_is_a_job_one_at_a_time(api):
+def test_bulk_replay_is_a_job_one_at_a_time(api_on):
+    api = api_on  # SQLite and PostgreSQL
     for n in range(3):
         add_delivery(api, "failed", f"f{n}")
     add_delivery(api, "succeeded", "s")
