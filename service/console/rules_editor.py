@@ -89,9 +89,16 @@ def draft_text(session: Session, account_id: str) -> str:
     if account is None:
         raise NotFound("no such account")
     if session.get(RuleSet, account_id) is not None:
-        return accounts.export_rules(session, account_id)
-    return yaml.safe_dump({"account": {"id": account.id, "name": account.name, "timezone": account.timezone},
-                           "connections": {}, "rules": []}, sort_keys=False, allow_unicode=True)
+        # Dumped again for the rules' loader: `on:` unquoted and each template on one line, as people write them.
+        exported = yaml.load(accounts.export_rules(session, account_id), Loader=_RulesYamlLoader)  # noqa: S506
+        return _dump(exported)
+    return _dump({"account": {"id": account.id, "name": account.name, "timezone": account.timezone},
+                  "connections": {}, "rules": []})
+
+
+def _dump(document: dict[str, Any]) -> str:
+    """YAML for the editor: keys in their order, quoted only where the rules' loader needs it."""
+    return yaml.dump(document, Dumper=_RulesYamlDumper, sort_keys=False, allow_unicode=True, width=1000)
 
 
 def check_draft(rt: Runtime, account_id: str, text: str) -> list[Problem]:
@@ -278,7 +285,7 @@ def fill_recipe(draft: str, key: str, *, account: Account) -> str:
     merged["rules"] = rules
     order = ["account", "crm", "connections", "rules"]
     merged = {k: merged[k] for k in order if k in merged} | {k: v for k, v in merged.items() if k not in order}
-    return yaml.dump(merged, Dumper=_RulesYamlDumper, sort_keys=False, allow_unicode=True, width=1000)
+    return _dump(merged)
 
 
 def _unused(name: str, taken, separator: str) -> str:

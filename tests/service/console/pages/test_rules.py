@@ -69,6 +69,7 @@ def test_editor_saves_as_tenant_and_audits(console):  # noqa: F811
     assert "xoxb-1234-abcd" not in stored.source and "stored:" in stored.source  # secrets never shown back
     shown = text_of(client.get(response.headers["Location"]))
     assert "version 1" in shown and "missed call to slack" in shown and "xoxb-1234-abcd" not in shown
+    assert "  on:" in shown and "'on'" not in shown  # written for the rules' own YAML reading, as people write it
     with session_factory(console.settings.database_url)() as db:
         entry = audit_entries(db, ACCOUNT_A)[0]
     assert entry.kind == "rules_applied" and entry.actor.startswith("user:") and "version 1" in entry.detail
