@@ -23,6 +23,7 @@ from service.engine.dryrun import dry_run_text
 from service.events import Event, aware
 from service.rules.schema import _RulesYamlLoader  # the rules' YAML 1.2-style loader: PyYAML's reads `on:` as True
 from service.runtime import Runtime
+from service.store.access import User
 from service.store.models import Account, RuleSet, StoredEvent
 
 FILENAME = "rules.yaml"  # how problems name the editor's text
@@ -295,6 +296,18 @@ def _unused(name: str, taken, separator: str) -> str:
         number += 1
         candidate = f"{name}{separator}{number}"
     return candidate
+
+
+def actor_labels(session: Session, actors: list[str]) -> dict[str, str]:
+    """How the history names each audit actor: a member's email, "an operator" (staff stay unnamed to tenants),
+    else the actor as stored (``operator-cli``, ``api_key:<id>``...)."""
+    ids = {int(actor[5:]) for actor in actors if actor.startswith("user:") and actor[5:].isdigit()}
+    users = {u.id: u for u in session.scalars(sa.select(User).where(User.id.in_(ids)))} if ids else {}
+    labels = {}
+    for actor in actors:
+        user = users.get(int(actor[5:])) if actor.startswith("user:") and actor[5:].isdigit() else None
+        labels[actor] = actor if user is None else ("an operator" if user.is_operator else user.email)
+    return labels
 
 
 def event_label(row: StoredEvent) -> str:

@@ -35,9 +35,10 @@ def register(bp: Blueprint, settings: Settings, runtime: Runtime) -> None:
             events = [(row.id, rules_editor.event_label(row))
                       for row in rules_editor.recent_events(db, page.account.id)]
             versions = ruleversions.list_versions(db, page.account.id, limit=HISTORY_SHOWN).items
+            actors = rules_editor.actor_labels(db, [v.actor for v in versions])
         context.setdefault("problems", [])
         return render(TEMPLATE, page, "rules", text=text, lines=text.splitlines(), events=events,
-                      samples=rules_editor.samples(), recipes=rules_editor.recipes(), versions=versions,
+                      samples=rules_editor.samples(), recipes=rules_editor.recipes(), versions=versions, actors=actors,
                       saved=request.args.get("saved", type=int), rolled_back=request.args.get("from", type=int),
                       **context), status
 
@@ -104,8 +105,9 @@ def register(bp: Blueprint, settings: Settings, runtime: Runtime) -> None:
             except NotFound:  # the first version: nothing before it
                 against, diff = None, None
             newest = ruleversions.list_versions(db, account_id, limit=1).items[0].version
+            actor = rules_editor.actor_labels(db, [shown.actor])[shown.actor]
         return render("console/pages/rules_version.html", page, "rules", shown=shown, against=against, diff=diff,
-                      newest=newest)
+                      newest=newest, actor=actor)
 
     @bp.post("/accounts/<account_id>/rules/versions/<int:version>/rollback")
     def rules_rollback(account_id: str, version: int):

@@ -248,6 +248,7 @@ def test_history_diff_and_rollback(console):  # noqa: F811
     assert save(client, changed).status_code == 302
     page = text_of(client.get(PAGE))
     assert "version 2" in page and "version 1" in page and "Roll back to this" in page
+    assert "editor@example.com" in page  # who applied each version, by name
     diff = text_of(client.get(f"{PAGE}/versions/2"))
     assert re.search(r'class="del">-\s+text: Missed call from', diff)
     assert re.search(r'class="add">\+\s+text: Call missed from', diff)
@@ -278,3 +279,7 @@ def test_history_is_guarded(console):  # noqa: F811
     assert owner.get(other).status_code == 404
     assert owner.post(f"{other}/rollback", data={"csrf_token": token(owner)}).status_code == 404
     assert ruleset(console).version == 2
+    operator = signed_in(console, "op@example.com")
+    assert save(operator, RULES).status_code == 302
+    page = text_of(viewer.get(PAGE))
+    assert "an operator" in page and "op@example.com" not in page  # staff are not named to tenants
