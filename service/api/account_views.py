@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from flask import Response, stream_with_context
 from flask_openapi3 import APIBlueprint
 
 from service.api.base import TAGS, ApiContext, answer, dump, list_answer, principal, require
@@ -13,6 +14,7 @@ from service.api.models import (
     ConnectionBody,
     ConnectionOut,
     ConnectionPath,
+    DeleteAccountBody,
     RotateTokenBody,
     SettingsPatch,
 )
@@ -53,6 +55,22 @@ def add_routes(bp: APIBlueprint, api: ApiContext) -> None:
                 changes.pop(key)  # only retention can be unset
         found = settings.update_settings(rt, path.account_id, actor=caller.actor, **changes)
         return answer(AccountOut.model_validate(found))
+
+    @bp.get("/accounts/<account_id>/export", tags=accounts_tag)
+    def export_account(path: AccountPath):
+        """Everything stored about the account, as one JSON document (credentials never included)."""
+        caller = require(path.account_id, "manage_account")
+        pieces = settings.export_account(rt, path.account_id, actor=caller.actor)
+        return Response(stream_with_context(pieces), mimetype="application/json", headers={
+            "Content-Disposition": f'attachment; filename="pbxrelay-{path.account_id}.json"'})
+
+    @bp.delete("/accounts/<account_id>", tags=accounts_tag, responses={200: None, 422: PROBLEM})
+    def delete_account(path: AccountPath, body: DeleteAccountBody):
+        """Delete the account and all its data (rows, Redis keys, spooled hooks); ``confirm`` repeats its id."""
+        caller = require(path.account_id, "manage_account")
+        result = settings.delete_account(rt, path.account_id, confirm=body.confirm, actor=caller.actor)
+        return answer({"deleted": path.account_id, "rows": result.rows, "redis_keys": result.redis_keys,
+                       "spool_entries": result.spool_entries})
 
     @bp.post("/accounts/<account_id>/rotate-token", tags=accounts_tag)
     def rotate_token(path: AccountPath, body: RotateTokenBody):

@@ -100,6 +100,10 @@ class SettingsPatch(Strict):
     retention_days: int | None = Field(default=None, ge=1, le=3650, description="null: the service default")
 
 
+class DeleteAccountBody(Strict):
+    confirm: str = Field(max_length=64, description="the account's id again: deleting cannot be undone")
+
+
 class RotateTokenBody(Strict):
     kind: Literal["virtualpbx", "crm"] = "virtualpbx"
 

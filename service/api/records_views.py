@@ -25,6 +25,7 @@ from service.events import aware
 from service.queue import INGEST
 from service.store.models import Delivery, QuarantinedDelivery
 from service.store.queries import DEAD_STATUSES
+from service.web.receiver import make_envelope
 
 
 def add_routes(bp: APIBlueprint, api: ApiContext) -> None:
@@ -72,8 +73,6 @@ def add_routes(bp: APIBlueprint, api: ApiContext) -> None:
         caller = require(path.account_id, "replay")
 
         def publish(row: QuarantinedDelivery) -> str:
-            from service.web.receiver import make_envelope  # service.web imports this package: import when used
-
             envelope = make_envelope(source=row.source, account_id=row.account_id, method=row.method,
                                      content_type=row.content_type, query_string=row.query_string, body=row.body,
                                      headers={})

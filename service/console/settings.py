@@ -12,15 +12,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import sqlalchemy as sa
 import yaml
 from sqlalchemy.orm import Session
 
-from service import accounts
+from service import accounts, tenant_data
 from service import rules as rules_mod
 from service.console.audit import audit
+from service.console.errors import ConsoleError, NotFound
 from service.engine import operations
 from service.runtime import Runtime
 from service.store.models import Account, Connection, RuleSet, StoredEvent
@@ -59,7 +60,9 @@ class AccountSettings:
 def account_settings(rt: Runtime, account_id: str, *, with_urls: bool = True) -> AccountSettings:
     """The account's settings, hook health and (``with_urls``: they hold the hook tokens) hook URLs."""
     with rt.sessions() as session:
-        account = accounts.get_account(session, account_id)
+        account = session.get(Account, account_id)
+        if account is None:  # operators reach every id: one that does not exist is not found, as for tenants
+            raise NotFound("no such account")
         ruleset = session.get(RuleSet, account_id)
         section = (yaml.safe_load(ruleset.source) or {}).get("account", {}) if ruleset else {}
         configured = section.get("retention_days")
@@ -151,3 +154,23 @@ def rotate_hook_token(rt: Runtime, account_id: str, kind: str, *, actor: str) ->
 def connect_hooks(rt: Runtime, account_id: str, *, actor: str):
     """Register the hooks the rules need with VirtualPBX (idempotent); the ConnectReport."""
     return operations.connect_account(rt, account_id, actor=actor)
+
+
+def export_account(rt: Runtime, account_id: str, *, actor: str) -> Iterator[str]:
+    """Everything stored about the account as one JSON document, in pieces (audited before the first)."""
+    with rt.sessions.begin() as session:
+        accounts.get_account(session, account_id)
+        audit(session, account_id, "account_exported", "full export of the account's data", actor)
+    return tenant_data.export_account(rt, account_id)
+
+
+def delete_account(rt: Runtime, account_id: str, *, confirm: str, actor: str) -> tenant_data.Deletion:
+    """Delete the account and all its data, once ``confirm`` repeats its id; audited outside the account."""
+    if confirm != account_id:
+        raise ConsoleError("confirm: give the account's id to delete it and every piece of its data")
+    result = tenant_data.delete_account(rt, account_id)
+    with rt.sessions.begin() as session:  # the account's own audit log went with it: this entry is nobody's
+        audit(session, None, "account_deleted", f"account {account_id}: {sum(result.rows.values())} rows, "
+                                                f"{result.redis_keys} Redis keys, {result.spool_entries} spooled hooks",
+              actor)
+    return result

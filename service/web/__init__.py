@@ -14,7 +14,6 @@ import threading
 from flask import Flask
 from prometheus_client import CollectorRegistry
 
-from service.api import openapi_app, register_api
 from service.config import Settings, get_settings
 from service.console.web import console_blueprint
 from service.runtime import Runtime
@@ -26,6 +25,9 @@ __all__ = ["Receiver", "create_app", "make_envelope"]
 
 def create_app(settings: Settings | None = None, *, start_drainer: bool = True) -> Flask:
     """Build the receiver app (an OpenAPI-carrying Flask app); ``settings`` overrides the environment (tests)."""
+    # Imported here: the API's views reach modules (tenant data, the receiver's envelopes) that import service.web.
+    from service.api import openapi_app, register_api
+
     settings = settings or get_settings()
     app = openapi_app("pbxrelay")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes

@@ -123,3 +123,41 @@ def test_settings(operator, account):
     text = visit(operator, f"/console/accounts/{account_id}/settings", "Settings", "settings")
     assert operator.input_value("#hook-virtualpbx").startswith("http") and "Delete the account" in text
     assert operator.locator("button[data-copy=hook-crm]").count() == 1
+
+
+def save_token(page, account_id: str, token: str) -> None:
+    """Change chat's bot token through the connection form."""
+    page.goto(f"/console/accounts/{account_id}/connections/edit?name=chat")
+    page.fill("#field-bot_token", token)
+    with page.expect_navigation():
+        page.click("button:has-text('Save')")
+    assert "Saved chat." in page.inner_text("main")
+
+
+def test_replay_all_matching_polls_its_progress(operator, account, deployment):
+    """A wrong token keeps a missed call's delivery; with the token fixed, "Replay all matching" on the Paused
+    filter starts a job whose progress htmx polls in place until it is finished, and the message reaches Slack."""
+    account_id, _ = account
+    save_token(operator, account_id, "xoxb-0000-wrong")
+    caller = f"+1202558{uuid.uuid4().int % 10000:04d}"
+    operator.goto(f"/console/accounts/{account_id}/settings")
+    hook_url = operator.input_value("#hook-virtualpbx")
+    assert requests.post(hook_url, json=missed_call(account_id, caller), timeout=10).status_code == 200
+    wait_for(lambda: [d for d in deployment.svc.deliveries(account_id) if d["status"] == "paused"],
+             timeout=60, message="the delivery kept by the wrong token")
+    save_token(operator, account_id, DEFAULT_TOKEN)
+    operator.goto(f"/console/accounts/{account_id}/deliveries")
+    operator.click("nav.chips a:has-text('Paused')")
+    assert "paused" in operator.inner_text("main table")
+    screenshot(operator, "pages-deliveries-paused")
+    with operator.expect_navigation():
+        operator.click("button:has-text('Replay all matching')")
+    assert "/replay-jobs/" in operator.url
+    marker = operator.evaluate("window.pagesMarker = Math.random()")
+    screenshot(operator, "pages-replay-job-running")
+    operator.wait_for_selector("#replay-progress:has-text('finished')", timeout=60_000)
+    assert operator.evaluate("window.pagesMarker") == marker  # htmx swapped the fragment: no reload
+    assert "1 of 1 replayed" in operator.inner_text("#replay-progress")
+    screenshot(operator, "pages-replay-job-finished")
+    wait_for(lambda: [m for m in deployment.slack.messages_in(DEFAULT_CHANNEL_ID) if caller in m.get("text", "")],
+             timeout=60, message="the replayed message at Slack")

@@ -23,9 +23,13 @@ def register(bp: Blueprint, settings: Settings, runtime: Runtime) -> None:
         page = account_page(runtime, account_id)
         with runtime.sessions() as db:
             figures = history.overview(db, account_id)
-        chart = charts.stacked_chart([f"{h:02d}" for h in range(24)], figures.calls_by_hour, history.CALL_OUTCOMES)
+        hours = [f"{h:02d}" for h in range(24)]
+        # Two sizes of one chart (CSS shows one): SVG text scales with the picture, and a phone needs it larger.
+        chart = charts.stacked_chart(hours, figures.calls_by_hour, history.CALL_OUTCOMES)
+        small = charts.stacked_chart(hours, figures.calls_by_hour, history.CALL_OUTCOMES, width=360, height=180)
         bars = {name: charts.share_bar(counts, DELIVERY_ORDER) for name, counts in figures.deliveries.items()}
-        return render("console/pages/overview.html", page, "overview", figures=figures, chart=chart, bars=bars)
+        return render("console/pages/overview.html", page, "overview", figures=figures, chart=chart, small=small,
+                      bars=bars)
 
     @bp.get("/switch")
     def switch_account():

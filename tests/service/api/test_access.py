@@ -33,11 +33,12 @@ WRITES = [
     ("post", f"{A}/events/call.missed:x/replan", {}),
     ("post", f"{A}/replays", {"json": {"status": "dead"}}),
     ("post", f"{A}/rules/versions/1/rollback", {}),
+    ("delete", A, {"json": {"confirm": ACCOUNT_A}}),
 ]
 READS = [f"{A}", f"{A}/connections", f"{A}/connections/team-slack", f"{A}/rules", f"{A}/members",
          f"{A}/opt-outs", f"{A}/quarantine", f"{A}/dead-letters", f"{A}/events", f"{A}/calls", f"{A}/deliveries",
          f"{A}/rules/versions", f"{A}/rules/versions/1"]
-OWNER_READS = [f"{A}/api-keys", f"{A}/invites"]
+OWNER_READS = [f"{A}/api-keys", f"{A}/invites", f"{A}/export"]
 
 
 def call(client, method: str, path: str, kwargs: dict):

@@ -3,6 +3,7 @@ opt-outs, quarantine, dead letters, events, calls and deliveries; each change au
 
 from __future__ import annotations
 
+import base64
 import json
 from datetime import datetime, timezone
 
@@ -11,6 +12,7 @@ import yaml
 
 from service import engine
 from service.console.audit import audit_entries
+from service.queue import queue_names
 from service.sandbox.virtualpbx import standin
 from service.sandbox.virtualpbx.simulator import CallSimulator
 from service.store.models import Connection, Delivery, DeliveryAttempt, QuarantinedDelivery
@@ -234,7 +236,7 @@ def test_people_api_keys_and_members(api):
     assert_problem(owner.patch(f"{A}/members/{10**6}", json={"role": "viewer"}), 404)
 
 
-def test_opt_outs_quarantine_and_dead_letters(api):
+def test_opt_outs_quarantine_and_dead_letters(api, redis_client):
     writer = api.client("write")
     assert writer.post(f"{A}/opt-outs", json={"number": "(555) 123-4567"}).get_json() == {
         "number": "+15551234567", "added": True}
@@ -257,6 +259,10 @@ def test_opt_outs_quarantine_and_dead_letters(api):
     assert [d["last_error"] for d in writer.get(f"{A}/dead-letters").get_json()["items"]] == ["gave up"]
     sent = writer.post(f"{A}/quarantine/{quarantined[0]['id']}/reingest")
     assert sent.status_code == 202, sent.get_data(as_text=True)
+    # The hook is on the ingest queue again, as the receiver would have queued it (kombu's Redis list).
+    queued = [json.loads(m) for m in redis_client.lrange(queue_names(api.settings)["ingest"], 0, -1)]
+    envelopes = [json.loads(base64.b64decode(m["body"]))[0][0] for m in queued]
+    assert [(e["body"], e["received_at"][:19]) for e in envelopes] == [('{"hook_event": "x"}', T0.isoformat()[:19])]
     assert writer.get(f"{A}/quarantine").get_json()["items"] == []
     assert audited(api, "quarantine_reingested")[0].actor.startswith("api_key:")
     assert_problem(writer.post(f"{A}/quarantine/{quarantined[0]['id']}/reingest"), 404)
@@ -288,3 +294,25 @@ def test_lists_page_by_cursor_with_a_link_header(api_on):
     second = writer.get(f"{A}/deliveries?status=dead&limit=2&cursor={first.get_json()['next_cursor']}")
     assert [d["event_key"] for d in first.get_json()["items"] + second.get_json()["items"]] == ["e4", "e3", "e2", "e1"]
     assert RULES_A  # the fixture's rules are applied on both databases
+
+
+def test_export_and_delete_the_account(api):
+    owner = api.client("owner")
+    exported = owner.get(f"{A}/export")
+    assert exported.status_code == 200 and "attachment" in exported.headers["Content-Disposition"]
+    text = exported.get_data(as_text=True)
+    doc = json.loads(text)
+    assert doc["account"]["id"] == ACCOUNT_A and {c["name"] for c in doc["connections"]} == {"team-slack", "spare"}
+    assert "xoxb-1-secret-token-value" not in text and "hooksecretvalue" not in text
+    assert audited(api, "account_exported")[0].actor.startswith("user:")
+    assert_problem(api.client("editor").get(f"{A}/export"), 403)
+
+    wrong = assert_problem(owner.delete(A, json={"confirm": "yes"}), 422)
+    assert wrong["errors"][0]["field"] == "confirm"
+    assert owner.get(A).status_code == 200
+    deleted = owner.delete(A, json={"confirm": ACCOUNT_A})
+    assert deleted.status_code == 200 and deleted.get_json()["rows"]["accounts"] == 1
+    assert_problem(api.client("op").get(A), 404)
+    with api.rt.sessions() as db:
+        entry = audit_entries(db, None)[0]
+    assert entry.kind == "account_deleted" and ACCOUNT_A in entry.detail and entry.actor.startswith("user:")
