@@ -1,5 +1,6 @@
 """Rules: edit the account's rules file (problems shown at their line and field), try the draft on a sample hook
-or a stored event without saving, save it (applied atomically as the tenant's), and start from a recipe.
+or a stored event without saving, save it (applied atomically as the tenant's), start from a recipe, and see the
+history of applied versions with their diffs and roll back to one.
 
 Views are thin: the logic is in ``service.console.rules_editor``. Every form works without JavaScript; with
 htmx, "try it" and recipes answer with a fragment instead of the whole page.
@@ -73,7 +74,7 @@ def register(bp: Blueprint, settings: Settings, runtime: Runtime) -> None:
         kind, _, value = request.form.get("source", "").partition(":")
         problems, result = rules_editor.check_draft(runtime, account_id, text), None
         if not problems:
-            if kind == "event" and value.isdigit():
+            if kind == "event" and value.isascii() and value.isdigit() and len(value) <= 18:  # fits a BIGINT
                 result = rules_editor.try_draft(runtime, account_id, text, event_id=int(value))
             elif kind == "sample":
                 result = rules_editor.try_draft(runtime, account_id, text, sample=value)

@@ -208,6 +208,8 @@ def test_try_it_on_a_stored_event_of_this_account_only(console):  # noqa: F811
     result = text_of(try_it(client, RULES, f"event:{mine_id}"))
     assert "Missed call from +12025550123" in result
     assert try_it(client, RULES, f"event:{theirs_id}").status_code == 404
+    for hostile in ("event:" + "9" * 40, "event:²", "event:-1", "event:"):
+        assert try_it(client, RULES, hostile).status_code == 400
 
 
 def test_markup_is_escaped_everywhere(console):  # noqa: F811
