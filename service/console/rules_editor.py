@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from service import accounts
 from service import rules as rules_mod
 from service.console.errors import NotFound
-from service.console.settings import apply_tenant_rules
+from service.console.settings import RULES_FILENAME, apply_tenant_rules
 from service.engine.dryrun import dry_run_text
 from service.events import Event, aware
 from service.rules.schema import _RulesYamlLoader  # the rules' YAML 1.2-style loader: PyYAML's reads `on:` as True
@@ -26,7 +26,7 @@ from service.runtime import Runtime
 from service.store.access import User
 from service.store.models import Account, RuleSet, StoredEvent
 
-FILENAME = "rules.yaml"  # how problems name the editor's text
+FILENAME = RULES_FILENAME  # how problems name the editor's text (and apply_tenant_rules names it)
 RECIPES_DIR = Path(__file__).parent / "recipes"
 SAMPLES_DIR = Path(__file__).parent / "samples"
 # Each action's templates may use their whole render budget (1 s): bound what one "try it" request can cost.
@@ -39,6 +39,8 @@ class _RulesYamlDumper(yaml.SafeDumper):
 
 
 _RulesYamlDumper.yaml_implicit_resolvers = _RulesYamlLoader.yaml_implicit_resolvers
+# What an AccountError line starts with: the editor's file name, or "<rules version N>" from a rollback.
+_SOURCE_PREFIX = re.compile(rf"^(?:{re.escape(RULES_FILENAME)}|<[^<>\n]{{1,100}}>): ")
 _YAML_MARK = re.compile(r"at line (\d+), column (\d+)")
 _PATH_PART = re.compile(r"\[(\d+)\]|([^.\[\]]+)")
 _ERROR_LINE = re.compile(r"^(?:rule (?P<q>['\"])(?P<rule>.*?)(?P=q): )?(?:(?P<field>[\w\-\[\].]+): )?(?P<message>.*)$",
@@ -121,7 +123,7 @@ def problems_of(error: Exception, text: str) -> list[Problem]:
     else:
         found = []
         for line in str(error).splitlines():
-            line = line.removeprefix(f"{FILENAME}: ")
+            line = _SOURCE_PREFIX.sub("", line)
             match = _ERROR_LINE.match(line)
             found.append((match["rule"], match["field"] or "", match["message"]))
     problems = []

@@ -66,3 +66,5 @@ def test_viewer_reads_the_rules_only(page, deployment):
     page.click("#try button:has-text('Try it')")
     expect(page.locator("#try-result")).to_contain_text("No rule matched")
     screenshot(page, "rules-viewer")
+    page.set_viewport_size({"width": 390, "height": 844})  # a phone: editor and panels stack
+    screenshot(page, "rules-viewer-phone")
