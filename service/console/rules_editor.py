@@ -18,14 +18,15 @@ from sqlalchemy.orm import Session
 from service import accounts
 from service import rules as rules_mod
 from service.console.errors import NotFound
-from service.console.settings import apply_tenant_rules
+from service.console.settings import RULES_FILENAME, apply_tenant_rules
 from service.engine.dryrun import dry_run_text
 from service.events import Event, aware
 from service.rules.schema import _RulesYamlLoader  # the rules' YAML 1.2-style loader: PyYAML's reads `on:` as True
 from service.runtime import Runtime
+from service.store.access import User
 from service.store.models import Account, RuleSet, StoredEvent
 
-FILENAME = "rules.yaml"  # how problems name the editor's text
+FILENAME = RULES_FILENAME  # how problems name the editor's text (and apply_tenant_rules names it)
 RECIPES_DIR = Path(__file__).parent / "recipes"
 SAMPLES_DIR = Path(__file__).parent / "samples"
 # Each action's templates may use their whole render budget (1 s): bound what one "try it" request can cost.
@@ -38,6 +39,8 @@ class _RulesYamlDumper(yaml.SafeDumper):
 
 
 _RulesYamlDumper.yaml_implicit_resolvers = _RulesYamlLoader.yaml_implicit_resolvers
+# What an AccountError line starts with: the editor's file name, or "<rules version N>" from a rollback.
+_SOURCE_PREFIX = re.compile(rf"^(?:{re.escape(RULES_FILENAME)}|<[^<>\n]{{1,100}}>): ")
 _YAML_MARK = re.compile(r"at line (\d+), column (\d+)")
 _PATH_PART = re.compile(r"\[(\d+)\]|([^.\[\]]+)")
 _ERROR_LINE = re.compile(r"^(?:rule (?P<q>['\"])(?P<rule>.*?)(?P=q): )?(?:(?P<field>[\w\-\[\].]+): )?(?P<message>.*)$",
@@ -89,9 +92,16 @@ def draft_text(session: Session, account_id: str) -> str:
     if account is None:
         raise NotFound("no such account")
     if session.get(RuleSet, account_id) is not None:
-        return accounts.export_rules(session, account_id)
-    return yaml.safe_dump({"account": {"id": account.id, "name": account.name, "timezone": account.timezone},
-                           "connections": {}, "rules": []}, sort_keys=False, allow_unicode=True)
+        # Dumped again for the rules' loader: `on:` unquoted and each template on one line, as people write them.
+        exported = yaml.load(accounts.export_rules(session, account_id), Loader=_RulesYamlLoader)  # noqa: S506
+        return _dump(exported)
+    return _dump({"account": {"id": account.id, "name": account.name, "timezone": account.timezone},
+                  "connections": {}, "rules": []})
+
+
+def _dump(document: dict[str, Any]) -> str:
+    """YAML for the editor: keys in their order, quoted only where the rules' loader needs it."""
+    return yaml.dump(document, Dumper=_RulesYamlDumper, sort_keys=False, allow_unicode=True, width=1000)
 
 
 def check_draft(rt: Runtime, account_id: str, text: str) -> list[Problem]:
@@ -113,7 +123,7 @@ def problems_of(error: Exception, text: str) -> list[Problem]:
     else:
         found = []
         for line in str(error).splitlines():
-            line = line.removeprefix(f"{FILENAME}: ")
+            line = _SOURCE_PREFIX.sub("", line)
             match = _ERROR_LINE.match(line)
             found.append((match["rule"], match["field"] or "", match["message"]))
     problems = []
@@ -278,7 +288,7 @@ def fill_recipe(draft: str, key: str, *, account: Account) -> str:
     merged["rules"] = rules
     order = ["account", "crm", "connections", "rules"]
     merged = {k: merged[k] for k in order if k in merged} | {k: v for k, v in merged.items() if k not in order}
-    return yaml.dump(merged, Dumper=_RulesYamlDumper, sort_keys=False, allow_unicode=True, width=1000)
+    return _dump(merged)
 
 
 def _unused(name: str, taken, separator: str) -> str:
@@ -288,6 +298,18 @@ def _unused(name: str, taken, separator: str) -> str:
         number += 1
         candidate = f"{name}{separator}{number}"
     return candidate
+
+
+def actor_labels(session: Session, actors: list[str]) -> dict[str, str]:
+    """How the history names each audit actor: a member's email, "an operator" (staff stay unnamed to tenants),
+    else the actor as stored (``operator-cli``, ``api_key:<id>``...)."""
+    ids = {int(actor[5:]) for actor in actors if actor.startswith("user:") and actor[5:].isdigit()}
+    users = {u.id: u for u in session.scalars(sa.select(User).where(User.id.in_(ids)))} if ids else {}
+    labels = {}
+    for actor in actors:
+        user = users.get(int(actor[5:])) if actor.startswith("user:") and actor[5:].isdigit() else None
+        labels[actor] = actor if user is None else ("an operator" if user.is_operator else user.email)
+    return labels
 
 
 def event_label(row: StoredEvent) -> str:

@@ -1,5 +1,6 @@
 """Rules: edit the account's rules file (problems shown at their line and field), try the draft on a sample hook
-or a stored event without saving, save it (applied atomically as the tenant's), and start from a recipe.
+or a stored event without saving, save it (applied atomically as the tenant's), start from a recipe, and see the
+history of applied versions with their diffs and roll back to one.
 
 Views are thin: the logic is in ``service.console.rules_editor``. Every form works without JavaScript; with
 htmx, "try it" and recipes answer with a fragment instead of the whole page.
@@ -35,9 +36,10 @@ def register(bp: Blueprint, settings: Settings, runtime: Runtime) -> None:
             events = [(row.id, rules_editor.event_label(row))
                       for row in rules_editor.recent_events(db, page.account.id)]
             versions = ruleversions.list_versions(db, page.account.id, limit=HISTORY_SHOWN).items
+            actors = rules_editor.actor_labels(db, [v.actor for v in versions])
         context.setdefault("problems", [])
         return render(TEMPLATE, page, "rules", text=text, lines=text.splitlines(), events=events,
-                      samples=rules_editor.samples(), recipes=rules_editor.recipes(), versions=versions,
+                      samples=rules_editor.samples(), recipes=rules_editor.recipes(), versions=versions, actors=actors,
                       saved=request.args.get("saved", type=int), rolled_back=request.args.get("from", type=int),
                       **context), status
 
@@ -72,7 +74,7 @@ def register(bp: Blueprint, settings: Settings, runtime: Runtime) -> None:
         kind, _, value = request.form.get("source", "").partition(":")
         problems, result = rules_editor.check_draft(runtime, account_id, text), None
         if not problems:
-            if kind == "event" and value.isdigit():
+            if kind == "event" and value.isascii() and value.isdigit() and len(value) <= 18:  # fits a BIGINT
                 result = rules_editor.try_draft(runtime, account_id, text, event_id=int(value))
             elif kind == "sample":
                 result = rules_editor.try_draft(runtime, account_id, text, sample=value)
@@ -104,8 +106,9 @@ def register(bp: Blueprint, settings: Settings, runtime: Runtime) -> None:
             except NotFound:  # the first version: nothing before it
                 against, diff = None, None
             newest = ruleversions.list_versions(db, account_id, limit=1).items[0].version
+            actor = rules_editor.actor_labels(db, [shown.actor])[shown.actor]
         return render("console/pages/rules_version.html", page, "rules", shown=shown, against=against, diff=diff,
-                      newest=newest)
+                      newest=newest, actor=actor)
 
     @bp.post("/accounts/<account_id>/rules/versions/<int:version>/rollback")
     def rules_rollback(account_id: str, version: int):

@@ -64,7 +64,7 @@ def test_problems_of_apply_errors_are_placed_too():
     """Errors apply_rules reports as text (connections, account) are split into rule, field and line."""
     text = "account: {id: x}\nconnections:\n  s: {integration: slack, bot_token: env:HOME}\n"
     error = AccountError("rules.yaml: connections.s.bot_token: env: references are the operator's alone\n"
-                         "rules.yaml: rule 'r one': do[0].use: unknown connection")
+                         "<rules version 4>: rule 'r one': do[0].use: unknown connection")
     first, second = rules_editor.problems_of(error, text)
     assert (first.line, first.field, first.rule) == (3, "connections.s.bot_token", None)
     assert first.message == "env: references are the operator's alone"

@@ -69,6 +69,7 @@ def test_editor_saves_as_tenant_and_audits(console):  # noqa: F811
     assert "xoxb-1234-abcd" not in stored.source and "stored:" in stored.source  # secrets never shown back
     shown = text_of(client.get(response.headers["Location"]))
     assert "version 1" in shown and "missed call to slack" in shown and "xoxb-1234-abcd" not in shown
+    assert "  on:" in shown and "'on'" not in shown  # written for the rules' own YAML reading, as people write it
     with session_factory(console.settings.database_url)() as db:
         entry = audit_entries(db, ACCOUNT_A)[0]
     assert entry.kind == "rules_applied" and entry.actor.startswith("user:") and "version 1" in entry.detail
@@ -207,6 +208,8 @@ def test_try_it_on_a_stored_event_of_this_account_only(console):  # noqa: F811
     result = text_of(try_it(client, RULES, f"event:{mine_id}"))
     assert "Missed call from +12025550123" in result
     assert try_it(client, RULES, f"event:{theirs_id}").status_code == 404
+    for hostile in ("event:" + "9" * 40, "event:²", "event:-1", "event:"):
+        assert try_it(client, RULES, hostile).status_code == 400
 
 
 def test_markup_is_escaped_everywhere(console):  # noqa: F811
@@ -247,6 +250,7 @@ def test_history_diff_and_rollback(console):  # noqa: F811
     assert save(client, changed).status_code == 302
     page = text_of(client.get(PAGE))
     assert "version 2" in page and "version 1" in page and "Roll back to this" in page
+    assert "editor@example.com" in page  # who applied each version, by name
     diff = text_of(client.get(f"{PAGE}/versions/2"))
     assert re.search(r'class="del">-\s+text: Missed call from', diff)
     assert re.search(r'class="add">\+\s+text: Call missed from', diff)
@@ -277,3 +281,7 @@ def test_history_is_guarded(console):  # noqa: F811
     assert owner.get(other).status_code == 404
     assert owner.post(f"{other}/rollback", data={"csrf_token": token(owner)}).status_code == 404
     assert ruleset(console).version == 2
+    operator = signed_in(console, "op@example.com")
+    assert save(operator, RULES).status_code == 302
+    page = text_of(viewer.get(PAGE))
+    assert "an operator" in page and "op@example.com" not in page  # staff are not named to tenants
