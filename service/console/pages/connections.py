@@ -16,10 +16,11 @@ MAX_FIELD = 20_000  # a service-account key is a few KB; nothing a form sends is
 
 
 def form_fields(integration: type) -> list[dict[str, Any]]:
-    """The fields of an integration's connection form: name, whether secret, required, and a long text?"""
+    """The fields of an integration's connection form: name, secret?, required?, long text?, help, default."""
     secret = connections.secret_keys(integration)
     return [{"name": name, "secret": name in secret, "required": info.is_required(),
-             "long": name == "credentials", "help": info.description or ""}
+             "long": name == "credentials", "help": info.description or "",
+             "default": None if info.is_required() or info.default is None else str(info.default)}
             for name, info in integration.Config.model_fields.items()]
 
 

@@ -26,6 +26,7 @@ def test_change_keeps_a_blank_secret_and_audits(console):
     form = client.get(f"/console/accounts/{ACCOUNT_A}/connections/edit?name=chat")
     text = form.get_data(as_text=True)
     assert form.status_code == 200 and "xoxb-pages-tests-secret" not in text and "leave blank to keep it" in text
+    assert 'placeholder="default: 10.0"' in text  # the timeout field says what blank means
     saved = client.post(f"/console/accounts/{ACCOUNT_A}/connections/chat", data={
         "csrf_token": csrf_of(form), "integration": "slack", "field.bot_token": "", "field.default_channel": "C9"})
     assert saved.status_code == 302, saved.get_data(as_text=True)
