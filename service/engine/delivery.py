@@ -307,8 +307,9 @@ def _record_failure(rt: Runtime, job: _Job, exc: IntegrationError, secrets_seen:
     with rt.sessions.begin() as session:
         updated = session.execute(sa.update(Delivery).where(Delivery.id == job.delivery_id).values(**values)).rowcount
         if updated and not waiting:  # a wait for a rate-limit token or quiet hours reached no vendor: no attempt
+            answer = f"HTTP {exc.status}: {exc.message}" if isinstance(exc.status, int) else None
             session.add(_attempt(job, status, secrets_seen, ended=now, status_code=exc.status,
-                                 error=values["last_error"]))
+                                 error=values["last_error"], response=answer))
     if isinstance(exc, AuthError):
         exc.follow_up = _count_auth_failure(rt, job, exc)
     if status == "dead":
