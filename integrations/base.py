@@ -204,6 +204,10 @@ class Integration:
         """
         return []
 
+    def check(self, ctx: ActionContext) -> str:
+        """One harmless, read-only vendor call proving the connection works: what it saw, else IntegrationError."""
+        raise NotImplementedError(f"{self.key} has no connection check")
+
     def run(self, action: str, params: dict[str, Any], ctx: ActionContext) -> ActionResult:
         """Validate ``params`` against the action's model and call the method of the same name."""
         model = self.actions.get(action)

@@ -16,8 +16,9 @@ import yaml
 from sqlalchemy.orm import Session
 
 from service import rules as rules_mod
+from service.console.audit import CLI_ACTOR
 from service.secrets import SecretBox
-from service.store.models import Account, AccountLink, Connection, RuleSet, hash_token
+from service.store.models import Account, AccountLink, Connection, RuleSet, RuleSetVersion, hash_token
 
 ACCOUNT_ID = re.compile(r"^[0-9a-f]{32}$")
 # Config keys that say where a connection goes and whose it is. A connection keeping a stored secret
@@ -209,7 +210,7 @@ def apply_rules_file(session: Session, path: Path, *, registry: dict, box: Secre
 
 def apply_rules(session: Session, text: str, *, account_id: str | None, filename: str, base_dir: Path,
                 registry: dict, box: SecretBox, supplied_by: str, allow_private_urls: bool = False,
-                tenant_env_prefix: str | None = None) -> RuleSet:
+                tenant_env_prefix: str | None = None, actor: str = CLI_ACTOR) -> RuleSet:
     """Apply rules text to ``account_id``: everything is validated first; nothing is written unless all of it is valid.
 
     ``supplied_by`` is ``"operator"`` (the CLI) or ``"tenant"`` (the console/API, which must also name
@@ -217,6 +218,8 @@ def apply_rules(session: Session, text: str, *, account_id: str | None, filename
     Tenants' env:/file: references are refused (env: names under ``tenant_env_prefix`` excepted). The
     file's ``account.id`` must be ``account_id``; a connection's Kazoo account must be the account's own
     or a sub-account the operator linked; ``stored:`` keeps a secret only when its URL and account stay.
+    Each apply is kept as a new ``ruleset_versions`` row naming ``actor`` (the audit actor: the console passes
+    ``Principal.actor``), for the console's history, diff and rollback.
     """
     if supplied_by not in rules_mod.SUPPLIERS:
         raise AccountError(f"supplied_by must be one of {', '.join(rules_mod.SUPPLIERS)}, not {supplied_by!r}")
@@ -275,14 +278,21 @@ def apply_rules(session: Session, text: str, *, account_id: str | None, filename
 
     redacted = export_document(parsed, registry)
     ruleset = session.get(RuleSet, account.id)
+    # Past every version kept, too: the history must never get two rows with one number.
+    last_kept = session.scalar(sa.select(sa.func.max(RuleSetVersion.version)).where(
+        RuleSetVersion.account_id == account.id)) or 0
     if ruleset is None:
-        ruleset = RuleSet(account_id=account.id, source=redacted, version=1, supplied_by=supplied_by)
+        ruleset = RuleSet(account_id=account.id, source=redacted, version=last_kept + 1, supplied_by=supplied_by)
         session.add(ruleset)
     else:
         ruleset.source = redacted
-        ruleset.version += 1
+        ruleset.version = max(ruleset.version, last_kept) + 1
         ruleset.applied_at = sa.func.now()
         ruleset.supplied_by = supplied_by
+    session.flush()
+    session.refresh(ruleset, ["applied_at"])
+    session.add(RuleSetVersion(account_id=account.id, version=ruleset.version, source=redacted,
+                               applied_at=ruleset.applied_at, actor=actor, supplied_by=supplied_by))
     session.flush()
     return ruleset
 

@@ -28,9 +28,10 @@ RUN_ACTION = "pbxrelay.run_action"
 RECONCILE = "pbxrelay.reconcile"
 REENABLE_HOOKS = "pbxrelay.reenable_hooks"
 PURGE = "pbxrelay.purge"
+REPLAY_JOB = "pbxrelay.replay_job"
 # Which kind of queue each task goes to: hooks and housekeeping share one, actions have their own.
 QUEUE_KIND = {INGEST: "ingest", FINALIZE_CALL: "ingest", RECONCILE: "ingest", REENABLE_HOOKS: "ingest",
-              PURGE: "ingest", RUN_ACTION: "actions"}
+              PURGE: "ingest", REPLAY_JOB: "ingest", RUN_ACTION: "actions"}
 # What the scheduler sends on its own clock, in seconds (reconcile CDRs; re-enable hooks Kazoo disabled;
 # purge what is past each account's retention).
 PERIODIC = {RECONCILE: 600.0, REENABLE_HOOKS: 300.0, PURGE: 3600.0}

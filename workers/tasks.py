@@ -198,3 +198,24 @@ def purge() -> int:
     if any(totals.values()):
         log.info("purged past retention: %s", ", ".join(f"{n} {table}" for table, n in sorted(totals.items())))
     return sum(totals.values())
+
+
+@app.task(name=queue.REPLAY_JOB, bind=True, max_retries=None, autoretry_for=INFRA_ERRORS,
+          retry_backoff=1, retry_backoff_max=60, retry_jitter=True)
+def replay_job(self, job_id: int) -> int:
+    """Run a bulk replay job from the console, batch by batch (each batch's progress commits with it)."""
+    rt = runtime()
+    replayed = 0
+    try:
+        while True:
+            batch = engine.replay_job_batch(rt, job_id)
+            enqueue_actions(batch.delivery_ids)
+            replayed += len(batch.delivery_ids)
+            if batch.finished:
+                return replayed
+    except INFRA_ERRORS:
+        raise  # autoretry_for: the next run continues after the last committed batch
+    except Exception as exc:  # a bug: the job says so instead of staying "running" for ever
+        log.exception("replay job %s failed", job_id)
+        engine.fail_replay_job(rt, job_id, f"{type(exc).__name__}: {scrub(str(exc))}")
+        raise

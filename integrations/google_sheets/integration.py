@@ -349,6 +349,21 @@ class GoogleSheetsIntegration(Integration):
             tokens = [creds.token for key, creds in _CREDENTIALS.items() if key.endswith(f":{self._key_hash}")]
         return values + [token for token in tokens if token]
 
+    def check(self, ctx: ActionContext) -> str:
+        """spreadsheets.get (metadata): the key works, the sheet is shared, the worksheet exists."""
+        client = _client(ctx.account_id, self._key_hash, self._info, self.base_url(ctx.api_urls), self.config.timeout,
+                         ctx.allow_private_urls)
+        try:
+            metadata = client.http_client.fetch_sheet_metadata(self.config.spreadsheet_id)
+        except Exception as exc:
+            keys = _Keys.of(ctx, self._key_hash, self.config.spreadsheet_id, self.config.worksheet)
+            raise self._failure(ctx, exc, "spreadsheets.get", keys.read_bucket) from None
+        titles = [sheet.get("properties", {}).get("title") for sheet in metadata.get("sheets") or []]
+        if self.config.worksheet not in titles:
+            raise PermanentError(f"google_sheets: spreadsheet {self.config.spreadsheet_id} has no worksheet "
+                                 f"{self.config.worksheet!r}", code="no_worksheet")
+        return f"spreadsheet {metadata.get('properties', {}).get('title')!r} is shared with {self.client_email}"
+
     def append_row(self, params: AppendRowParams, ctx: ActionContext) -> ActionResult:
         """Queue this call's row for the sheet's next batch write; succeed once it is in the sheet."""
         data = _call_data(ctx.event)

@@ -220,6 +220,26 @@ class SlackIntegration(Integration):
             values += [path, path.removeprefix("/services/"), path.rstrip("/").rsplit("/", 1)[-1]]
         return values
 
+    def check(self, ctx: ActionContext) -> str:
+        """auth.test for a bot token; for a webhook, an empty text, which Slack refuses with no_text (posts nothing)."""
+        if self.config.webhook_url is None:
+            try:
+                response = self._web_client(ctx).auth_test()
+            except (SlackApiError, SlackRequestError, *_TRANSPORT_ERRORS) as exc:
+                raise classify_api_failure("auth.test", exc, channel="", secrets=self.secrets()) from None
+            return f"token of {response.get('user')} in workspace {response.get('team')}"
+        assert_url_public(self.config.webhook_url.get_secret_value(), field="webhook_url",
+                          allow_private=ctx.allow_private_urls)
+        client = WebhookClient(self.config.webhook_url.get_secret_value(), timeout=self.config.timeout,
+                               retry_handlers=[])
+        try:
+            error = classify_webhook_failure(client.send_dict({"text": ""}), secrets=self.secrets())
+        except (SlackRequestError, *_TRANSPORT_ERRORS) as exc:
+            error = classify_webhook_failure(exc, secrets=self.secrets())
+        if error is None or error.code == "no_text":  # a live webhook answers an empty message with no_text
+            return "the incoming webhook is live"
+        raise error
+
     def post_message(self, params: PostMessageParams, ctx: ActionContext) -> ActionResult:
         """Post one message (text + optional Block Kit), paced per channel, deduplicated on retries."""
         blocks = params.blocks

@@ -165,6 +165,12 @@ class TrelloIntegration(Integration):
     actions = {"create_card": CreateCardParams}
     default_api_url = DEFAULT_API_URL
 
+    def check(self, ctx: ActionContext) -> str:
+        """GET /1/members/me: the member the token acts as."""
+        with _TrelloApi(self, ctx) as api:
+            me = api.call("GET", "/1/members/me", "read the token's member", dict, params={"fields": "username"})
+        return f"token of Trello member {me.get('username') or me['id']}"
+
     def create_card(self, params: CreateCardParams, ctx: ActionContext) -> ActionResult:
         """Create one card (deduplicated on retries) and attach the voicemail audio or a link to it."""
         body = {"idList": params.list_id, "name": params.name, "desc": _description(params.desc, ctx),

@@ -586,6 +586,10 @@ class VirtualPBXClient:
             params["file_name"] = file_name
         return self._call("GET", self.account_path("cdrs"), params=params, accept="text/csv").text
 
+    def get_account(self) -> dict[str, Any]:
+        """GET /v2/accounts/{account_id}: the account document (name, realm, timezone)."""
+        return self._data("GET", self.account_path())
+
     def get_user(self, user_id: str) -> dict[str, Any]:
         """GET /users/{user_id}: one user."""
         return self._data("GET", self.account_path("users", user_id))

@@ -98,6 +98,14 @@ class VirtualPBXIntegration(Integration):
     default_api_url = DEFAULT_API_URL
     account_field = "account_id"
 
+    def check(self, ctx: ActionContext) -> str:
+        """Authenticate and GET /v2/accounts/{A}: the account document, read-only."""
+        with guarded_session(allow_private=ctx.allow_private_urls, field="api_url") as session:
+            client = self.client(api_urls=ctx.api_urls, redis=ctx.redis, namespace=ctx.namespace, session=session,
+                                 owner=ctx.account_id, seal=ctx.seal, unseal=ctx.unseal)
+            account = client.get_account()
+        return f"signed in to VirtualPBX account {account.get('name') or self.config.account_id}"
+
     def send_sms(self, params: SendSmsParams, ctx: ActionContext) -> ActionResult:
         """Queue one SMS with Kazoo (200 = accepted, not delivered); on a retry, report an earlier send."""
         message = prepare_sms(params, ctx, max_body=DASH_MAX_BODY, quiet_hours=self.config.quiet_hours,

@@ -80,6 +80,20 @@ class VirtualTextIntegration(Integration):
     actions = {"send_sms": SendSmsParams}
     default_api_url = DEFAULT_API_URL
 
+    def check(self, ctx: ActionContext) -> str:
+        """GET /v1/contacts?limit=1: a read the API key must be allowed, which sends nothing."""
+        base = self.base_url(ctx.api_urls).rstrip("/")
+        headers = {"Authorization": f"Bearer {self.config.api_key.get_secret_value()}", "Accept": "application/json"}
+        try:
+            with guarded_session(allow_private=ctx.allow_private_urls, field="api_url") as session:
+                response = session.get(f"{base}/v1/contacts", params={"limit": 1}, headers=headers,
+                                       timeout=self.config.timeout, allow_redirects=False)
+        except requests.RequestException as exc:
+            raise classify_failure(exc, secrets=self.secrets()) from None
+        if response.status_code == 200 and isinstance(_json(response), dict):
+            return "the API key is accepted"
+        raise classify_failure(response, secrets=self.secrets())
+
     def send_sms(self, params: SendSmsParams, ctx: ActionContext) -> ActionResult:
         """Send one message; a retry with the same idempotency key returns the first message, never a second."""
         message = prepare_sms(params, ctx, max_body=VIRTUALTEXT_MAX_BODY, quiet_hours=self.config.quiet_hours,

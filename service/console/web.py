@@ -1,4 +1,4 @@
-"""The console's pages (Flask blueprint under /console): sign-in, sign-out, invites, and a home per account.
+"""The console's pages (Flask blueprint under /console): sign-in, sign-out, invites; the account pages are in ``pages``.
 
 Thin: every decision is in the console's functions; views read the form, call them, and render.
 """
@@ -9,14 +9,15 @@ import secrets
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from flask import Blueprint, abort, g, redirect, render_template, request, url_for
+from flask import Blueprint, g, redirect, render_template, request, url_for
 from werkzeug.exceptions import HTTPException
 
 from service.config import Settings
-from service.console import access, apikeys, csrf, invites, sessions, users
-from service.console.access import Principal, require
+from service.console import access, csrf, invites, pages, sessions, users
 from service.console.errors import ConsoleError
 from service.console.limits import LoginLimiter
+from service.console.pages import rules as rules_page
+from service.console.pages.common import signed_in
 from service.runtime import Runtime
 from service.secrets import load_keys
 from service.store.models import Account
@@ -48,7 +49,7 @@ class Cookies:
 
 def console_blueprint(settings: Settings, runtime: Runtime) -> Blueprint:
     """The /console pages, bound to the app's settings and runtime."""
-    bp = Blueprint("console", __name__, url_prefix="/console", template_folder="templates")
+    bp = Blueprint("console", __name__, url_prefix="/console", template_folder="templates", static_folder="static")
     cookies = Cookies(secure=urlsplit(settings.public_url).scheme == "https")
     csrf_key = csrf.derive_key(load_keys(settings)[0])
     limiter = LoginLimiter(runtime.redis, namespace=settings.namespace)
@@ -85,7 +86,8 @@ def console_blueprint(settings: Settings, runtime: Runtime) -> Blueprint:
     def headers(response):
         if g.get("new_csrf_cookie"):
             cookies.set(response, cookies.csrf, g.new_csrf_cookie)
-        response.headers["Cache-Control"] = "no-store"
+        # The vendored script and stylesheet may be cached; every page and fragment holds account data: never.
+        response.headers["Cache-Control"] = "max-age=3600" if request.endpoint == "console.static" else "no-store"
         response.headers["X-Frame-Options"] = "DENY"
         response.headers["X-Content-Type-Options"] = "nosniff"
         # Invite links carry their token in the path: never let it leave in a Referer.
@@ -93,11 +95,6 @@ def console_blueprint(settings: Settings, runtime: Runtime) -> Blueprint:
         response.headers["Content-Security-Policy"] = ("default-src 'self'; style-src 'self' 'unsafe-inline'; "
                                                        "frame-ancestors 'none'; form-action 'self'")
         return response
-
-    def signed_in() -> Principal:
-        if g.principal is None:
-            abort(redirect(url_for("console.login", next=request.path)))
-        return g.principal
 
     @bp.errorhandler(HTTPException)
     def refused(exc: HTTPException):
@@ -182,59 +179,6 @@ def console_blueprint(settings: Settings, runtime: Runtime) -> Blueprint:
             start_session(response, db, user)
         return response
 
-    @bp.get("/accounts/<account_id>/")
-    def account(account_id: str):
-        """One account: its members and API keys (the console's later pages hang off here)."""
-        principal = signed_in()
-        role = require(principal, account_id, "read")
-        with runtime.sessions() as db:
-            found = db.get(Account, account_id)
-            if found is None:
-                abort(404)
-            return render_template("console/account.html", principal=principal, account=found, role=role,
-                                   members=users.members(db, account_id), keys=apikeys.list_api_keys(db, account_id),
-                                   created=None)
-
-    def account_page_after(account_id: str, **created):
-        with runtime.sessions() as db:
-            found = db.get(Account, account_id)
-            return render_template("console/account.html", principal=g.principal, account=found,
-                                   role=g.principal.role_in(account_id), members=users.members(db, account_id),
-                                   keys=apikeys.list_api_keys(db, account_id), created=created)
-
-    @bp.post("/accounts/<account_id>/invites")
-    def create_invite(account_id: str):
-        """Invite someone to the account; the link is shown once."""
-        principal = signed_in()
-        require(principal, account_id, "manage_members")
-        try:
-            with runtime.sessions.begin() as db:
-                token = invites.create_invite(db, account_id, request.form.get("email", ""),
-                                              request.form.get("role", ""), actor=principal.actor)
-        except ConsoleError as exc:
-            return account_page_after(account_id, error=str(exc)), 400
-        return account_page_after(account_id, invite_url=invites.invite_url(settings.public_url, token))
-
-    @bp.post("/accounts/<account_id>/api-keys")
-    def create_api_key(account_id: str):
-        """Create an API key; its secret is shown once."""
-        principal = signed_in()
-        require(principal, account_id, "manage_api_keys")
-        try:
-            with runtime.sessions.begin() as db:
-                new = apikeys.create_api_key(db, account_id, request.form.get("name", ""),
-                                             request.form.get("scope", ""), actor=principal.actor)
-        except ConsoleError as exc:
-            return account_page_after(account_id, error=str(exc)), 400
-        return account_page_after(account_id, api_key=new.secret)
-
-    @bp.post("/accounts/<account_id>/api-keys/<int:key_id>/revoke")
-    def revoke_api_key(account_id: str, key_id: int):
-        """Revoke an API key."""
-        principal = signed_in()
-        require(principal, account_id, "manage_api_keys")
-        with runtime.sessions.begin() as db:
-            apikeys.revoke_api_key(db, account_id, key_id, actor=principal.actor)
-        return redirect(url_for("console.account", account_id=account_id))
-
+    pages.register(bp, settings, runtime)
+    rules_page.register(bp, settings, runtime)
     return bp

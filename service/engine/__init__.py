@@ -14,16 +14,22 @@ from service.engine.delivery import IN_DOUBT_CODES, WAITING_CODES, execute_deliv
 from service.engine.dryrun import derive_events, dry_run
 from service.engine.ingest import IngestOutcome, emit_events, envelope_body, finalize_call, ingest, quarantine
 from service.engine.operations import (
+                                       REPLAYABLE_STATUSES,
+                                       ReplayBatch,
                                        connect_account,
+                                       fail_replay_job,
                                        pbx_accounts,
                                        reconcile_account,
                                        reenable_account_hooks,
                                        replay,
+                                       replay_in,
+                                       replay_job_batch,
                                        resume_connection,
 )
 from service.engine.scheduling import due_deliveries, due_finalizations, finalized, schedule_finalize
 
-__all__ = ["IN_DOUBT_CODES", "WAITING_CODES", "IngestOutcome", "connect_account", "derive_events", "dry_run",
-           "due_deliveries", "due_finalizations", "emit_events", "envelope_body", "execute_delivery",
-           "finalize_call", "finalized", "follow_ups", "ingest", "pbx_accounts", "quarantine", "reconcile_account",
-           "reenable_account_hooks", "replay", "resume_connection", "retry_delay", "schedule_finalize"]
+__all__ = ["IN_DOUBT_CODES", "REPLAYABLE_STATUSES", "WAITING_CODES", "IngestOutcome", "ReplayBatch", "connect_account",
+           "derive_events", "dry_run", "due_deliveries", "due_finalizations", "emit_events", "envelope_body",
+           "execute_delivery", "fail_replay_job", "finalize_call", "finalized", "follow_ups", "ingest", "pbx_accounts",
+           "quarantine", "reconcile_account", "reenable_account_hooks", "replay", "replay_in", "replay_job_batch",
+           "resume_connection", "retry_delay", "schedule_finalize"]

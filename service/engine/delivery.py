@@ -6,6 +6,7 @@ before each attempt, so two copies of an action task never run the same action a
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 from dataclasses import dataclass
@@ -15,7 +16,16 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from integrations.base import ActionContext, AuthError, IntegrationError, PermanentError, RetryableError, scrub
+from integrations.base import (
+    ActionContext,
+    ActionResult,
+    AuthError,
+    IntegrationError,
+    PermanentError,
+    RetryableError,
+    excerpt,
+    scrub,
+)
 from service import accounts, crm, metrics
 from service.engine.ingest import store_event
 from service.engine.planning import render_params, ruleset_of
@@ -23,7 +33,15 @@ from service.events import Event, aware
 from service.pbx import media
 from service.runtime import Runtime
 from service.store import queries
-from service.store.models import Account, AuditEntry, Connection, Delivery, utcnow
+from service.store.models import (
+    ATTEMPT_TEXT_MAX,
+    Account,
+    AuditEntry,
+    Connection,
+    Delivery,
+    DeliveryAttempt,
+    utcnow,
+)
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +151,7 @@ def execute_delivery(rt: Runtime, delivery_id: int,
         request_id = delivery.request_id
 
     secrets_seen: list[str] = []
+    job.started_at = utcnow()
     try:
         if not delivery.rendered:  # (loaded above; the session kept it without expiring)
             # Outside the claiming transaction: a template may take its whole time budget, and must not hold
@@ -159,11 +178,13 @@ def execute_delivery(rt: Runtime, delivery_id: int,
         raise wrapped from None
     landed = utcnow()
     with rt.sessions.begin() as session:
-        session.execute(sa.update(Delivery).where(Delivery.id == delivery_id).values(
+        updated = session.execute(sa.update(Delivery).where(Delivery.id == delivery_id).values(
             status="succeeded", external_id=(result.external_id or "")[:300] or None,
             last_error=("deduplicated: the effect was already there" if result.deduplicated else
                         (result.detail[:2000] if result.detail else None)),
-            claimed_until=None, updated_at=landed, succeeded_at=landed))
+            claimed_until=None, updated_at=landed, succeeded_at=landed)).rowcount
+        if updated:  # (the row is gone when its account was deleted meanwhile: nothing to attach to)
+            session.add(_attempt(job, "succeeded", secrets_seen, ended=landed, response=_result_excerpt(result)))
     if received_at is not None:
         metrics.observe_hook_to_effect(job.integration, (landed - received_at).total_seconds())
     log.info("delivery %s (request %s) succeeded", delivery_id, request_id)
@@ -187,6 +208,32 @@ class _Job:
     config: dict[str, Any] | None
     binding_problem: str | None
     event: Event | None
+    started_at: datetime | None = None  # when this attempt began rendering and calling the vendor
+
+
+def _bounded(text: str | None, secrets_seen: list[str]) -> str | None:
+    """``text`` scrubbed of the connection's secrets, then cut to ATTEMPT_TEXT_MAX (None stays None)."""
+    return excerpt(scrub(text, secrets_seen), ATTEMPT_TEXT_MAX) if text else None
+
+
+def _result_excerpt(result: ActionResult) -> str:
+    """What the vendor answered a successful action, in a line: its id, link and detail."""
+    parts = [f"external id: {result.external_id}" if result.external_id else "",
+             f"url: {result.url}" if result.url else "", result.detail or "",
+             "deduplicated: the effect was already there" if result.deduplicated else ""]
+    return "; ".join(p for p in parts if p) or "ok"
+
+
+def _attempt(job: _Job, outcome: str, secrets_seen: list[str], *, ended: datetime, status_code: int | None = None,
+             error: str | None = None, response: str | None = None) -> DeliveryAttempt:
+    """The attempt row of ``job``: what was sent (the rendered params), what came back, scrubbed and bounded."""
+    started = job.started_at or ended
+    request = json.dumps(job.params, ensure_ascii=False, sort_keys=True, default=str)
+    return DeliveryAttempt(delivery_id=job.delivery_id, account_id=job.account_id, number=job.attempt,
+                           started_at=started, duration_ms=max(0, int((ended - started).total_seconds() * 1000)),
+                           outcome=outcome, status_code=status_code if isinstance(status_code, int) else None,
+                           error=_bounded(error, secrets_seen), request_excerpt=_bounded(request, secrets_seen),
+                           response_excerpt=_bounded(response, secrets_seen))
 
 
 def follow_ups(exc: BaseException) -> list[int]:
@@ -258,7 +305,11 @@ def _record_failure(rt: Runtime, job: _Job, exc: IntegrationError, secrets_seen:
             delay = retry_delay(rt, max(1, real_attempts), exc.retry_after, code=exc.code)
         values["next_attempt_at"] = now + timedelta(seconds=delay)
     with rt.sessions.begin() as session:
-        session.execute(sa.update(Delivery).where(Delivery.id == job.delivery_id).values(**values))
+        updated = session.execute(sa.update(Delivery).where(Delivery.id == job.delivery_id).values(**values)).rowcount
+        if updated and not waiting:  # a wait for a rate-limit token or quiet hours reached no vendor: no attempt
+            answer = f"HTTP {exc.status}: {exc.message}" if isinstance(exc.status, int) else None
+            session.add(_attempt(job, status, secrets_seen, ended=now, status_code=exc.status,
+                                 error=values["last_error"], response=answer))
     if isinstance(exc, AuthError):
         exc.follow_up = _count_auth_failure(rt, job, exc)
     if status == "dead":

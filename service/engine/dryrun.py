@@ -54,16 +54,43 @@ def dry_run(rt: Runtime, account_id: str, payloads: list[dict[str, Any]]) -> dic
         account = accounts.get_account(session, account_id)
         ruleset = ruleset_of(session, rt, account_id)
     raws, derived = derive_events(account_id, payloads)
+    return _report(rt, account, ruleset, raws, derived)
+
+
+def dry_run_text(rt: Runtime, account_id: str, text: str, *, payloads: list[dict[str, Any]] = (),
+                 events: list[Event] = (), filename: str = "rules", max_actions: int | None = None) -> dict[str, Any]:
+    """Dry run rules text that is not applied (an editor's draft) on payloads and/or already stored events.
+
+    The text is validated as ``apply_rules`` validates a file (RulesError listing every problem; an
+    AccountError when it names another account) and stored nowhere. ``max_actions`` bounds how many
+    actions are rendered, since each template may take its whole budget and this runs in a request.
+    """
+    parsed = rules_mod.load_rules(text, filename=filename, registry=rt.registry)
+    if parsed.account.id != account_id.lower():
+        raise accounts.AccountError(f"{filename}: account.id: the rules are for account {parsed.account.id}, "
+                                    f"not this account ({account_id})")
+    with rt.sessions() as session:
+        account = accounts.get_account(session, account_id)
+    raws, derived = derive_events(account_id, list(payloads))
+    return _report(rt, account, parsed, raws, [*derived, *events], max_actions=max_actions)
+
+
+def _report(rt: Runtime, account, ruleset, raws: list[Event], derived: list[Event], *,
+            max_actions: int | None = None) -> dict[str, Any]:
+    """The dry-run answer: events, call events, and each planned action rendered (or its error)."""
     actions = []
     for event in [*raws, *derived]:
         for planned in (rules_mod.plan(ruleset, event) if ruleset else []):
             entry: dict[str, Any] = {"event": event.type, "rule": planned.rule_name, "use": planned.connection,
                      "integration": planned.integration, "action": planned.action}
-            try:
-                entry["with"] = rules_mod.render_action(planned, event, ruleset.account,
-                                                        escape=template_escape(rt, planned.integration))
-            except PermanentError as exc:
-                entry["error"] = str(exc)
+            if max_actions is not None and len(actions) >= max_actions:
+                entry["error"] = f"not rendered: a dry run renders at most {max_actions} actions"
+            else:
+                try:
+                    entry["with"] = rules_mod.render_action(planned, event, ruleset.account,
+                                                            escape=template_escape(rt, planned.integration))
+                except PermanentError as exc:
+                    entry["error"] = str(exc)
             actions.append(entry)
     return {"account": {"id": account.id, "name": account.name},
             "event": raws[0].to_json() if len(raws) == 1 else None, "events": [e.to_json() for e in raws],

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Callable
 
 import sqlalchemy as sa
+from sqlalchemy.orm import Session
 
 from service import accounts
 from service.engine.ingest import emit_events
@@ -12,7 +15,17 @@ from service.engine.planning import ruleset_of
 from service.events import aware
 from service.pbx import media, onboarding, reconcile
 from service.runtime import Runtime
-from service.store.models import Account, AuditEntry, Connection, Delivery, StoredEvent, utcnow
+from service.store import queries
+from service.store.models import (
+    Account,
+    AuditEntry,
+    Connection,
+    Delivery,
+    QuarantinedDelivery,
+    ReplayJob,
+    StoredEvent,
+    utcnow,
+)
 
 
 def pbx_accounts(rt: Runtime) -> list[str]:
@@ -62,8 +75,8 @@ def reenable_account_hooks(rt: Runtime, account_id: str, *, receiver_healthy: bo
     return len(hooks)
 
 
-def connect_account(rt: Runtime, account_id: str) -> "onboarding.ConnectReport":
-    """Register (idempotently) the VirtualPBX webhooks the account's rules need; audit the result."""
+def connect_account(rt: Runtime, account_id: str, *, actor: str = "service") -> "onboarding.ConnectReport":
+    """Register (idempotently) the VirtualPBX webhooks the account's rules need; audit the result as ``actor``."""
     client = media.pbx_client(rt, account_id)
     if client is None:
         raise accounts.AccountError(f"account {account_id} has no virtualpbx connection in its rules file "
@@ -79,11 +92,12 @@ def connect_account(rt: Runtime, account_id: str) -> "onboarding.ConnectReport":
     with rt.sessions.begin() as session:
         session.add(AuditEntry(account_id=account_id, kind="connected", detail=(
             f"created {len(report.created)}, updated {len(report.updated)}, unchanged {len(report.unchanged)}, "
-            f"deleted {len(report.deleted)}, re-enabled {len(report.reenabled)}; format {report.body_format}")))
+            f"deleted {len(report.deleted)}, re-enabled {len(report.reenabled)}; format {report.body_format}"),
+            actor=actor))
     return report
 
 
-def resume_connection(rt: Runtime, account_id: str, name: str) -> list[int]:
+def resume_connection(rt: Runtime, account_id: str, name: str, *, actor: str = "service") -> list[int]:
     """Close a connection's circuit and return its paused deliveries, now pending again, for enqueueing."""
     with rt.sessions.begin() as session:
         session.execute(sa.update(Connection).where(Connection.account_id == account_id,
@@ -94,17 +108,108 @@ def resume_connection(rt: Runtime, account_id: str, name: str) -> list[int]:
             session.execute(sa.update(Delivery).where(Delivery.id.in_(ids)).values(
                 status="pending", claimed_until=None, next_attempt_at=None, updated_at=utcnow()))
         session.add(AuditEntry(account_id=account_id, kind="connection_resumed",
-                               detail=f"{name}: {len(ids)} paused action(s) replayed"))
+                               detail=f"{name}: {len(ids)} paused action(s) replayed", actor=actor))
     rt.redis.delete(f"{rt.settings.namespace}:authfail:{account_id}:{name}")
     return ids
+
+
+# Deliveries that gave up or were set aside, and may be put back to pending.
+REPLAYABLE_STATUSES = ("dead", "failed", "paused", "discarded")
 
 
 def replay(rt: Runtime, *, delivery_ids: list[int]) -> list[int]:
     """Put dead, failed or paused deliveries back to pending (their retry horizon restarts now)."""
     with rt.sessions.begin() as session:
-        ids = list(session.scalars(sa.select(Delivery.id).where(
-            Delivery.id.in_(delivery_ids), Delivery.status.in_(("dead", "failed", "paused", "discarded")))))
-        if ids:
-            session.execute(sa.update(Delivery).where(Delivery.id.in_(ids)).values(
-                status="pending", claimed_until=None, next_attempt_at=None, created_at=utcnow(), updated_at=utcnow()))
+        return replay_in(session, delivery_ids)
+
+
+def replay_in(session: Session, delivery_ids: list[int]) -> list[int]:
+    """:func:`replay` in the caller's transaction (so its audit entry or job progress commits with it)."""
+    ids = list(session.scalars(sa.select(Delivery.id).where(
+        Delivery.id.in_(delivery_ids), Delivery.status.in_(REPLAYABLE_STATUSES)).with_for_update()))
+    if ids:
+        session.execute(sa.update(Delivery).where(Delivery.id.in_(ids), Delivery.status.in_(REPLAYABLE_STATUSES))
+                        .values(status="pending", claimed_until=None, next_attempt_at=None, created_at=utcnow(),
+                                updated_at=utcnow()))
     return ids
+
+
+@dataclass
+class ReplayBatch:
+    """One batch of a bulk replay: the deliveries put back to pending (to enqueue), and whether the job ended."""
+
+    delivery_ids: list[int]
+    finished: bool
+
+
+REPLAY_BATCH_ROWS = 500
+
+
+def replay_job_batch(rt: Runtime, job_id: int, *, batch_rows: int = REPLAY_BATCH_ROWS) -> ReplayBatch:
+    """Replay the next batch of a bulk replay job's matching deliveries, oldest first, and record its progress.
+
+    The batch and the job's counts commit together, and the job remembers the last delivery it looked at, so a
+    task run again (its worker died) continues where the last commit left off. Only deliveries that existed
+    when the job started (``filter["up_to_id"]``) are looked at. ``done`` counts deliveries put back to pending;
+    ``failed`` those that matched when the job started but could no longer be replayed when it reached them
+    (another replay, a resume or a discard got there first).
+    """
+    with rt.sessions.begin() as session:
+        job = session.get(ReplayJob, job_id, with_for_update=True)
+        if job is None or job.status in ("finished", "failed"):
+            return ReplayBatch([], True)
+        doc = dict(job.filter or {})
+        where = queries.delivery_conditions(
+            job.account_id, status=doc.get("status") or (), connection=doc.get("connection"),
+            rule_name=doc.get("rule_name"), event_type=doc.get("event_type"), event_key=doc.get("event_key"),
+            since=_instant(doc.get("since")), until=_instant(doc.get("until")))
+        where.append(Delivery.id <= int(doc.get("up_to_id") or 0))
+        if job.last_delivery_id is not None:
+            where.append(Delivery.id > job.last_delivery_id)
+        batch = list(session.scalars(sa.select(Delivery.id).where(*where).order_by(Delivery.id).limit(batch_rows)))
+        replayed = replay_in(session, batch) if batch else []
+        job.status = "running" if batch else "finished"
+        job.done += len(replayed)
+        job.failed += len(batch) - len(replayed)
+        if batch:
+            job.last_delivery_id = batch[-1]
+        else:
+            # What matched at the start but no longer did when reached (replayed, resumed or discarded meanwhile).
+            job.failed = max(job.failed, (job.total or 0) - job.done)
+            job.finished_at = utcnow()
+            session.add(AuditEntry(account_id=job.account_id, kind="bulk_replay_finished", actor=job.actor,
+                                   detail=f"replay job {job.id}: {job.done} replayed, {job.failed} not replayable"))
+        return ReplayBatch(replayed, not batch)
+
+
+def fail_replay_job(rt: Runtime, job_id: int, reason: str) -> None:
+    """Mark a bulk replay job failed with ``reason`` (what it replayed so far stays replayed)."""
+    with rt.sessions.begin() as session:
+        job = session.get(ReplayJob, job_id)
+        if job is not None and job.status not in ("finished", "failed"):
+            job.status, job.error, job.finished_at = "failed", reason[:2000], utcnow()
+
+
+def _instant(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+def reingest_quarantined(rt: Runtime, account_id: str, quarantine_id: int, *,
+                         publish: Callable[[QuarantinedDelivery], str], actor: str) -> str:
+    """Send a quarantined hook through ingest again, then drop the kept copy; returns ``publish``'s request id.
+
+    ``publish`` queues the row as a receiver envelope (the caller owns the queue). It runs before the
+    row is deleted: a failure in between leaves the copy for another try, and ingesting the same hook
+    twice is harmless (event keys are unique). LookupError for another account's or a missing row.
+    """
+    with rt.sessions() as session:
+        row = session.get(QuarantinedDelivery, quarantine_id)
+        if row is None or row.account_id != account_id:
+            raise LookupError(f"no quarantined hook {quarantine_id}")
+        session.expunge(row)
+    request_id = publish(row)
+    with rt.sessions.begin() as session:
+        session.execute(sa.delete(QuarantinedDelivery).where(QuarantinedDelivery.id == quarantine_id))
+        session.add(AuditEntry(account_id=account_id, kind="quarantine_reingested",
+                               detail=f"quarantined hook {quarantine_id} sent to ingest again (request {request_id})",
+                               actor=actor))
+    return request_id

@@ -122,17 +122,43 @@ def _facts(urls: dict[str, str], sa_path: Path) -> list[str]:
     ]
 
 
+CONSOLE_EMAIL = "sandbox@example.com"  # the console operator `pbxrelay sandbox` creates
+
+
+def console_login(database_url: str) -> str | None:
+    """Create the sandbox's console operator with a random password and return it (None: created before)."""
+    import secrets
+
+    from service.console import users
+    from service.console.audit import CLI_ACTOR
+    from service.store.models import migrate, session_factory
+
+    migrate(database_url)
+    with session_factory(database_url).begin() as session:
+        if users.find_user(session, CONSOLE_EMAIL) is not None:
+            return None
+        password = secrets.token_urlsafe(12)
+        users.create_user(session, CONSOLE_EMAIL, password, is_operator=True, actor=CLI_ACTOR)
+    return password
+
+
 def run(host: str, port: int) -> None:
-    """Serve the sandbox until interrupted, printing what it accepts."""
+    """Serve the sandbox until interrupted, printing what it accepts and how to sign in to the console."""
     from service.config import get_settings
 
-    var_dir = get_settings().var_dir
+    settings = get_settings()
+    var_dir = settings.var_dir
     box = start(host, port, var_dir=var_dir)
     print("pbxrelay sandbox (fake vendors; nothing leaves this machine):", flush=True)
     for line in box.facts:
         print("  " + line, flush=True)
     print(f"\nSettings and demo credentials are in {var_dir / 'sandbox.env'}; load them with:\n"
           f"  set -a; . {var_dir / 'sandbox.env'}; set +a", flush=True)
+    password = console_login(settings.effective_database_url)
+    login = (f"with the password {password} (shown once)" if password else
+             "with the password printed when the sandbox first created it")
+    print(f"\nConsole (once `pbxrelay run` serves it): {settings.public_url}/console/ ; sign in as {CONSOLE_EMAIL} "
+          f"{login}", flush=True)
     try:
         threading.Event().wait()
     except KeyboardInterrupt:

@@ -13,6 +13,7 @@ import html
 import json
 import logging
 import os
+import secrets
 import shlex
 import shutil
 import signal
@@ -47,6 +48,7 @@ CRM_EVENTS = (
      "contact": {"first_name": "Jordan", "phone": "+13125550142", "sms_opt_out": True}},
 )
 UNFINISHED = ("pending", "retrying", "running")
+CONSOLE_EMAIL = "demo@example.com"  # the demo's operator, to sign in to the console with --keep
 
 
 class DemoError(RuntimeError):
@@ -87,10 +89,10 @@ class DemoService:
             time.sleep(0.2)
         raise DemoError(f"the receiver did not answer within 90 s; see {self.log_path}")
 
-    def cli(self, *args: str) -> str:
+    def cli(self, *args: str, stdin: str | None = None) -> str:
         """Run one ``pbxrelay`` command against the demo service; its stdout."""
         proc = subprocess.run([sys.executable, "-m", "service.cli", *args], env=self.env, capture_output=True,
-                              text=True, timeout=120)
+                              text=True, timeout=120, input=stdin)
         if proc.returncode != 0:
             raise DemoError(f"pbxrelay {' '.join(args)} failed:\n{proc.stderr.strip() or proc.stdout.strip()}")
         return proc.stdout
@@ -312,7 +314,13 @@ def run(*, calls: int, seed: int, keep: bool, settle_timeout: float = 120.0) -> 
         report = root.resolve() / "report.html"
         report.write_text(report_html(outcome))
         say(f"\nreport: {report}")
-        if keep:
+        if not keep:
+            say("run `pbxrelay demo --keep` to click through this morning in the console")
+        else:
+            email, password = CONSOLE_EMAIL, secrets.token_urlsafe(12)
+            svc.cli("users", "add", email, "--operator", "--password-stdin", stdin=password + "\n")
+            say(f"\nconsole: {svc.url}/console/accounts/{account_id}/  sign in as {email} with the password "
+                f"{password} (shown once; the demo's database is new each run)")
             (root / "demo.env").write_text("".join(f"{k}={shlex.quote(v)}\n" for k, v in svc.env.items()
                                                   if k.startswith(("PBXRELAY_", "SANDBOX_"))))
             say(f"\nstill running (--keep): `set -a; . {root / 'demo.env'}; set +a` then e.g. "

@@ -89,9 +89,15 @@ class StoredEvent(Base):
     """Every accepted event, once per (account, idempotency key): the de-duplication record."""
 
     __tablename__ = "events"
-    __table_args__ = (sa.UniqueConstraint("account_id", "key"),)
+    __table_args__ = (sa.UniqueConstraint("account_id", "key"),
+                      # The console's event and call lists: newest first per account, per type.
+                      sa.Index("ix_events_account_id_id", "account_id", "id"),
+                      sa.Index("ix_events_account_type_id", "account_id", "type", "id"),
+                      # The console's overview: one day of an account's call events.
+                      sa.Index("ix_events_account_type_occurred_at", "account_id", "type", "occurred_at"))
     id: Mapped[int] = mapped_column(primary_key=True)
-    account_id: Mapped[str] = mapped_column(sa.String(64), index=True)
+    # Indexed by the (account_id, ...) indexes above.
+    account_id: Mapped[str] = mapped_column(sa.String(64))
     key: Mapped[str] = mapped_column(sa.String(300))
     type: Mapped[str] = mapped_column(sa.String(100))
     occurred_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
@@ -126,9 +132,19 @@ class Delivery(Base):
     __tablename__ = "deliveries"
     __table_args__ = (sa.UniqueConstraint("account_id", "event_key", "rule_name", "action_index"),
                       # The scheduler's query, every second: what is due now.
-                      sa.Index("ix_deliveries_status_next_attempt_at", "status", "next_attempt_at"))
+                      sa.Index("ix_deliveries_status_next_attempt_at", "status", "next_attempt_at"),
+                      # The console's delivery log: newest first (keyset on id) per account, and per filter,
+                      # so each page is an index range scan however many rows the account has.
+                      sa.Index("ix_deliveries_account_id_id", "account_id", "id"),
+                      sa.Index("ix_deliveries_account_status_id", "account_id", "status", "id"),
+                      sa.Index("ix_deliveries_account_connection_id", "account_id", "connection", "id"),
+                      sa.Index("ix_deliveries_account_rule_id", "account_id", "rule_name", "id"),
+                      sa.Index("ix_deliveries_account_event_type_id", "account_id", "event_type", "id"),
+                      # A time window: replays reset created_at, so it does not follow id order.
+                      sa.Index("ix_deliveries_account_created_at", "account_id", "created_at"))
     id: Mapped[int] = mapped_column(primary_key=True)
-    account_id: Mapped[str] = mapped_column(sa.String(64), index=True)
+    # Indexed by the (account_id, ...) indexes above.
+    account_id: Mapped[str] = mapped_column(sa.String(64))
     event_key: Mapped[str] = mapped_column(sa.String(300))
     event_type: Mapped[str] = mapped_column(sa.String(100))
     rule_name: Mapped[str] = mapped_column(sa.String(200))
@@ -156,6 +172,69 @@ class Delivery(Base):
     succeeded_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True), nullable=True)
     # The receiver's id of the request whose hook planned this action (None for timers and replays).
     request_id: Mapped[str | None] = mapped_column(sa.String(32), nullable=True)
+
+
+class DeliveryAttempt(Base):
+    """One attempt of a delivery that reached (or tried to reach) the vendor: when, how long, what came back.
+
+    Written in the transaction that records the attempt's outcome on the delivery, so neither exists without
+    the other. Rate-limit waits and deferrals reach no vendor and are not attempts. Every text is scrubbed
+    of the connection's secrets and bounded (``ATTEMPT_TEXT_MAX``).
+    """
+
+    __tablename__ = "delivery_attempts"
+    __table_args__ = (sa.Index("ix_delivery_attempts_delivery_id_id", "delivery_id", "id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    delivery_id: Mapped[int] = mapped_column(sa.ForeignKey("deliveries.id", ondelete="CASCADE"))
+    account_id: Mapped[str] = mapped_column(sa.String(64), index=True)
+    number: Mapped[int] = mapped_column()  # the delivery's attempt count at this attempt (1, 2, ...)
+    started_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+    duration_ms: Mapped[int] = mapped_column()
+    # succeeded | retrying | failed | dead | paused: the delivery's status this attempt left behind
+    outcome: Mapped[str] = mapped_column(sa.String(20))
+    status_code: Mapped[int | None] = mapped_column(nullable=True)  # the vendor's HTTP status, when known
+    error: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
+    request_excerpt: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
+    response_excerpt: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
+
+
+# Longest error, request or response excerpt kept per attempt, in characters.
+ATTEMPT_TEXT_MAX = 2000
+
+
+class RuleSetVersion(Base):
+    """Every rules file an account ever applied (secrets redacted, as in ``rulesets``), for history and rollback."""
+
+    __tablename__ = "ruleset_versions"
+    __table_args__ = (sa.UniqueConstraint("account_id", "version"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    account_id: Mapped[str] = mapped_column(sa.ForeignKey("accounts.id", ondelete="CASCADE"))
+    version: Mapped[int] = mapped_column()
+    source: Mapped[str] = mapped_column(sa.Text)
+    applied_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
+    # The audit actor who applied it ("operator-cli", "user:<id>", "api_key:<id>", "migration").
+    actor: Mapped[str] = mapped_column(sa.String(100), default="service", server_default="service")
+    supplied_by: Mapped[str] = mapped_column(sa.String(20), default="operator", server_default="operator")
+
+
+class ReplayJob(Base):
+    """A bulk replay of an account's deliveries matching a filter, run by a worker task; its progress."""
+
+    __tablename__ = "replay_jobs"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    account_id: Mapped[str] = mapped_column(sa.ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
+    filter: Mapped[dict] = mapped_column(sa.JSON, default=dict)
+    # queued -> running -> finished (or failed: the task gave up; ``error`` says why)
+    status: Mapped[str] = mapped_column(sa.String(20), default="queued")
+    total: Mapped[int | None] = mapped_column(nullable=True)
+    done: Mapped[int] = mapped_column(default=0)
+    failed: Mapped[int] = mapped_column(default=0)
+    # The id of the last delivery looked at: a task started again continues after it.
+    last_delivery_id: Mapped[int | None] = mapped_column(nullable=True)
+    error: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
+    actor: Mapped[str] = mapped_column(sa.String(100))
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True), nullable=True)
 
 
 class OptOut(Base):

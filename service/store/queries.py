@@ -6,6 +6,7 @@ Each function runs in the caller's session and transaction; none commits.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -19,6 +20,27 @@ DEAD_STATUSES = ("dead", "failed", "paused")
 def accounts_with_rules_version(session: Session) -> Sequence[tuple[Account, int | None]]:
     """Every account with the version of its rules (None before the first `rules apply`)."""
     return session.execute(sa.select(Account, RuleSet.version).outerjoin(RuleSet)).all()
+
+
+def delivery_conditions(account_id: str, *, status: Sequence[str] = (), connection: str | None = None,
+                        rule_name: str | None = None, event_type: str | None = None, event_key: str | None = None,
+                        since: datetime | None = None, until: datetime | None = None) -> list[sa.ColumnElement[bool]]:
+    """WHERE conditions selecting an account's deliveries: any of ``status``, the other fields exactly, and
+    created in [since, until) (aware UTC: SQLite compares the stored UTC wall time)."""
+    where = [Delivery.account_id == account_id]
+    if len(status) == 1:
+        where.append(Delivery.status == status[0])
+    elif status:
+        where.append(Delivery.status.in_(list(status)))
+    for column, value in ((Delivery.connection, connection), (Delivery.rule_name, rule_name),
+                          (Delivery.event_type, event_type), (Delivery.event_key, event_key)):
+        if value is not None:
+            where.append(column == value)
+    if since is not None:
+        where.append(Delivery.created_at >= since)
+    if until is not None:
+        where.append(Delivery.created_at < until)
+    return where
 
 
 def delivery_log(session: Session, account_id: str, *, status: str | None = None, limit: int = 50) -> list[Delivery]:

@@ -42,6 +42,7 @@ def test_contract_shape(key):
     assert (ROOT / key / "integration.py").exists(), f"{key}: the Integration lives in integration.py"
     assert (SANDBOX / "standins" / f"{key}.py").exists() or key == "virtualpbx", f"{key} has no stand-in"
     assert any((ROOT / key / "fixtures").glob("*.json")) or key == "virtualpbx", f"{key} has no fixtures"
+    assert cls.check is not Integration.check, f"{key}: no connection check (the console's Test button)"
 
 
 @pytest.mark.parametrize("key", sorted(REGISTRY))

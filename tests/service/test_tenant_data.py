@@ -28,7 +28,7 @@ from service.runtime import Runtime
 from service.sandbox.standins.base import serve_in_thread
 from service.sandbox.standins.slack import SlackStandin
 from service.sandbox.standins.slack import create_app as slack_app
-from service.store.models import AuditEntry, Delivery, QuarantinedDelivery, StoredEvent, migrate, utcnow
+from service.store.models import AuditEntry, Delivery, QuarantinedDelivery, ReplayJob, StoredEvent, migrate, utcnow
 from service.web import make_envelope
 from service.web.spool import Spool
 from tests.conftest import FIXTURES
@@ -133,6 +133,7 @@ def fill(rt, account_id: str) -> None:
         invites.create_invite(session, account_id, f"new-{account_id[:6]}@example.test", "viewer", actor="test")
         apikeys.create_api_key(session, account_id, "ci", "read", actor="test")
         session.add(AuditEntry(account_id=account_id, kind="connected", detail="hooks registered"))
+        session.add(ReplayJob(account_id=account_id, filter={"status": ["failed"]}, actor="test"))
     rt.redis.incr(f"{ns}:authfail:{account_id}:chat")
     rt.redis.set(f"{ns}:virtualpbx:token:{account_id}", "a-kazoo-session-jwt")
     rt.redis.set(f"{ns}:virtualpbx:sms-claim:{account_id}:m1", "claim")

@@ -196,6 +196,11 @@ def create_app(state: TrelloStandin | None = None) -> Flask:
     def create_card() -> Response:
         return _vendor(state, "/1/cards", "write", lambda args, auth: _create_card(state, args, auth))
 
+    @app.get("/1/members/me")
+    def member_me() -> Response:
+        return _vendor(state, "/1/members/me", "read", lambda args, auth: _json({"id": auth["member"],
+                                                                                 "username": auth["member"]}))
+
     @app.get("/1/lists/<list_id>/cards")
     def list_cards(list_id: str) -> Response:
         return _vendor(state, "/1/lists/{id}/cards", "read", lambda args, auth: _list_cards(state, list_id, args, auth))

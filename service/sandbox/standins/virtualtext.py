@@ -141,6 +141,10 @@ def create_app(state: VirtualTextStandin | None = None) -> Flask:
     def read(message_id: str) -> Response:
         return _with_fault(state, lambda: _read(state, message_id))
 
+    @app.get("/v1/contacts")
+    def contacts() -> Response:
+        return _with_fault(state, lambda: _contacts(state))
+
     add_control_routes(app, state, error_body=lambda message: _error_body("invalid_request", message),
                        json_type=JSON_TYPE)
 
@@ -283,3 +287,10 @@ def _read(state: VirtualTextStandin, message_id: str) -> Response:
     if message is None:
         return _error(404, "not_found", f"no message {message_id}")
     return _json(_public(message))
+
+
+def _contacts(state: VirtualTextStandin) -> Response:
+    """GET /v1/contacts: the stand-in keeps no contacts, so an authorised key reads an empty page."""
+    with state.lock:
+        _key, refusal = _authenticate(state)
+    return refusal if refusal is not None else _json({"data": [], "has_more": False})

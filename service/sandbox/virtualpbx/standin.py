@@ -289,6 +289,9 @@ class _Crossbar:
         resources: dict[str, Callable[[Account, list[str]], Response]] = {
             "vmboxes": self.vmboxes, "cdrs": self.cdrs, "users": self.users, "devices": self.devices,
             "webhooks": self.webhooks, "sms": self.sms}
+        if not rest and self.method == "GET":  # the account document itself
+            return self.reply({"id": account.id, "name": account.name, "realm": account.realm,
+                               "reseller_id": account.reseller_id, "enabled": account.status == "active"})
         if not rest or rest[0] not in resources:
             raise self.fail(404, "bad_identifier", {"message": "bad identifier", "not_found": "/".join(rest)})
         return resources[rest[0]](account, rest[1:])

@@ -122,11 +122,11 @@ def test_only_owners_manage_members_and_keys(console, role, status):
 def test_an_api_key_is_shown_once(console):
     """A new key's secret is on the page that created it, and never on the account page again."""
     client = signed_in(console, "owner@example.com")
-    token = csrf_of(client.get(f"/console/accounts/{ACCOUNT_A}/"))
+    token = csrf_of(client.get(f"/console/accounts/{ACCOUNT_A}/settings"))
     created = client.post(f"/console/accounts/{ACCOUNT_A}/api-keys",
                           data={"name": "zapier", "scope": "read", "csrf_token": token}).get_data(as_text=True)
     secret = re.search(r"pbx_[A-Za-z0-9_-]{43}", created).group(0)
-    later = client.get(f"/console/accounts/{ACCOUNT_A}/").get_data(as_text=True)
+    later = client.get(f"/console/accounts/{ACCOUNT_A}/settings").get_data(as_text=True)
     assert secret not in later and secret[:12] in later
     bad = client.post(f"/console/accounts/{ACCOUNT_A}/api-keys", data={"name": "", "scope": "read",
                                                                       "csrf_token": token})
