@@ -23,7 +23,8 @@ from service.config import Settings
 from service.runtime import Runtime
 from service.secrets import secret_box
 from service.store.models import QuarantinedDelivery, StoredEvent, migrate, session_factory
-from service.web import create_app, make_envelope
+from service.web.app import create_app
+from service.web.receiver import make_envelope
 
 ACCOUNT = "91eb05e5c68d7ca05e7618b6821d2d16"
 CRM_SECRET = "whsec_" + base64.b64encode(b"campaign-secret-0123456789abcdef").decode()

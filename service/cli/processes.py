@@ -32,7 +32,7 @@ def web(host: str, port: int) -> None:
         os.execv(sys.executable, [sys.executable, "-m", "service.cli", *sys.argv[1:]])
     from gunicorn.app.base import BaseApplication
 
-    from service.web import create_app
+    from service.web.app import create_app
     from service.web.server import worker_class
 
     open_runtime()

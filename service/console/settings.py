@@ -12,22 +12,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import sqlalchemy as sa
 import yaml
 from sqlalchemy.orm import Session
 
-from service import accounts
+from service import accounts, tenant_data
 from service import rules as rules_mod
 from service.console.audit import audit
 from service.console.errors import ConsoleError, NotFound
 from service.engine import operations
 from service.runtime import Runtime
 from service.store.models import Account, Connection, RuleSet, StoredEvent
-
-if TYPE_CHECKING:  # imported where used: tenant_data imports service.web, whose pages import this module
-    from service import tenant_data
 
 RULES_FILENAME = "rules.yaml"
 # Which stored events prove that a hook endpoint is receiving.
@@ -161,8 +158,6 @@ def connect_hooks(rt: Runtime, account_id: str, *, actor: str):
 
 def export_account(rt: Runtime, account_id: str, *, actor: str) -> Iterator[str]:
     """Everything stored about the account as one JSON document, in pieces (audited before the first)."""
-    from service import tenant_data
-
     with rt.sessions.begin() as session:
         accounts.get_account(session, account_id)
         audit(session, account_id, "account_exported", "full export of the account's data", actor)
@@ -171,8 +166,6 @@ def export_account(rt: Runtime, account_id: str, *, actor: str) -> Iterator[str]
 
 def delete_account(rt: Runtime, account_id: str, *, confirm: str, actor: str) -> tenant_data.Deletion:
     """Delete the account and all its data, once ``confirm`` repeats its id; audited outside the account."""
-    from service import tenant_data
-
     if confirm != account_id:
         raise ConsoleError("confirm: give the account's id to delete it and every piece of its data")
     result = tenant_data.delete_account(rt, account_id)

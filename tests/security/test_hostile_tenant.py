@@ -32,7 +32,7 @@ from service.sandbox.standins.google_sheets import SheetsStandin, new_service_ac
 from service.sandbox.standins.google_sheets import create_app as create_sheets_app
 from service.sandbox.virtualpbx import standin
 from service.store.models import Connection, Delivery, RuleSet, migrate
-from service.web import make_envelope
+from service.web.receiver import make_envelope
 from tests.conftest import FIXTURES
 from tests.security.conftest import BODY_MARKER
 

@@ -14,7 +14,7 @@ from service.config import Settings
 from service.engine import planning
 from service.runtime import Runtime
 from service.store.models import QuarantinedDelivery, StoredEvent, migrate
-from service.web import make_envelope
+from service.web.receiver import make_envelope
 from tests.conftest import FIXTURES
 from tests.harness import Service
 

@@ -21,7 +21,7 @@ from service.sandbox.standins.base import serve_in_thread
 from service.sandbox.standins.slack import SlackStandin
 from service.sandbox.standins.slack import create_app as slack_app
 from service.store.models import Delivery, StoredEvent, migrate
-from service.web import make_envelope
+from service.web.receiver import make_envelope
 from tests.conftest import FIXTURES
 
 HOSTILE = "ba000000000000000000000000000bad"

@@ -29,7 +29,7 @@ from service.sandbox.standins.base import serve_in_thread
 from service.sandbox.standins.slack import SlackStandin
 from service.sandbox.standins.slack import create_app as slack_app
 from service.store.models import AuditEntry, Delivery, QuarantinedDelivery, ReplayJob, StoredEvent, migrate, utcnow
-from service.web import make_envelope
+from service.web.receiver import make_envelope
 from service.web.spool import Spool
 from tests.conftest import FIXTURES
 

@@ -36,7 +36,7 @@ def tasks_rt(tmp_path, redis_url, namespace, redis_client, database_url, monkeyp
     from service.config import Settings
     from service.runtime import Runtime
     from service.store.models import migrate
-    from service.web import make_envelope
+    from service.web.receiver import make_envelope
     from tests.conftest import FIXTURES
     from workers import tasks
 

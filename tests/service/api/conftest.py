@@ -16,7 +16,7 @@ from service.console.audit import CLI_ACTOR
 from service.engine import planning
 from service.runtime import Runtime
 from service.store.models import migrate
-from service.web import create_app
+from service.web.app import create_app
 from tests.conftest import database_url_for
 from tests.service.console.conftest import PASSWORD, fast_hashing  # noqa: F401 - a fixture used here
 

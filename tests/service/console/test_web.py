@@ -15,7 +15,7 @@ from service.console import invites, users
 from service.console.audit import CLI_ACTOR, audit_entries
 from service.store.access import ConsoleSession, Invite, User
 from service.store.models import session_factory, utcnow
-from service.web import create_app
+from service.web.app import create_app
 from tests.service.console.conftest import ACCOUNT_A, ACCOUNT_B, PASSWORD
 
 CSRF = re.compile(r'name="csrf_token" value="([0-9a-f]{64})"')

@@ -20,7 +20,7 @@ from service.sandbox.standins.base import serve_in_thread
 from service.sandbox.standins.slack import SlackStandin
 from service.sandbox.standins.slack import create_app as slack_app
 from service.store.models import AuditEntry, Connection, Delivery, QuarantinedDelivery, StoredEvent, migrate, utcnow
-from service.web import make_envelope
+from service.web.receiver import make_envelope
 from tests.conftest import FIXTURES
 
 ACCOUNT = "91eb05e5c68d7ca05e7618b6821d2d16"

@@ -22,7 +22,7 @@ from service.runtime import Runtime
 from service.sandbox.standins.base import serve_in_thread
 from service.sandbox.standins.virtualtext import VirtualTextStandin, create_app
 from service.store.models import Delivery, migrate
-from service.web import make_envelope
+from service.web.receiver import make_envelope
 from tests.conftest import FIXTURES
 
 ACCOUNT = "4b0f6e2d9c8a4e1f8b7a6c5d4e3f2a1b"

@@ -21,7 +21,7 @@ from service import accounts, engine
 from service.config import Settings
 from service.runtime import Runtime
 from service.store.models import StoredEvent, migrate
-from service.web import make_envelope
+from service.web.receiver import make_envelope
 from tests.conftest import FIXTURES
 
 KAZOO = FIXTURES / "kazoo"

@@ -16,7 +16,7 @@ from service.runtime import Runtime
 from service.sandbox.standins.base import serve_in_thread
 from service.sandbox.virtualpbx import standin
 from service.store.models import Account, migrate
-from service.web import create_app
+from service.web.app import create_app
 
 ACCOUNT = standin.DEMO_ACCOUNT_ID
 BIG = 50 * 1024 * 1024

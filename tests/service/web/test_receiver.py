@@ -13,7 +13,7 @@ from service import accounts
 from service.config import Settings
 from service.secrets import secret_box
 from service.store.models import migrate, session_factory
-from service.web import create_app
+from service.web.app import create_app
 from tests.conftest import load_fixture
 from tests.harness import free_port
 

@@ -16,7 +16,7 @@ from service.console.audit import CLI_ACTOR
 from service.engine import planning
 from service.runtime import Runtime
 from service.store.models import Connection, Delivery, DeliveryAttempt, StoredEvent
-from service.web import create_app
+from service.web.app import create_app
 from tests.service.console.conftest import ACCOUNT_A, ACCOUNT_B, PASSWORD
 
 CSRF = re.compile(r'name="csrf_token" value="([0-9a-f]{64})"')
