@@ -102,6 +102,16 @@ def redis_message(task: str, args: list[Any], queue: str, *, argsrepr: str | Non
     return dumps(message), task_id
 
 
+# Push only while a key still holds the value the caller read it under: the check and the push are one step.
+_PUSH_IF_UNCHANGED = """
+if (redis.call('GET', KEYS[1]) or '') == ARGV[1] then
+    redis.call('LPUSH', KEYS[2], ARGV[2])
+    return 1
+end
+return 0
+"""
+
+
 class TaskQueue:
     """Publishes task messages: a raw LPUSH on the Redis broker; on RabbitMQ one kombu producer per thread,
     reconnecting after a failure."""
@@ -109,10 +119,14 @@ class TaskQueue:
     def __init__(self, settings: Settings, *, fail_fast: bool = False) -> None:
         self._queues = declare_all(settings)
         self._redis = None
+        # Whether send_if can check a key of the shared-state Redis in the same step (the broker is that Redis).
+        self.checks_state = False
         if settings.effective_broker_url.startswith(REDIS_SCHEMES):
             # The receiver spools at once rather than wait for the broker.
             self._redis = make_redis(settings.effective_broker_url, timeout=1 if fail_fast else 5,
                                      retries=0 if fail_fast else 1)
+            self._push_if = self._redis.register_script(_PUSH_IF_UNCHANGED)
+            self.checks_state = settings.effective_broker_url == settings.effective_redis_url
             return
         options: dict[str, Any] = broker_transport_options(settings)
         self._url = kombu_url(settings.effective_broker_url)
@@ -131,6 +145,14 @@ class TaskQueue:
     def send(self, task: str, args: list[Any], *, argsrepr: str | None = None) -> str:
         """Publish one task by name; raises when the broker is unreachable. Returns the task id."""
         return self.send_many(task, [(args, argsrepr)])[0]
+
+    def send_if(self, key: str, expected: str, task: str, args: list[Any], *, argsrepr: str | None = None) -> bool:
+        """Publish one task only if the Redis ``key`` still holds ``expected`` ("" = unset), checked and pushed in one
+        round trip (needs ``checks_state``); False when it no longer does. Raises when Redis is unreachable."""
+        assert self.checks_state, "the broker is not the shared-state Redis"
+        queue = self._queues[QUEUE_KIND[task]]
+        document, _ = redis_message(task, args, queue.name, argsrepr=argsrepr)
+        return bool(self._push_if(keys=[key, queue.name], args=[expected, document]))
 
     def send_many(self, task: str, calls: list[tuple[list[Any], str | None]]) -> list[str]:
         """Publish one task per (args, argsrepr), in order; raises when the broker is unreachable. Returns the ids.
