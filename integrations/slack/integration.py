@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 import requests
 from pydantic import ConfigDict, Field, SecretStr, ValidationInfo, field_validator, model_validator
 from slack_sdk.errors import SlackApiError, SlackRequestError
-from slack_sdk.web.internal_utils import _build_unexpected_body_error_message
+from slack_sdk.web.internal_utils import _build_unexpected_body_error_message, convert_bool_to_0_or_1
 from slack_sdk.web.slack_response import SlackResponse
 from slack_sdk.webhook import WebhookClient, WebhookResponse
 
@@ -352,7 +352,9 @@ class WebApi:
         if verb == "POST":
             answer = self.session.post(url, json=args, headers=self._headers, timeout=self.timeout)
         else:
-            answer = self.session.get(url, params=args, headers=self._headers, timeout=self.timeout)
+            # Booleans as "1"/"0", which Slack reads (as slack-sdk sends them).
+            answer = self.session.get(url, params=convert_bool_to_0_or_1(args), headers=self._headers,
+                                      timeout=self.timeout)
         try:
             data = answer.json()
         except ValueError:

@@ -572,6 +572,7 @@ class _KeepAliveSlack(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     connections: list = []
     tokens: list = []
+    reads: list = []
 
     def setup(self):
         super().setup()
@@ -587,6 +588,15 @@ class _KeepAliveSlack(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def do_GET(self):  # noqa: N802 (http.server's name)
+        self.reads.append(self.path)
+        body = json.dumps({"ok": True, "messages": []}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
     def log_message(self, *args):
         pass
 
@@ -594,7 +604,7 @@ class _KeepAliveSlack(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def keepalive_slack():
     """The keep-alive server on a free local port; yields its API base URL."""
-    _KeepAliveSlack.connections, _KeepAliveSlack.tokens = [], []
+    _KeepAliveSlack.connections, _KeepAliveSlack.tokens, _KeepAliveSlack.reads = [], [], []
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _KeepAliveSlack)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
@@ -626,3 +636,13 @@ def test_a_pooled_token_still_cannot_reach_a_private_address_without_the_switch(
     with pytest.raises(PermanentError, match="api_url: .*loopback"):
         bot().run("post_message", {"channel": CALLS, "text": "refused"}, ctx)
     assert [m["text"] for m in slack.state.messages_in(CALLS)] == ["allowed"]
+
+
+def test_a_retry_reads_history_as_slack_sdk_would(keepalive_slack, action_context):
+    """The duplicate check's read sends Slack's booleans as "1" (as slack-sdk does), on the same connection."""
+    ctx = action_context(account_id="acc", idempotency_key="k-read", connection_id=CONNECTION, attempt=2,
+                         api_urls={"slack": keepalive_slack}, event={}, paced=False)
+    bot().run("post_message", {"channel": CALLS, "text": "after a timeout"}, ctx)
+    [read] = _KeepAliveSlack.reads
+    assert read.startswith("/api/conversations.history?") and "include_all_metadata=1" in read
+    assert f"channel={CALLS}" in read and len(_KeepAliveSlack.connections) == 1
