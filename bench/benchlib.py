@@ -52,12 +52,12 @@ class Processes:
         self.log_dir = log_dir
         self.procs: dict[str, subprocess.Popen] = {}
 
-    def spawn(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen:
-        """Start ``argv`` in its own session, output to logs/<name>.log."""
+    def spawn(self, name: str, argv: list[str], env: dict[str, str], code: Path | None = None) -> subprocess.Popen:
+        """Start ``argv`` in its own session, output to logs/<name>.log; ``code``: run pbxrelay from that tree."""
         out = open(self.log_dir / f"{name}.log", "ab")
         try:
-            proc = subprocess.Popen(argv, env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
+            proc = subprocess.Popen(argv, env=code_env(env, code), cwd=code or REPO, stdout=out,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         finally:
             out.close()
         self.procs[name] = proc
@@ -268,12 +268,22 @@ def environ(values: dict[str, str]):
         os.environ.update(saved)
 
 
-def git_head() -> str:
-    """The short commit of the tree under test, ``+dirty`` when service/ or workers/ have changes."""
+def code_env(env: dict[str, str], code: Path | None) -> dict[str, str]:
+    """``env`` for a pbxrelay process run from the tree ``code`` (another checkout, e.g. main to compare with):
+    its folder first on the import path, ahead of this checkout's editable install."""
+    if code is None or code.resolve() == REPO:
+        return env
+    return dict(env, PYTHONPATH=os.pathsep.join(p for p in (str(code.resolve()), env.get("PYTHONPATH")) if p))
+
+
+def git_head(tree: Path | None = None) -> str:
+    """The short commit of the tree under test, ``+dirty`` when service/, workers/ or integrations/ have changes."""
+    tree = tree or REPO
     try:
-        out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+        out = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True,
                              text=True, timeout=5)
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "service", "workers"],
+        dirty = subprocess.run(["git", "-C", str(tree), "status", "--porcelain", "--", "service", "workers",
+                                "integrations"],
                                capture_output=True, text=True, timeout=5).stdout.strip()
         return out.stdout.strip() + ("+dirty" if dirty else "")
     except Exception:

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
-from collections.abc import Mapping
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from typing import Any
+
+import requests
 
 from integrations.timeutil import aware
 
@@ -36,6 +42,40 @@ def retry_after_seconds(source: str | Mapping[str, Any] | None, *,
     if not math.isfinite(seconds) or seconds <= 0:
         return None
     return min(seconds, longest)
+
+
+# Keep-alive sessions kept per process; the least recently used is closed beyond this many.
+MAX_POOLED_SESSIONS = 256
+_sessions: OrderedDict[tuple, requests.Session] = OrderedDict()
+_sessions_lock = threading.Lock()
+_sessions_pid = os.getpid()
+
+
+def credential_key(*secrets: str) -> str:
+    """A stable, non-reversible key for a credential (to key pooled sessions and caches without the secret)."""
+    return hashlib.sha256("\x00".join(secrets).encode()).hexdigest()
+
+
+def pooled_session(key: tuple, make: Callable[[], requests.Session]) -> requests.Session:
+    """This process's keep-alive session for ``key`` (vendor, credential key, URL policy), made on first use.
+
+    One session per vendor and credential: its TCP/TLS connections are reused from one action to the next
+    instead of a new connection per message, and no two credentials share a session (nor its cookies).
+    A forked child starts with none (its parent's sockets are not its own); beyond MAX_POOLED_SESSIONS the
+    least recently used is closed."""
+    global _sessions_pid
+    with _sessions_lock:
+        if _sessions_pid != os.getpid():
+            _sessions.clear()
+            _sessions_pid = os.getpid()
+        session = _sessions.get(key)
+        if session is not None:
+            _sessions.move_to_end(key)
+            return session
+        session = _sessions[key] = make()
+        while len(_sessions) > MAX_POOLED_SESSIONS:
+            _sessions.popitem(last=False)[1].close()
+        return session
 
 
 def _header(headers: Mapping[str, Any], name: str) -> Any:

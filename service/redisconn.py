@@ -5,6 +5,8 @@ from __future__ import annotations
 from functools import lru_cache
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from service.config import Settings, get_settings
 
@@ -23,10 +25,12 @@ def kombu_url(url: str) -> str:
     return url
 
 
-def make_redis(url: str, *, timeout: float = 2.0) -> redis.Redis:
-    """A redis-py client with short timeouts, so a Redis outage fails fast instead of hanging."""
+def make_redis(url: str, *, timeout: float = 2.0, retries: int | None = None) -> redis.Redis:
+    """A redis-py client with short timeouts, so a Redis outage fails fast instead of hanging;
+    ``retries``: how often a failed command is retried at once (None: redis-py's default, with backoff)."""
+    extra = {} if retries is None else {"retry": Retry(NoBackoff(), retries)}
     return redis.Redis.from_url(redis_py_url(url), socket_timeout=timeout, socket_connect_timeout=timeout,
-                                decode_responses=True, health_check_interval=30)
+                                decode_responses=True, health_check_interval=30, **extra)
 
 
 @lru_cache(maxsize=4)

@@ -21,6 +21,7 @@ from workers.celery_app import app
 
 log = logging.getLogger(__name__)
 _runtime: Runtime | None = None
+_tasks: queue.TaskQueue | None = None
 
 # Infrastructure hiccups (Redis or the database briefly away) are retried, never dropped.
 INFRA_ERRORS = (redis.RedisError, OperationalError, BrokerError)
@@ -34,11 +35,19 @@ def runtime() -> Runtime:
     return _runtime
 
 
+def task_queue() -> queue.TaskQueue:
+    """This process's publisher of follow-up tasks, built on first use."""
+    global _tasks
+    if _tasks is None:
+        _tasks = queue.TaskQueue(runtime().settings)
+    return _tasks
+
+
 @worker_process_init.connect
 def reset_runtime(**_kwargs) -> None:
     """Forget connections inherited across fork: pool children must not share the parent's sockets."""
-    global _runtime
-    _runtime = None
+    global _runtime, _tasks
+    _runtime = _tasks = None
     session_factory.cache_clear()
 
 
@@ -48,9 +57,8 @@ def is_rerun(request) -> bool:
 
 
 def enqueue_actions(delivery_ids: list[int]) -> None:
-    """One run_action task per delivery id."""
-    for delivery_id in delivery_ids:
-        run_action.delay(delivery_id)
+    """One run_action task per delivery id, sent together (one LPUSH on Redis; no Celery publish machinery)."""
+    task_queue().send_actions(delivery_ids)
 
 
 # Runs of one hook that may end without a word (hard time limit, OOM, kill -9) before it is quarantined.

@@ -23,9 +23,11 @@ import time
 from typing import Any, Literal, Mapping
 from urllib.parse import urlsplit
 
+import requests
 from pydantic import ConfigDict, Field, SecretStr, ValidationInfo, field_validator, model_validator
-from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackRequestError
+from slack_sdk.web.internal_utils import _build_unexpected_body_error_message, convert_bool_to_0_or_1
+from slack_sdk.web.slack_response import SlackResponse
 from slack_sdk.webhook import WebhookClient, WebhookResponse
 
 from integrations.base import (
@@ -42,8 +44,8 @@ from integrations.base import (
     excerpt,
     scrub,
 )
-from integrations.http import retry_after_seconds
-from integrations.netguard import assert_url_public
+from integrations.http import credential_key, pooled_session, retry_after_seconds
+from integrations.netguard import assert_url_public, guarded_session
 from integrations.slack.cards import call_card, escape_mrkdwn
 
 DEFAULT_API_URL = "https://slack.com/api/"
@@ -254,14 +256,13 @@ class SlackIntegration(Integration):
 
     # -- Web API (bot token) -------------------------------------------------------------------
 
-    def _web_client(self, ctx: ActionContext) -> WebClient:
-        base = self.base_url(ctx.api_urls)
-        # slack-sdk sends through urllib, which no adapter can pin: this checks the address after DNS,
-        # and the static allow-list on api_url keeps the names to Slack's, whose DNS we trust.
-        assert_url_public(base, field="api_url", allow_private=ctx.allow_private_urls)
-        # A client per call: WebClient keeps no pool worth sharing and is not documented thread-safe.
-        return WebClient(token=self.config.bot_token.get_secret_value(), base_url=base,
-                         timeout=self.config.timeout, retry_handlers=[])
+    def _web_client(self, ctx: ActionContext) -> WebApi:
+        token = self.config.bot_token.get_secret_value()
+        # One keep-alive session per bot token; its guarded adapter checks each new connection's address after
+        # DNS and pins the socket to it, so a pooled connection only ever goes where the check allowed.
+        session = pooled_session(("slack", credential_key(token), ctx.allow_private_urls),
+                                 lambda: guarded_session(allow_private=ctx.allow_private_urls, field="api_url"))
+        return WebApi(session, self.base_url(ctx.api_urls), token, self.config.timeout)
 
     def _post_via_api(self, params: PostMessageParams, blocks: list | None, ctx: ActionContext) -> ActionResult:
         channel = params.channel or self.config.default_channel
@@ -289,7 +290,7 @@ class SlackIntegration(Integration):
             raise error from None
         return ActionResult(external_id=f"{response.get('channel') or channel}:{response.get('ts')}")
 
-    def _find_earlier_delivery(self, client: WebClient, channel: str, thread_ts: str | None,
+    def _find_earlier_delivery(self, client: WebApi, channel: str, thread_ts: str | None,
                                idempotency_key: str) -> str | None:
         """The ts of a message carrying ``idempotency_key`` posted in the last day, if history is readable."""
         if not _CONVERSATION_ID.match(channel):
@@ -342,6 +343,44 @@ class SlackIntegration(Integration):
         if error.code == "ratelimited":
             ctx.penalise(bucket, error.retry_after)
         raise error
+
+
+class WebApi:
+    """The Slack Web API methods pbxrelay calls, as slack-sdk's WebClient sends them (JSON body for posts, query
+    for reads, no nulls), over a pooled keep-alive session; answers and errors are slack-sdk's own types."""
+
+    def __init__(self, session: requests.Session, base_url: str, token: str, timeout: float) -> None:
+        self.session, self.base_url, self.timeout = session, base_url, timeout
+        self._headers = {"Authorization": f"Bearer {token}"}
+
+    def chat_postMessage(self, **kwargs: Any) -> SlackResponse:  # noqa: N802 (slack-sdk's name)
+        """chat.postMessage with a JSON body."""
+        return self._call("chat.postMessage", "POST", kwargs)
+
+    def conversations_history(self, **kwargs: Any) -> SlackResponse:
+        """conversations.history (GET)."""
+        return self._call("conversations.history", "GET", kwargs)
+
+    def conversations_replies(self, **kwargs: Any) -> SlackResponse:
+        """conversations.replies (GET)."""
+        return self._call("conversations.replies", "GET", kwargs)
+
+    def _call(self, method: str, verb: str, args: dict[str, Any]) -> SlackResponse:
+        """Send one call; raises SlackApiError for a non-200 or ``ok: false`` answer, as WebClient does."""
+        url = self.base_url + method
+        args = {k: v for k, v in args.items() if v is not None}
+        if verb == "POST":
+            answer = self.session.post(url, json=args, headers=self._headers, timeout=self.timeout)
+        else:
+            # Booleans as "1"/"0", which Slack reads (as slack-sdk sends them).
+            answer = self.session.get(url, params=convert_bool_to_0_or_1(args), headers=self._headers,
+                                      timeout=self.timeout)
+        try:
+            data = answer.json()
+        except ValueError:
+            data = {"ok": False, "error": _build_unexpected_body_error_message(answer.text)}
+        return SlackResponse(client=None, http_verb=verb, api_url=url, req_args={}, data=data,
+                             headers=dict(answer.headers), status_code=answer.status_code).validate()
 
 
 def classify_api_failure(method: str, exc: Exception, *, channel: str, secrets: list[str]) -> IntegrationError:

@@ -47,7 +47,8 @@ def _receive(kind: str, token: str):
     """Authenticate, size-check, verify a CRM signature, then queue or spool the raw request."""
     receiver = current_receiver()
     started = time.perf_counter()
-    found = receiver.account_for(kind, token)
+    cached = receiver.cached(kind, token)  # its epoch is checked with the push, below
+    found = cached[0] if cached else receiver.account_for(kind, token)
     if found is None:
         receiver.rejected.labels("unknown_token").inc()
         return jsonify(error="unknown hook token"), 404
@@ -74,7 +75,13 @@ def _receive(kind: str, token: str):
                              content_type=request.headers.get("Content-Type", ""),
                              query_string=request.query_string.decode("latin-1"), body=body, headers=headers)
     try:
-        where = receiver.accept(envelope)
+        where = receiver.accept(envelope, epoch=cached[1]) if cached else receiver.accept(envelope)
+        if where is None:  # a rotation changed the token epoch since it was cached (or Redis is away): look it up
+            receiver.forget(token)
+            if receiver.account_for(kind, token) is None:
+                receiver.rejected.labels("unknown_token").inc()
+                return jsonify(error="unknown hook token"), 404
+            where = receiver.accept(envelope)
     except SpoolFull:
         receiver.rejected.labels("spool_full").inc()
         log.error("ALARM: spool full and queue unreachable; refusing a %s delivery for %s", kind, account_id)

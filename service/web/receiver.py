@@ -84,6 +84,21 @@ class Receiver:
             self._tokens[token] = (found.account_id, epoch, now + TOKEN_CACHE_SECONDS)
         return found
 
+    def cached(self, kind: str, token: str) -> tuple[accounts.HookAccount, str] | None:
+        """(account, token epoch it was cached under) for a VirtualPBX token in this process's cache, when the queue
+        can check that epoch in the same step as the push (``accept(..., epoch=...)``): one Redis round trip per
+        hook instead of two. None: look the token up with ``account_for``."""
+        if kind != "virtualpbx" or not self.queue.checks_state or time.monotonic() < self._redis_down_until:
+            return None
+        cached = self._tokens.get(token)
+        if cached is None or cached[2] <= time.monotonic():
+            return None
+        return accounts.HookAccount(cached[0], None, False), cached[1]
+
+    def forget(self, token: str) -> None:
+        """Drop a token from the cache (its epoch moved on, or could not be checked)."""
+        self._tokens.pop(token, None)
+
     def _token_epoch(self) -> str | None:
         """The current token epoch ("" when never set), or None when Redis does not answer (no caching then)."""
         if time.monotonic() < self._redis_down_until:
@@ -98,8 +113,22 @@ class Receiver:
         """Put one envelope on the ingest queue (raises when Redis is unreachable)."""
         self.queue.send(INGEST, [envelope], argsrepr="(envelope)")
 
-    def accept(self, envelope: dict[str, Any]) -> str:
-        """Queue the envelope, or spool it durably; returns where it went."""
+    def accept(self, envelope: dict[str, Any], *, epoch: str | None = None) -> str | None:
+        """Queue the envelope, or spool it durably; returns where it went.
+
+        With ``epoch`` (the token came from ``cached``): queued only if the token epoch is still that one, in the
+        same step; None when it is not, or Redis did not answer, and nothing was kept: look the token up again."""
+        if epoch is not None:
+            if self.spool.depth():
+                return None  # behind the spool, in order, after a fresh lookup
+            try:
+                if self.queue.send_if(accounts.token_epoch_key(self.settings.namespace), epoch, INGEST, [envelope],
+                                      argsrepr="(envelope)"):
+                    return "queued"
+            except Exception as exc:  # redis-py raises several types for "Redis is away"
+                log.warning("queue unreachable (%s); looking the token up again", type(exc).__name__)
+                self._redis_down_until = time.monotonic() + REDIS_RETRY_SECONDS
+            return None
         if self.spool.depth() == 0:
             try:
                 self.publish(envelope)

@@ -41,3 +41,52 @@ def test_on_rabbitmq_a_task_lands_in_a_quorum_queue(tmp_path, redis_url, rabbitm
         with Connection(rabbitmq_url) as conn:
             for q in declared.values():
                 q.bind(conn.default_channel).delete()
+
+
+def _without_ids(document: str) -> dict:
+    """A stored kombu message with the per-message ids (task id, delivery tag) and the queue names taken out."""
+    import json
+
+    message = json.loads(document)
+    for key in ("id", "root_id"):
+        message["headers"].pop(key)
+    for key in ("correlation_id", "delivery_tag", "delivery_info"):
+        message["properties"].pop(key)
+    return message
+
+
+def test_on_redis_the_raw_push_stores_what_kombus_publish_stores(tmp_path, redis_url, namespace, redis_client):
+    """The LPUSH'd document is the one kombu's Redis transport writes for the same task, field for field."""
+    settings = Settings(var_dir=tmp_path, redis_url=redis_url, namespace=namespace)
+    envelope = {"body": "caf\u00e9 \u2603 \"quoted\"", "n": 1, "nested": {"list": [1, None, True]}}
+    queue.TaskQueue(settings).send(queue.INGEST, [envelope], argsrepr="(envelope)")
+    ours = queue.declare_all(settings)["ingest"]
+    theirs = queue.declare(f"{namespace}.kombu")
+    body, headers, task_id = queue.task_message(queue.INGEST, [envelope], argsrepr="(envelope)")
+    with Connection(redis_url) as conn:
+        conn.Producer(serializer="json").publish(body, exchange=theirs.exchange, routing_key=theirs.routing_key,
+                                                 declare=[theirs], headers=headers, correlation_id=task_id,
+                                                 content_encoding="utf-8", serializer="json", delivery_mode=2)
+    (raw,) = redis_client.lrange(ours.name, 0, -1)
+    (kombu_raw,) = redis_client.lrange(theirs.name, 0, -1)
+    assert _without_ids(raw) == _without_ids(kombu_raw)
+    with Connection(redis_url) as conn:  # and kombu's consumer (Celery's) reads it back as the same task
+        with conn.SimpleQueue(ours) as simple:
+            message = simple.get(timeout=5)
+            message.ack()
+    assert message.headers["task"] == queue.INGEST and message.payload[0] == [envelope]
+    assert message.properties["correlation_id"] == message.headers["id"]
+
+
+def test_on_redis_a_batch_is_one_push_and_comes_out_in_order(tmp_path, redis_url, namespace):
+    """send_actions pushes all its tasks at once; the consumer gets them in the order given."""
+    settings = Settings(var_dir=tmp_path, redis_url=redis_url, namespace=namespace)
+    queue.TaskQueue(settings).send_actions([3, 1, 2])
+    got = []
+    with Connection(redis_url) as conn:
+        with conn.SimpleQueue(queue.declare_all(settings)["actions"]) as simple:
+            for _ in range(3):
+                message = simple.get(timeout=5)
+                message.ack()
+                got.append(message.payload[0][0])
+    assert got == [3, 1, 2]

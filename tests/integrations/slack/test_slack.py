@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import pickle
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -559,3 +561,88 @@ def test_blocks_slack_rejects_give_its_reasons(slack, make_ctx):
         bot().run("post_message", {"channel": CALLS, "text": "t", "blocks": [{"type": "section"}]},
                   make_ctx())
     assert "missing required field: type [json-pointer:/blocks/0]" in str(info.value)
+
+
+# -- connection reuse ----------------------------------------------------------------------------
+
+class _KeepAliveSlack(http.server.BaseHTTPRequestHandler):
+    """A minimal HTTP/1.1 keep-alive chat.postMessage (Werkzeug's server closes every connection): counts the
+    connections it accepted and the tokens it saw."""
+
+    protocol_version = "HTTP/1.1"
+    connections: list = []
+    tokens: list = []
+    reads: list = []
+
+    def setup(self):
+        super().setup()
+        self.connections.append(self.client_address)
+
+    def do_POST(self):  # noqa: N802 (http.server's name)
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.tokens.append(self.headers["Authorization"])
+        body = json.dumps({"ok": True, "channel": CALLS, "ts": f"{time.time():.6f}"}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):  # noqa: N802 (http.server's name)
+        self.reads.append(self.path)
+        body = json.dumps({"ok": True, "messages": []}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def keepalive_slack():
+    """The keep-alive server on a free local port; yields its API base URL."""
+    _KeepAliveSlack.connections, _KeepAliveSlack.tokens, _KeepAliveSlack.reads = [], [], []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _KeepAliveSlack)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/api/"
+    server.shutdown()
+    server.server_close()
+
+
+def test_one_token_reuses_one_connection_another_token_gets_its_own(keepalive_slack, action_context):
+    """Posts with one bot token share one keep-alive connection; another token never shares it."""
+    def post(token: str, key: str) -> None:
+        ctx = action_context(account_id="acc", idempotency_key=key, connection_id=CONNECTION, attempt=1,
+                             api_urls={"slack": keepalive_slack}, event={}, paced=False)
+        SlackIntegration(SlackConfig(bot_token=token)).run("post_message", {"channel": CALLS, "text": key}, ctx)
+
+    for n in range(3):
+        post(TOKEN, f"reuse-{n}")
+    assert len(_KeepAliveSlack.connections) == 1, "three posts, one connection"
+    post("xoxb-9999-8888-anothertoken", "other")
+    assert len(_KeepAliveSlack.connections) == 2, "another token, its own connection"
+    assert _KeepAliveSlack.tokens == [f"Bearer {TOKEN}"] * 3 + ["Bearer xoxb-9999-8888-anothertoken"]
+
+
+def test_a_pooled_token_still_cannot_reach_a_private_address_without_the_switch(slack, make_ctx):
+    """The session kept for a token with private URLs allowed is not the one used without: the guard refuses."""
+    bot().run("post_message", {"channel": CALLS, "text": "allowed"}, make_ctx(key="priv-1", paced=False))
+    ctx = make_ctx(key="priv-2", paced=False)
+    ctx.allow_private_urls = False
+    with pytest.raises(PermanentError, match="api_url: .*loopback"):
+        bot().run("post_message", {"channel": CALLS, "text": "refused"}, ctx)
+    assert [m["text"] for m in slack.state.messages_in(CALLS)] == ["allowed"]
+
+
+def test_a_retry_reads_history_as_slack_sdk_would(keepalive_slack, action_context):
+    """The duplicate check's read sends Slack's booleans as "1" (as slack-sdk does), on the same connection."""
+    ctx = action_context(account_id="acc", idempotency_key="k-read", connection_id=CONNECTION, attempt=2,
+                         api_urls={"slack": keepalive_slack}, event={}, paced=False)
+    bot().run("post_message", {"channel": CALLS, "text": "after a timeout"}, ctx)
+    [read] = _KeepAliveSlack.reads
+    assert read.startswith("/api/conversations.history?") and "include_all_metadata=1" in read
+    assert f"channel={CALLS}" in read and len(_KeepAliveSlack.connections) == 1

@@ -236,3 +236,24 @@ def test_a_chunked_body_over_the_limit_is_413_not_cut(receiver, redis_client, na
     from service.engine import envelope_body
 
     assert [envelope_body(e) for e in queued(redis_client, namespace)] == [exact]
+
+
+def test_a_cached_token_is_checked_and_queued_in_one_step_and_spools_when_redis_goes_away(receiver, redis_client,
+                                                                                         namespace):
+    """A cached VirtualPBX token's epoch is checked by the push itself; when that push finds Redis away, the token is
+    looked up again and the hook spooled (200), never dropped."""
+    from service.redisconn import make_redis
+
+    client, token, settings = receiver
+    url = f"/hooks/virtualpbx/{token}"
+    assert client.post(url, json={"n": 1}).status_code == 200  # looked up, now cached
+    rec = client.application.extensions["pbxrelay.receiver"]
+    assert rec.cached("virtualpbx", token) is not None
+    assert client.post(url, json={"n": 2}).status_code == 200  # the one-step path
+    assert sorted(json.loads(e["body"])["n"] for e in queued(redis_client, namespace)) == [1, 2]
+    rec.queue._redis = make_redis(f"redis://127.0.0.1:{free_port()}/0", timeout=0.5, retries=0)  # the broker is away
+    rec.queue._push_if = rec.queue._redis.register_script("return 1")
+    assert client.post(url, json={"n": 3}).status_code == 200
+    spooled = [json.loads(p.read_text()) for p in (settings.var_dir / "spool").glob("*.json")]
+    assert [json.loads(e["body"])["n"] for e in spooled] == [3]
+    assert len(queued(redis_client, namespace)) == 2
