@@ -204,16 +204,20 @@ def decode_cursor(cursor: str | None) -> int | None:
         raise ConsoleError("cursor: not a cursor from a previous page of this list") from None
 
 
+def _page_of(rows: list, limit: int) -> Page:
+    """A page from up to ``limit + 1`` rows, newest first (the extra one says a page follows)."""
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return Page(items=rows, next_cursor=encode_cursor(rows[-1].id) if more and rows else None)
+
+
 def keyset_page(session: Session, query: sa.Select, id_column, cursor: str | None, limit: int) -> Page:
     """Run a newest-first keyset query: rows before the cursor, one more than asked to know if a page follows."""
     limit = _check_limit(limit)
     before = decode_cursor(cursor)
     if before is not None:
         query = query.where(id_column < before)
-    rows = list(session.scalars(query.order_by(id_column.desc()).limit(limit + 1)))
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return Page(items=rows, next_cursor=encode_cursor(rows[-1].id) if more else None)
+    return _page_of(list(session.scalars(query.order_by(id_column.desc()).limit(limit + 1))), limit)
 
 
 def parse_row_id(value: Any) -> int | None:
@@ -227,16 +231,68 @@ def parse_row_id(value: Any) -> int | None:
 
 # ------------------------------------------------------------------------------------------- deliveries
 
-def _delivery_query(account_id: str, flt: DeliveryFilter) -> sa.Select:
-    return sa.select(Delivery).where(*queries.delivery_conditions(
+def _delivery_conditions(account_id: str, flt: DeliveryFilter) -> list[sa.ColumnElement[bool]]:
+    return queries.delivery_conditions(
         account_id, status=flt.status, connection=flt.connection, rule_name=flt.rule_name,
-        event_type=flt.event_type, event_key=flt.event_key, since=flt.since, until=flt.until))
+        event_type=flt.event_type, event_key=flt.event_key, since=flt.since, until=flt.until)
 
 
 def list_deliveries(session: Session, account_id: str, flt: DeliveryFilter, *, cursor: str | None = None,
                     limit: int = 50) -> Page[Delivery]:
     """A page of the account's deliveries matching ``flt``, newest first."""
-    return keyset_page(session, _delivery_query(account_id, flt), Delivery.id, cursor, limit)
+    query = sa.select(Delivery).where(*_delivery_conditions(account_id, flt))
+    if flt.since is not None or flt.until is not None:
+        limit, before = _check_limit(limit), decode_cursor(cursor)
+        page = _near_page(session, account_id, query, before, limit) or _window_page(
+            session, account_id, flt, query, before, limit)
+        if page is not None:
+            return page
+    return keyset_page(session, query, Delivery.id, cursor, limit)
+
+
+# A time window's page is looked for first among this many of the account's rows below the cursor (it is there
+# when the window reaches up to them), then, when the window holds at most WINDOW_ROWS deliveries of the account,
+# within the ids of those, read through (account_id, created_at); else by walking the ids down (bench/console_log).
+NEAR_ROWS = 200
+WINDOW_ROWS = 2500
+
+
+def _below(before: int | None) -> list[sa.ColumnElement[bool]]:
+    return [Delivery.id < before] if before is not None else []
+
+
+def _near_page(session: Session, account_id: str, query: sa.Select, before: int | None,
+               limit: int) -> Page[Delivery] | None:
+    """The page when it fills up within the account's NEAR_ROWS rows below the cursor, else None."""
+    near = sa.select(Delivery.id).where(Delivery.account_id == account_id, *_below(before))
+    lowest = sa.select(sa.func.min(near.order_by(Delivery.id.desc()).limit(NEAR_ROWS).subquery().c.id))
+    rows = list(session.scalars(query.where(Delivery.id >= lowest.scalar_subquery(), *_below(before))
+                                .order_by(Delivery.id.desc()).limit(limit + 1)))
+    return _page_of(rows, limit) if len(rows) > limit else None
+
+
+def _window_page(session: Session, account_id: str, flt: DeliveryFilter, query: sa.Select, before: int | None,
+                 limit: int) -> Page[Delivery] | None:
+    """The page of a time-windowed list when the window is small, else None (then walk the ids).
+
+    Walking ids newest first reads every newer row of the account before it reaches a window far in the past
+    (or the whole account when the window holds few rows). Ids cannot be bounded from the window alone: a
+    replay moves created_at forward, so created_at does not follow id order. So the window's ids are read
+    through the (account_id, created_at) index, at most WINDOW_ROWS + 1 of them (the other filters left out, so
+    a selective one cannot make this read the whole window). When that is all of them, every row of the window
+    lies between the least and the greatest, and the page is the id walk within that range."""
+    window = sa.select(Delivery.id).where(*queries.delivery_conditions(account_id, since=flt.since,
+                                                                       until=flt.until), *_below(before))
+    ids = window.order_by(Delivery.created_at.desc()).limit(WINDOW_ROWS + 1).subquery()
+    count, lowest, highest = session.execute(sa.select(sa.func.count(), sa.func.min(ids.c.id),
+                                                       sa.func.max(ids.c.id))).one()
+    if count > WINDOW_ROWS:
+        return None
+    if not count:
+        return Page(items=[])
+    rows = list(session.scalars(query.where(Delivery.id >= lowest, Delivery.id <= highest)
+                                .order_by(Delivery.id.desc()).limit(limit + 1)))
+    return _page_of(rows, limit)
 
 
 def get_delivery(session: Session, account_id: str, delivery_id: int | str) -> Delivery:

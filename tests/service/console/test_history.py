@@ -111,6 +111,43 @@ def test_delivery_log_pages_newest_first_and_filters(rt):
         assert len(last.items) == 7 and last.next_cursor is None
 
 
+@pytest.mark.parametrize(("near_rows", "window_rows"), [(history.NEAR_ROWS, history.WINDOW_ROWS),
+                                                        (2, history.WINDOW_ROWS), (2, 3)])
+def test_a_time_window_lists_exactly_its_deliveries_newest_id_first(rt, monkeypatch, near_rows, window_rows):
+    """Each way to a windowed page (the rows near the cursor; the window read through created_at; the id walk:
+    forced with small NEAR_ROWS and WINDOW_ROWS) pages through the same rows: those created in [since, until),
+    by id newest first, replayed ones (created_at moved past newer ids) included, with other filters."""
+    monkeypatch.setattr(history, "NEAR_ROWS", near_rows)
+    monkeypatch.setattr(history, "WINDOW_ROWS", window_rows)
+    specs = [("succeeded", "chat"), ("failed", "chat"), ("failed", "sheet")] * 4
+    mine = add_deliveries(rt, ACCOUNT, specs)  # T0, T0+1min, ... T0+11min
+    add_deliveries(rt, OTHER, [("failed", "chat")] * 12)
+    with rt.sessions.begin() as session:  # two old deliveries replayed: created later than newer ids
+        for delivery_id, minutes in ((mine[0], 6.5), (mine[1], 30)):
+            session.execute(sa.update(Delivery).where(Delivery.id == delivery_id).values(
+                created_at=T0 + timedelta(minutes=minutes)))
+    created = {d: T0 + timedelta(minutes=n) for n, d in enumerate(mine)}
+    created.update({mine[0]: T0 + timedelta(minutes=6.5), mine[1]: T0 + timedelta(minutes=30)})
+    status = dict(zip(mine, (s for s, _ in specs)))
+    cases = [(T0 + timedelta(minutes=3), T0 + timedelta(minutes=9), ()),  # mine[0] replayed into it
+             (T0 + timedelta(minutes=3), T0 + timedelta(minutes=9), ("failed",)),
+             (None, T0 + timedelta(minutes=4), ()),  # mine[1] replayed out of it
+             (T0 + timedelta(minutes=10), None, ()),  # mine[1] replayed into it
+             (T0 - timedelta(days=1), T0 - timedelta(hours=1), ())]  # nothing
+    with rt.sessions() as session:
+        for since, until, statuses in cases:
+            expected = sorted((d for d in mine if (since is None or created[d] >= since) and
+                               (until is None or created[d] < until) and (not statuses or status[d] in statuses)),
+                              reverse=True)
+            flt = history.DeliveryFilter(since=since, until=until, status=statuses)
+            for limit in (2, 50):
+                items, pages = all_pages(session, ACCOUNT, flt, limit)
+                assert [d.id for d in items] == expected, (since, until, statuses, limit)
+                assert pages == max(1, -(-len(expected) // limit))
+            if (since, until, statuses) == cases[0]:  # (the replayed row sorts by its id, last)
+                assert expected == [*reversed(mine[3:9]), mine[0]]
+
+
 @pytest.mark.parametrize("cursor", [
     "garbage", "!!!", "x" * 500, base64.urlsafe_b64encode(b'{"before": "7"}').decode(),
     base64.urlsafe_b64encode(json.dumps({"before": 2**40}).encode()).decode(),
