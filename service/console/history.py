@@ -204,16 +204,20 @@ def decode_cursor(cursor: str | None) -> int | None:
         raise ConsoleError("cursor: not a cursor from a previous page of this list") from None
 
 
+def _page_of(rows: list, limit: int) -> Page:
+    """A page from up to ``limit + 1`` rows, newest first (the extra one says a page follows)."""
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return Page(items=rows, next_cursor=encode_cursor(rows[-1].id) if more and rows else None)
+
+
 def keyset_page(session: Session, query: sa.Select, id_column, cursor: str | None, limit: int) -> Page:
     """Run a newest-first keyset query: rows before the cursor, one more than asked to know if a page follows."""
     limit = _check_limit(limit)
     before = decode_cursor(cursor)
     if before is not None:
         query = query.where(id_column < before)
-    rows = list(session.scalars(query.order_by(id_column.desc()).limit(limit + 1)))
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return Page(items=rows, next_cursor=encode_cursor(rows[-1].id) if more else None)
+    return _page_of(list(session.scalars(query.order_by(id_column.desc()).limit(limit + 1))), limit)
 
 
 def parse_row_id(value: Any) -> int | None:
@@ -227,16 +231,68 @@ def parse_row_id(value: Any) -> int | None:
 
 # ------------------------------------------------------------------------------------------- deliveries
 
-def _delivery_query(account_id: str, flt: DeliveryFilter) -> sa.Select:
-    return sa.select(Delivery).where(*queries.delivery_conditions(
+def _delivery_conditions(account_id: str, flt: DeliveryFilter) -> list[sa.ColumnElement[bool]]:
+    return queries.delivery_conditions(
         account_id, status=flt.status, connection=flt.connection, rule_name=flt.rule_name,
-        event_type=flt.event_type, event_key=flt.event_key, since=flt.since, until=flt.until))
+        event_type=flt.event_type, event_key=flt.event_key, since=flt.since, until=flt.until)
 
 
 def list_deliveries(session: Session, account_id: str, flt: DeliveryFilter, *, cursor: str | None = None,
                     limit: int = 50) -> Page[Delivery]:
     """A page of the account's deliveries matching ``flt``, newest first."""
-    return keyset_page(session, _delivery_query(account_id, flt), Delivery.id, cursor, limit)
+    query = sa.select(Delivery).where(*_delivery_conditions(account_id, flt))
+    if flt.since is not None or flt.until is not None:
+        limit, before = _check_limit(limit), decode_cursor(cursor)
+        page = _near_page(session, account_id, query, before, limit) or _window_page(
+            session, account_id, flt, query, before, limit)
+        if page is not None:
+            return page
+    return keyset_page(session, query, Delivery.id, cursor, limit)
+
+
+# A time window's page is looked for first among this many of the account's rows below the cursor (it is there
+# when the window reaches up to them), then, when the window holds at most WINDOW_ROWS deliveries of the account,
+# within the ids of those, read through (account_id, created_at); else by walking the ids down (bench/console_log).
+NEAR_ROWS = 200
+WINDOW_ROWS = 2500
+
+
+def _below(before: int | None) -> list[sa.ColumnElement[bool]]:
+    return [Delivery.id < before] if before is not None else []
+
+
+def _near_page(session: Session, account_id: str, query: sa.Select, before: int | None,
+               limit: int) -> Page[Delivery] | None:
+    """The page when it fills up within the account's NEAR_ROWS rows below the cursor, else None."""
+    near = sa.select(Delivery.id).where(Delivery.account_id == account_id, *_below(before))
+    lowest = sa.select(sa.func.min(near.order_by(Delivery.id.desc()).limit(NEAR_ROWS).subquery().c.id))
+    rows = list(session.scalars(query.where(Delivery.id >= lowest.scalar_subquery(), *_below(before))
+                                .order_by(Delivery.id.desc()).limit(limit + 1)))
+    return _page_of(rows, limit) if len(rows) > limit else None
+
+
+def _window_page(session: Session, account_id: str, flt: DeliveryFilter, query: sa.Select, before: int | None,
+                 limit: int) -> Page[Delivery] | None:
+    """The page of a time-windowed list when the window is small, else None (then walk the ids).
+
+    Walking ids newest first reads every newer row of the account before it reaches a window far in the past
+    (or the whole account when the window holds few rows). Ids cannot be bounded from the window alone: a
+    replay moves created_at forward, so created_at does not follow id order. So the window's ids are read
+    through the (account_id, created_at) index, at most WINDOW_ROWS + 1 of them (the other filters left out, so
+    a selective one cannot make this read the whole window). When that is all of them, every row of the window
+    lies between the least and the greatest, and the page is the id walk within that range."""
+    window = sa.select(Delivery.id).where(*queries.delivery_conditions(account_id, since=flt.since,
+                                                                       until=flt.until), *_below(before))
+    ids = window.order_by(Delivery.created_at.desc()).limit(WINDOW_ROWS + 1).subquery()
+    count, lowest, highest = session.execute(sa.select(sa.func.count(), sa.func.min(ids.c.id),
+                                                       sa.func.max(ids.c.id))).one()
+    if count > WINDOW_ROWS:
+        return None
+    if not count:
+        return Page(items=[])
+    rows = list(session.scalars(query.where(Delivery.id >= lowest, Delivery.id <= highest)
+                                .order_by(Delivery.id.desc()).limit(limit + 1)))
+    return _page_of(rows, limit)
 
 
 def get_delivery(session: Session, account_id: str, delivery_id: int | str) -> Delivery:
@@ -300,7 +356,8 @@ def get_event(session: Session, account_id: str, ref: int | str) -> StoredEvent:
 
 @dataclass(frozen=True)
 class CallSummary:
-    """One call as its ``call.ended`` event summed it up (or ``call.missed``, when no leg was ever seen)."""
+    """One call as its ``call.ended`` event summed it up (or ``call.missed``, when no leg was ever seen, or
+    ``voicemail.new``, when the voicemail notification is all pbxrelay heard of it: outcome voicemail)."""
 
     call_key: str
     event_id: int
@@ -321,6 +378,13 @@ class CallSummary:
 
 def _call_summary(event: StoredEvent) -> CallSummary:
     data = event.data if isinstance(event.data, dict) else {}
+    if event.type == "voicemail.new":
+        # The notification tells who called which mailbox, not the call's direction, timing or talk time.
+        return CallSummary(
+            call_key=data.get("call_id") or "", event_id=event.id, event_key=event.key,
+            occurred_at=aware(event.occurred_at), direction=None, caller=data.get("caller") or {},
+            callee=data.get("callee") or {}, answered_by=None, outcome="voicemail", started_at=None,
+            ended_at=None, duration=None, talk_time=None, voicemail_left=True, summary=data)
     prefix = _ENDED if event.key.startswith(_ENDED) else _MISSED
     return CallSummary(
         call_key=event.key[len(prefix):], event_id=event.id, event_key=event.key,
@@ -331,16 +395,45 @@ def _call_summary(event: StoredEvent) -> CallSummary:
         voicemail_left=bool(data.get("voicemail_left")), summary=data)
 
 
+def _is_voicemail():
+    return StoredEvent.type == "voicemail.new"
+
+
+def _call_outcome():
+    """A call row's outcome: its event's, or voicemail for a call known only by its voicemail notification."""
+    return sa.case((_is_voicemail(), sa.literal("voicemail", sa.String)),
+                   else_=StoredEvent.data["outcome"].as_string())
+
+
+def _call_direction():
+    """A call row's direction: its event's; unknown (NULL) for a call known only by its voicemail."""
+    return sa.case((_is_voicemail(), sa.null()), else_=StoredEvent.data["direction"].as_string())
+
+
 def _calls_query(account_id: str, columns: Iterable[Any] | None = None) -> sa.Select:
-    """One row per call: its call.ended event, or its call.missed event when the call has no call.ended
-    (Kazoo's missed-call notification for a call none of whose legs arrived)."""
+    """One row per call: its call.ended event; its call.missed event when the call has no call.ended (Kazoo's
+    missed-call notification for a call none of whose legs arrived); or, when it has neither (only the
+    voicemail notification was subscribed or arrived), its newest voicemail.new event."""
     ended = aliased(StoredEvent)
     has_ended = sa.exists().where(
         ended.account_id == StoredEvent.account_id,
         ended.key == sa.literal(_ENDED, sa.String) + sa.func.substr(StoredEvent.key, len(_MISSED) + 1))
+    vm_call = StoredEvent.data["call_id"].as_string()
+    summed_up = aliased(StoredEvent)
+    has_summary = sa.exists().where(  # two probes of the (account_id, key) unique index
+        summed_up.account_id == StoredEvent.account_id,
+        summed_up.key.in_((sa.literal(_ENDED, sa.String) + vm_call, sa.literal(_MISSED, sa.String) + vm_call)))
+    newer = aliased(StoredEvent)
+    has_newer_voicemail = sa.exists().where(  # a second message left in the same call: one row per call
+        newer.account_id == StoredEvent.account_id, newer.type == "voicemail.new", newer.id > StoredEvent.id,
+        newer.data["call_id"].as_string() == vm_call)
     query = sa.select(*(columns or (StoredEvent,))).where(
-        StoredEvent.account_id == account_id, StoredEvent.type.in_(("call.ended", "call.missed")),
-        sa.or_(StoredEvent.type == "call.ended", ~has_ended))
+        StoredEvent.account_id == account_id,
+        StoredEvent.type.in_(("call.ended", "call.missed", "voicemail.new")),
+        sa.or_(StoredEvent.type == "call.ended",
+               sa.and_(StoredEvent.type == "call.missed", ~has_ended),
+               # (Checked in this order: the newer-voicemail scan runs only for calls with no summary.)
+               sa.and_(_is_voicemail(), vm_call.is_not(None), vm_call != "", ~has_summary, ~has_newer_voicemail)))
     return query
 
 
@@ -349,9 +442,9 @@ def list_calls(session: Session, account_id: str, flt: CallFilter, *, cursor: st
     """A page of the account's calls matching ``flt``, newest (last ended) first."""
     query = _calls_query(account_id)
     if flt.outcome is not None:
-        query = query.where(StoredEvent.data["outcome"].as_string() == flt.outcome)
+        query = query.where(_call_outcome() == flt.outcome)
     if flt.direction is not None:
-        query = query.where(StoredEvent.data["direction"].as_string() == flt.direction)
+        query = query.where(_call_direction() == flt.direction)
     if flt.number is not None:
         pattern = f"%{flt.number}%"
         query = query.where(sa.or_(StoredEvent.data[("caller", "number")].as_string().like(pattern),
@@ -420,7 +513,7 @@ def call_detail(session: Session, account_id: str, call_key: str) -> CallDetail:
         StoredEvent.account_id == account_id, StoredEvent.type == "voicemail.new",
         StoredEvent.data["call_id"].as_string() == call_key,
         *([StoredEvent.occurred_at >= min(around) - CALL_HOOK_MARGIN,
-           StoredEvent.occurred_at <= max(around) + CALL_HOOK_MARGIN] if around else [])))
+           StoredEvent.occurred_at <= max(around) + CALL_HOOK_MARGIN] if around else [])).order_by(StoredEvent.id))
     events.extend(voicemails)
     legs = _hooks_of_call(session, account_id, call_key, around)
     if not events and not legs:
@@ -430,7 +523,8 @@ def call_detail(session: Session, account_id: str, call_key: str) -> CallDetail:
         Delivery.account_id == account_id, Delivery.event_key.in_(keys)).order_by(Delivery.id)))
     attempts = _attempts_by_delivery(session, [d.id for d in deliveries])
     ended = next((e for e in events if e.type == "call.ended"), None) or next(
-        (e for e in events if e.type == "call.missed"), None)
+        (e for e in events if e.type == "call.missed"), None) or next(
+        (e for e in reversed(events) if e.type == "voicemail.new"), None)  # the list's row: the newest message
     return CallDetail(call_key=call_key, summary=_call_summary(ended) if ended else None, legs=legs,
                       events=sorted(events, key=lambda e: (aware(e.occurred_at), e.id)),
                       deliveries=[DeliveryHistory(d, attempts.get(d.id, [])) for d in deliveries],
@@ -501,8 +595,7 @@ def overview(session: Session, account_id: str, *, day: date | None = None, tz: 
     by_hour: list[dict[str, int]] = [defaultdict(int) for _ in range(24)]
     calls = inbound = missed = 0
     rows = session.execute(_calls_query(account_id, (
-        StoredEvent.occurred_at, StoredEvent.data["outcome"].as_string(),
-        StoredEvent.data["direction"].as_string())).where(
+        StoredEvent.occurred_at, _call_outcome(), _call_direction())).where(
         StoredEvent.occurred_at >= start, StoredEvent.occurred_at < end))
     for occurred_at, outcome, direction in rows:
         by_hour[aware(occurred_at).astimezone(zone).hour][outcome or "unknown"] += 1

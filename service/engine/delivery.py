@@ -81,8 +81,18 @@ def retry_delay(rt: Runtime, attempt: int, retry_after: float | None, code: str 
 
 # Retry reasons that are waiting, not trying: nothing reached the vendor, so no attempt is counted.
 WAITING_CODES = frozenset({"paced", "deferred", "queued"})
+# What a delivery that gave up while waiting was waiting for (its last_error says so).
+WAITING_FOR = {"paced": "waiting for a rate-limit slot", "deferred": "waiting for quiet hours to end",
+               "queued": "waiting for its queued write"}
 # How long the count of a delivery's consecutive rate-limit waits is kept (it only shapes the spread below).
 PACED_WAITS_TTL_SECONDS = 3600
+
+
+def _span(seconds: int) -> str:
+    """A duration for people: 24 h, 90 min, 45 s."""
+    if seconds % 3600 == 0:
+        return f"{seconds // 3600} h"
+    return f"{seconds // 60} min" if seconds % 60 == 0 else f"{seconds} s"
 
 
 def paced_delay(rt: Runtime, delivery_id: int, retry_after: float) -> float:
@@ -291,6 +301,9 @@ def _record_failure(rt: Runtime, job: _Job, exc: IntegrationError, secrets_seen:
     waiting = exc.code in WAITING_CODES
     if waiting:
         values["attempts"] = Delivery.attempts - 1
+        if status == "dead":  # no attempt row says why: the delivery itself must (an earlier error would mislead)
+            horizon = _span(rt.settings.retry_horizon_seconds)
+            values["last_error"] = f"gave up: still {WAITING_FOR.get(exc.code, 'waiting')} after {horizon}"
     else:
         values["last_error"] = f"{type(exc).__name__}: {exc.message}"[:2000]
         rt.redis.delete(f"{rt.settings.namespace}:paced-waits:{job.delivery_id}")  # waits after this start anew

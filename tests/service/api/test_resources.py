@@ -17,6 +17,7 @@ from service.sandbox.virtualpbx import standin
 from service.sandbox.virtualpbx.simulator import CallSimulator
 from service.store.models import Connection, Delivery, DeliveryAttempt, QuarantinedDelivery
 from service.web.receiver import make_envelope
+from tests.conftest import FIXTURES
 from tests.service.api.conftest import ACCOUNT_A, RULES_A
 from tests.service.api.test_access import A, assert_problem
 
@@ -213,6 +214,33 @@ def test_events_calls_and_deliveries_with_attempts(api_on):
     assert_problem(reader.get(f"{A}/deliveries?status=lost"), 422)
     assert_problem(reader.get(f"{A}/deliveries/999999"), 404)
     assert_problem(api.client("b_write").get(f"{A}/deliveries/{deliveries[0]['id']}"), 404)
+
+
+def test_a_call_known_only_by_its_voicemail_is_in_the_calls_list(api_on):
+    """Only the voicemail_new notification of a call arrived: the API lists the call once, outcome voicemail,
+    and its detail has the voicemail.new event as the summary."""
+    api = api_on  # SQLite and PostgreSQL
+    call_id, payloads = simulated_call("inbound_answered", 6)
+    for payload in payloads:
+        ingest(api, payload)
+    engine.finalize_call(api.rt, ACCOUNT_A, call_id)
+    notification = json.loads((FIXTURES / "kazoo" / "webhook_notifications_voicemail_new.json").read_text())
+    for voicemail_id in ("vm-1", "vm-2"):
+        ingest(api, {**notification, "call_id": "vm-only-call", "voicemail_id": voicemail_id})
+    reader = api.client("read")
+
+    calls = reader.get(f"{A}/calls").get_json()["items"]
+    assert [c["call_key"] for c in calls] == ["vm-only-call", call_id]
+    assert (calls[0]["outcome"], calls[0]["voicemail_left"], calls[0]["direction"]) == ("voicemail", True, None)
+    assert calls[0]["event_key"] == "voicemail.new:vm-2"
+    first = reader.get(f"{A}/calls?limit=1").get_json()
+    rest = reader.get(f"{A}/calls?limit=1&cursor={first['next_cursor']}").get_json()
+    assert [c["call_key"] for c in first["items"] + rest["items"]] == ["vm-only-call", call_id]
+    assert [c["call_key"] for c in reader.get(f"{A}/calls?outcome=voicemail").get_json()["items"]] == [
+        "vm-only-call"]
+    detail = reader.get(f"{A}/calls/vm-only-call").get_json()
+    assert detail["summary"]["outcome"] == "voicemail"
+    assert [e["type"] for e in detail["events"]] == ["voicemail.new", "voicemail.new"]
 
 
 def test_people_api_keys_and_members(api):

@@ -17,6 +17,7 @@ from service.config import Settings
 from service.console import history
 from service.console.errors import ConsoleError, NotFound
 from service.engine import planning
+from service.events import aware
 from service.runtime import Runtime
 from service.sandbox.virtualpbx import standin
 from service.sandbox.virtualpbx.simulator import CallSimulator
@@ -108,6 +109,43 @@ def test_delivery_log_pages_newest_first_and_filters(rt):
         assert history.list_deliveries(session, ACCOUNT, history.DeliveryFilter(event_type="call.missed")).items == []
         last = history.list_deliveries(session, ACCOUNT, history.DeliveryFilter(), limit=7)
         assert len(last.items) == 7 and last.next_cursor is None
+
+
+@pytest.mark.parametrize(("near_rows", "window_rows"), [(history.NEAR_ROWS, history.WINDOW_ROWS),
+                                                        (2, history.WINDOW_ROWS), (2, 3)])
+def test_a_time_window_lists_exactly_its_deliveries_newest_id_first(rt, monkeypatch, near_rows, window_rows):
+    """Each way to a windowed page (the rows near the cursor; the window read through created_at; the id walk:
+    forced with small NEAR_ROWS and WINDOW_ROWS) pages through the same rows: those created in [since, until),
+    by id newest first, replayed ones (created_at moved past newer ids) included, with other filters."""
+    monkeypatch.setattr(history, "NEAR_ROWS", near_rows)
+    monkeypatch.setattr(history, "WINDOW_ROWS", window_rows)
+    specs = [("succeeded", "chat"), ("failed", "chat"), ("failed", "sheet")] * 4
+    mine = add_deliveries(rt, ACCOUNT, specs)  # T0, T0+1min, ... T0+11min
+    add_deliveries(rt, OTHER, [("failed", "chat")] * 12)
+    with rt.sessions.begin() as session:  # two old deliveries replayed: created later than newer ids
+        for delivery_id, minutes in ((mine[0], 6.5), (mine[1], 30)):
+            session.execute(sa.update(Delivery).where(Delivery.id == delivery_id).values(
+                created_at=T0 + timedelta(minutes=minutes)))
+    created = {d: T0 + timedelta(minutes=n) for n, d in enumerate(mine)}
+    created.update({mine[0]: T0 + timedelta(minutes=6.5), mine[1]: T0 + timedelta(minutes=30)})
+    status = dict(zip(mine, (s for s, _ in specs)))
+    cases = [(T0 + timedelta(minutes=3), T0 + timedelta(minutes=9), ()),  # mine[0] replayed into it
+             (T0 + timedelta(minutes=3), T0 + timedelta(minutes=9), ("failed",)),
+             (None, T0 + timedelta(minutes=4), ()),  # mine[1] replayed out of it
+             (T0 + timedelta(minutes=10), None, ()),  # mine[1] replayed into it
+             (T0 - timedelta(days=1), T0 - timedelta(hours=1), ())]  # nothing
+    with rt.sessions() as session:
+        for since, until, statuses in cases:
+            expected = sorted((d for d in mine if (since is None or created[d] >= since) and
+                               (until is None or created[d] < until) and (not statuses or status[d] in statuses)),
+                              reverse=True)
+            flt = history.DeliveryFilter(since=since, until=until, status=statuses)
+            for limit in (2, 50):
+                items, pages = all_pages(session, ACCOUNT, flt, limit)
+                assert [d.id for d in items] == expected, (since, until, statuses, limit)
+                assert pages == max(1, -(-len(expected) // limit))
+            if (since, until, statuses) == cases[0]:  # (the replayed row sorts by its id, last)
+                assert expected == [*reversed(mine[3:9]), mine[0]]
 
 
 @pytest.mark.parametrize("cursor", [
@@ -233,6 +271,70 @@ def test_calls_list_one_summary_per_call_and_filter(rt):
         window = history.CallFilter(since=ended_at, until=ended_at + timedelta(seconds=1))
         assert [c.call_key for c in history.list_calls(session, ACCOUNT, window).items] == [calls[2].a_leg.call_id]
         assert history.list_calls(session, OTHER, history.CallFilter()).items == []
+
+
+def voicemail_notification(call_id: str | None, voicemail_id: str, caller: str = "+15553456789") -> dict:
+    """Kazoo's voicemail_new notification for a message ``voicemail_id`` left in call ``call_id``."""
+    payload = json.loads((FIXTURES / "kazoo" / "webhook_notifications_voicemail_new.json").read_text())
+    payload.update(call_id=call_id, voicemail_id=voicemail_id, caller_id_number=caller, from_user=caller)
+    return payload
+
+
+def test_a_call_known_only_by_its_voicemail_is_listed_once(rt):
+    """A voicemail.new whose call has neither call.ended nor call.missed is a call (outcome voicemail, one row
+    however many messages it left); calls with call.ended or call.missed are not doubled by their voicemails;
+    pages, filters, the detail and the overview agree."""
+    answered, voicemail_call = ingest_calls(rt, ["inbound_answered", "voicemail"])
+    missed_notification = json.loads((FIXTURES / "kazoo" / "webhook_notifications_missed_call.json").read_text())
+    ingest(rt, missed_notification)
+    ingest(rt, voicemail_notification(missed_notification["call_id"], "vm-of-the-missed-call"))
+    ingest(rt, voicemail_notification("orphan-call@10.0.0.1", "vm-1", caller="+15557654321"))
+    ingest(rt, voicemail_notification("orphan-call@10.0.0.1", "vm-2", caller="+15557654321"))
+    ingest(rt, voicemail_notification(None, "vm-without-call"))
+    with rt.sessions() as session:
+        voicemails = session.scalars(sa.select(StoredEvent).where(
+            StoredEvent.account_id == ACCOUNT, StoredEvent.type == "voicemail.new").order_by(StoredEvent.id)).all()
+        # The simulated voicemail call left one too (its call.ended must stay its only row).
+        assert {v.data["call_id"] for v in voicemails} == {
+            voicemail_call.a_leg.call_id, missed_notification["call_id"], "orphan-call@10.0.0.1", None}
+        newest_orphan = voicemails[-2]
+        assert newest_orphan.key == "voicemail.new:vm-2"
+
+        keys = [c.call_key for c in history.list_calls(session, ACCOUNT, history.CallFilter()).items]
+        assert keys == ["orphan-call@10.0.0.1", missed_notification["call_id"], voicemail_call.a_leg.call_id,
+                        answered.a_leg.call_id]
+        paged, cursor = [], None
+        while True:  # one row a page: the keyset walks every call once
+            page = history.list_calls(session, ACCOUNT, history.CallFilter(), cursor=cursor, limit=1)
+            paged += [c.call_key for c in page.items]
+            if page.next_cursor is None:
+                break
+            cursor = page.next_cursor
+        assert paged == keys
+
+        orphan = history.list_calls(session, ACCOUNT, history.CallFilter(), limit=1).items[0]
+        assert (orphan.outcome, orphan.voicemail_left, orphan.direction) == ("voicemail", True, None)
+        assert orphan.event_id == newest_orphan.id and orphan.caller["number"] == "+15557654321"
+        assert orphan.occurred_at.tzinfo is not None
+        by_outcome = history.list_calls(session, ACCOUNT, history.CallFilter(outcome="voicemail")).items
+        assert [c.call_key for c in by_outcome] == ["orphan-call@10.0.0.1", voicemail_call.a_leg.call_id]
+        assert "orphan-call@10.0.0.1" not in {c.call_key for c in history.list_calls(
+            session, ACCOUNT, history.CallFilter(outcome="missed")).items}
+        assert "orphan-call@10.0.0.1" not in {c.call_key for c in history.list_calls(
+            session, ACCOUNT, history.CallFilter(direction="inbound")).items}
+        by_number = history.list_calls(session, ACCOUNT, history.CallFilter(number="555 765 4321")).items
+        assert [c.call_key for c in by_number] == ["orphan-call@10.0.0.1"]
+        assert history.list_calls(session, OTHER, history.CallFilter()).items == []
+
+        detail = history.call_detail(session, ACCOUNT, "orphan-call@10.0.0.1")
+        assert detail.summary.outcome == "voicemail" and detail.summary.event_id == newest_orphan.id
+        assert [e.key for e in detail.events] == ["voicemail.new:vm-1", "voicemail.new:vm-2"]
+
+        day = aware(newest_orphan.occurred_at).date()
+        view = history.overview(session, ACCOUNT, day=day, tz="UTC")
+        listed = [c for c in history.list_calls(session, ACCOUNT, history.CallFilter()).items
+                  if c.occurred_at.date() == day]
+        assert view.calls_total == len(listed) and "orphan-call@10.0.0.1" in {c.call_key for c in listed}
 
 
 def test_call_detail_has_legs_events_deliveries_attempts_and_rules(rt):

@@ -80,6 +80,26 @@ def test_waiting_for_a_rate_limit_token_is_not_an_attempt(rt, slack):
     assert [(a.number, a.outcome) for a in attempts(rt, second)] == [(1, "succeeded")]
 
 
+def test_giving_up_while_waiting_for_a_rate_limit_slot_says_so_without_an_attempt(rt, slack):
+    """A delivery still paced when its retry horizon runs out is dead with a last_error naming the wait and the
+    horizon (not an earlier vendor error), and no attempt row: nothing reached the vendor."""
+    first, second = ingest_parking(rt, "call-attempt-pace-dead-1")[0], ingest_parking(rt, "call-attempt-pace-dead-2")[0]
+    assert engine.execute_delivery(rt, first) == "succeeded"
+    set_row(rt, second, created_at=utcnow().replace(year=2000), last_error="RetryableError: slack answered 503")
+    with pytest.raises(PermanentError, match="retry horizon"):
+        engine.execute_delivery(rt, second)  # the channel's token went to the first post: paced, past the horizon
+    row = delivery(rt, second)
+    assert row.status == "dead" and attempts(rt, second) == []
+    assert rt.settings.retry_horizon_seconds == 3600  # (the fixture's horizon)
+    assert row.last_error == "gave up: still waiting for a rate-limit slot after 1 h"
+
+
+@pytest.mark.parametrize(("seconds", "text"), [(86400, "24 h"), (3600, "1 h"), (5400, "90 min"), (75, "75 s")])
+def test_the_horizon_is_said_in_hours_minutes_or_seconds(seconds, text):
+    """The span in a gave-up message reads as people write it."""
+    assert delivery_mod._span(seconds) == text
+
+
 def test_attempt_texts_are_scrubbed_of_the_connections_secrets_and_bounded(rt, slack):
     """The bot token never appears in an attempt (request or error), and no text exceeds ATTEMPT_TEXT_MAX."""
     (delivery_id,) = ingest_parking(rt, "call-attempt-secret")

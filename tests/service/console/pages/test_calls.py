@@ -52,3 +52,27 @@ def test_call_timeline(console):
     assert HOSTILE not in text and "&lt;script&gt;" in text
     assert client.get(f"/console/accounts/{ACCOUNT_A}/calls/call-b").status_code == 404
     assert client.get(f"/console/accounts/{ACCOUNT_B}/calls/call-b").status_code == 404
+
+
+def test_a_call_known_only_by_its_voicemail_is_listed(console):
+    """A voicemail.new whose call has no call.ended or call.missed is a row of the list (voicemail, voicemail
+    left) linking to its page, which shows the voicemail event."""
+    from datetime import datetime, timezone
+
+    from service.store.models import StoredEvent
+
+    now = datetime.now(timezone.utc)
+    with console.runtime.sessions.begin() as db:
+        db.add(StoredEvent(account_id=ACCOUNT_A, key="voicemail.new:vm-9", type="voicemail.new", occurred_at=now,
+                           received_at=now, data={"call_id": "vm-only", "voicemail_id": "vm-9",
+                                                  "caller": {"name": "Vera", "number": "+12025550199"},
+                                                  "callee": {"name": None, "number": "1000"}, "mailbox": "1000"}))
+    client = signed_in(console, "viewer@example.com")
+    base = f"/console/accounts/{ACCOUNT_A}/calls"
+    text = client.get(base).get_data(as_text=True)
+    assert text.count(f'href="{base}/call-') == 4 and text.count(f'href="{base}/vm-only"') == 1
+    row = text.split(f'href="{base}/vm-only"')[1].split("</tr>")[0]
+    assert "Vera" in row and "voicemail" in row and "voicemail left" in row
+    assert "vm-only" in client.get(f"{base}?outcome=voicemail").get_data(as_text=True)
+    page = client.get(f"{base}/vm-only")
+    assert page.status_code == 200 and "voicemail.new" in page.get_data(as_text=True)

@@ -62,3 +62,28 @@ def test_event_page(console):
     assert response.status_code == 200 and "call.ended" in text and HOSTILE not in text
     assert f"/console/accounts/{ACCOUNT_A}/deliveries/{console.delivery_ids['failed']}" in text
     assert client.get(f"/console/accounts/{ACCOUNT_A}/events/call.ended:call-b").status_code == 404
+
+
+def test_a_delivery_that_gave_up_waiting_explains_itself(console):
+    """Dead with no attempt (it waited for a rate-limit slot past the retry horizon): the page shows the engine's
+    explanation and says no attempt reached the vendor, instead of a bare "dead"."""
+    from datetime import datetime, timezone
+
+    from service.store.models import Delivery
+
+    with console.runtime.sessions.begin() as db:
+        row = Delivery(account_id=ACCOUNT_A, event_key="call.ended:call-0", event_type="call.ended",
+                       rule_name="call log", action_index=1, connection="chat", integration="slack",
+                       action="post_message", params={"text": "x"}, status="dead", attempts=0,
+                       created_at=datetime.now(timezone.utc),
+                       last_error="gave up: still waiting for a rate-limit slot after 24 h")
+        db.add(row)
+        db.flush()
+        delivery_id = row.id
+    client = signed_in(console, "viewer@example.com")
+    text = client.get(f"/console/accounts/{ACCOUNT_A}/deliveries/{delivery_id}").get_data(as_text=True)
+    assert "<dt>Last error</dt>" in text and "gave up: still waiting for a rate-limit slot after 24 h" in text
+    assert "No attempt reached the vendor: the last error above says why it stopped." in text
+    assert "No attempt yet." not in text
+    listed = client.get(f"/console/accounts/{ACCOUNT_A}/deliveries?status=dead").get_data(as_text=True)
+    assert "gave up: still waiting for a rate-limit slot" in listed
