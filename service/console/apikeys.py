@@ -35,8 +35,8 @@ class NewApiKey:
 def create_api_key(session: Session, account_id: str, name: str, scope: str, *, actor: str) -> NewApiKey:
     """A new key for the account (32 random bytes); the secret is returned now and never again."""
     name = (name or "").strip()
-    if not 1 <= len(name) <= 100:
-        raise ConsoleError("name: an API key needs a name of 1 to 100 characters")
+    if not 1 <= len(name) <= 100 or "\x00" in name:
+        raise ConsoleError("name: an API key needs a name of 1 to 100 characters, without NUL")
     if scope not in SCOPES:
         raise ConsoleError(f"scope: must be read or write (got {scope!r})")
     if session.get(Account, account_id) is None:

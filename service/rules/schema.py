@@ -276,6 +276,12 @@ def _check_hours(hours: str) -> str:
     return hours
 
 
+def _check_stored_name(value: str) -> str:
+    if "\x00" in value:  # PostgreSQL text cannot hold NUL, and account and rule names are stored as text
+        raise ValueError("must not contain a NUL character (\\0)")
+    return value
+
+
 def _check_account_id(value: str) -> str:
     if not re.fullmatch(r"[0-9a-fA-F]{32}", value):
         raise ValueError("must be a Kazoo account id: 32 hexadecimal characters")
@@ -290,7 +296,7 @@ class AccountSpec(_StrictModel):
     """The `account:` section: identity, locale and opening hours."""
 
     id: Annotated[str, AfterValidator(_check_account_id)]
-    name: str = Field(min_length=1)
+    name: Annotated[str, AfterValidator(_check_stored_name)] = Field(min_length=1, max_length=200)  # its column
     timezone: str
     region: str = "US"
     business_hours: dict[Annotated[str, AfterValidator(_check_day_spec)],
@@ -343,7 +349,7 @@ class ActionSpec(_StrictModel):
 class Rule(_StrictModel):
     """One rule: when (`on`, `if`) and what (`do`)."""
 
-    name: str = Field(min_length=1)
+    name: Annotated[str, AfterValidator(_check_stored_name)] = Field(min_length=1, max_length=200)  # its column
     on: Annotated[list[Annotated[str, Field(min_length=1)]], BeforeValidator(_one_or_many), Field(min_length=1)]
     if_: dict[str, Any] | None = Field(default=None, alias="if")
     do: list[ActionSpec] = Field(min_length=1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.service.api.conftest import ACCOUNT_A, api, api_on  # noqa: F401 - fixtures used here
+from tests.service.api.conftest import ACCOUNT_A, CSRF, api, api_on  # noqa: F401 - fixtures used here
 from tests.service.api.test_access import A, assert_problem
 from tests.service.console.conftest import fast_hashing  # noqa: F401 - a fixture the api fixtures use
 
@@ -21,3 +21,35 @@ def test_json_nested_beyond_the_parser_is_a_422_naming_the_body(api, method, pat
     response = getattr(api.client("owner"), method)(path, data=body, content_type="application/json")
     problem = assert_problem(response, 422)
     assert problem["errors"] == [{"field": "body", "message": "the JSON body is nested too deeply"}]
+
+
+@pytest.mark.parametrize(("method", "path", "kwargs", "status"), [
+    ("patch", A, {"json": {"name": "Acme\u0000Dental"}}, 422),
+    ("put", f"{A}/rules", {"data": f'account: {{id: {ACCOUNT_A}, name: "a\\0b", timezone: UTC}}\nrules: []\n',
+                           "content_type": "text/yaml"}, 422),
+    ("put", f"{A}/rules", {"data": f"account: {{id: {ACCOUNT_A}, name: {'n' * 201}, timezone: UTC}}\nrules: []\n",
+                           "content_type": "text/yaml"}, 422),
+    ("put", f"{A}/rules", {"data": f"account: {{id: {ACCOUNT_A}, name: A, timezone: UTC}}\nconnections: {{}}\n"
+                                   f"rules: [{{name: {'r' * 201}, on: call.missed, do: [{{use: x, action: y}}]}}]\n",
+                           "content_type": "text/yaml"}, 422),
+    ("post", f"{A}/api-keys", {"json": {"name": "ci\u0000", "scope": "read"}}, 422),
+    ("post", f"{A}/invites", {"json": {"email": "a\u0000@example.com", "role": "viewer"}}, 422),
+    ("get", f"{A}/events/a%00b", {}, 404),
+    ("get", f"{A}/calls/a%00b", {}, 404),
+])
+def test_nul_and_names_longer_than_their_column_are_refused(api_on, method, path, kwargs, status):  # noqa: F811
+    problem = assert_problem(getattr(api_on.client("owner"), method)(path, **kwargs), status)
+    if status == 422:
+        assert any(word in problem["detail"] for word in ("NUL", "email", "200 characters")), problem
+
+
+def test_nul_characters_in_console_pages_and_sign_in_are_not_server_errors(api_on):  # noqa: F811
+    owner = api_on.client("owner")
+    base = f"/console/accounts/{ACCOUNT_A}"
+    for path in ("/events/a%00b", "/calls/a%00b", "/connections/edit?name=a%00b"):
+        assert owner.get(base + path).status_code in (400, 404), path
+    anonymous = api_on.app.test_client()
+    token = CSRF.search(anonymous.get("/console/login").get_data(as_text=True)).group(1)
+    response = anonymous.post("/console/login", data={"email": "owner\u0000@example.com", "password": "x",
+                                                      "csrf_token": token})
+    assert response.status_code in (200, 400, 401), response.status_code
