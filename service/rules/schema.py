@@ -189,7 +189,7 @@ for _tag, _pattern, _first_chars in (
 def _check_shape(document: Any) -> str | None:
     """Why ``document`` is too deep or too big once aliases are expanded, or None; iterative on purpose."""
     stack = [(document, 1)]
-    values = 0
+    values = characters = 0
     while stack:
         node, depth = stack.pop()
         values += 1
@@ -197,7 +197,13 @@ def _check_shape(document: Any) -> str | None:
             return f"the document expands to more than {MAX_VALUES} values (YAML aliases?)"
         if depth > MAX_NESTING:
             return f"the document is nested more than {MAX_NESTING} levels deep"
-        if isinstance(node, dict):
+        if isinstance(node, str):
+            # Few aliases of one long anchor are few values but much text, and the document is written out
+            # again whole (stored versions, exports, every settings edit): it must fit the file limit.
+            characters += len(node)
+            if characters > MAX_RULES_BYTES:
+                return f"the document expands to more than {MAX_RULES_BYTES // 1024} KiB of text (YAML aliases?)"
+        elif isinstance(node, dict):
             stack.extend((child, depth + 1) for pair in node.items() for child in pair)
         elif isinstance(node, list):
             stack.extend((child, depth + 1) for child in node)
