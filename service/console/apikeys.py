@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from service.console.access import Principal
 from service.console.audit import audit
 from service.console.errors import ConsoleError, NotFound
+from service.console.history import parse_row_id
 from service.events import aware
 from service.store.access import ApiKey
 from service.store.models import Account, hash_token, utcnow
@@ -58,7 +59,7 @@ def list_api_keys(session: Session, account_id: str) -> list[ApiKey]:
 
 def revoke_api_key(session: Session, account_id: str, key_id: int, *, actor: str) -> ApiKey:
     """Revoke one of the account's keys (NotFound for another account's key); revoking twice changes nothing."""
-    key = session.get(ApiKey, key_id)
+    key = session.get(ApiKey, key_id) if parse_row_id(key_id) is not None else None  # in the id column's range
     if key is None or key.account_id != account_id:
         raise NotFound("no such API key")
     if key.revoked_at is None:

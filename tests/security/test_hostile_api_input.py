@@ -68,3 +68,26 @@ def test_aliases_of_a_long_anchor_are_refused_before_they_expand(api):  # noqa: 
         assert problem["errors"][0]["field"] == "body" and "KiB of text" in problem["detail"], problem
     assert owner.get(f"{A}/rules/versions").get_json()["items"][0]["version"] == 1
     assert owner.patch(A, json={"name": "Still Editable"}).status_code == 200
+
+
+HUGE = "99999999999999999999"  # an int to Python and Flask, out of range for the id columns
+
+
+@pytest.mark.parametrize(("method", "path", "kwargs"), [
+    ("patch", f"{A}/members/{HUGE}", {"json": {"role": "viewer"}}),
+    ("patch", f"{A}/members/2147483648", {"json": {"role": "viewer"}}),
+    ("delete", f"{A}/members/{HUGE}", {}),
+    ("delete", f"{A}/api-keys/{HUGE}", {}),
+    ("post", f"{A}/quarantine/{HUGE}/reingest", {}),
+])
+def test_ids_beyond_the_id_columns_are_404(api_on, method, path, kwargs):  # noqa: F811
+    assert_problem(getattr(api_on.client("owner"), method)(path, **kwargs), 404)
+
+
+def test_console_forms_with_ids_beyond_the_id_columns_are_not_server_errors(api_on):  # noqa: F811
+    owner = api_on.client("owner")
+    base = f"/console/accounts/{ACCOUNT_A}"
+    token = CSRF.search(owner.get(base + "/settings").get_data(as_text=True)).group(1)
+    for path in (f"/members/{HUGE}", f"/api-keys/{HUGE}/revoke"):
+        response = owner.post(base + path, data={"csrf_token": token, "role": "viewer"})
+        assert response.status_code in (400, 404) and "no such" in response.get_data(as_text=True), path
