@@ -210,7 +210,8 @@ def _check_shape(document: Any) -> str | None:
     return None
 
 
-def _parse_yaml(text: str, filename: str) -> dict[str, Any]:
+def parse_yaml(text: str, filename: str) -> dict[str, Any]:
+    """The YAML mapping of a rules file, refused (RulesError) when too large, too deep or expanding too far."""
     # len() first: characters never outnumber UTF-8 bytes, so a huge string is refused without encoding it.
     if len(text) > MAX_RULES_BYTES or len(text.encode("utf-8", "surrogatepass")) > MAX_RULES_BYTES:
         raise RulesError(filename, message=f"the file is larger than {MAX_RULES_BYTES // 1024} KiB")
@@ -608,7 +609,7 @@ def _semantic_problems(rules_file: RulesFile, registry: Mapping[str, type[Integr
 
 def load_rules(text: str, *, filename: str, registry: Mapping[str, type[Integration]]) -> RulesFile:
     """Parse and fully validate one account's rules file; every problem is reported in one RulesError."""
-    document = _parse_yaml(text, filename)
+    document = parse_yaml(text, filename)
     try:
         rules_file = RulesFile.model_validate(document)
     except ValidationError as exc:

@@ -91,3 +91,19 @@ def test_console_forms_with_ids_beyond_the_id_columns_are_not_server_errors(api_
     for path in (f"/members/{HUGE}", f"/api-keys/{HUGE}/revoke"):
         response = owner.post(base + path, data={"csrf_token": token, "role": "viewer"})
         assert response.status_code in (400, 404) and "no such" in response.get_data(as_text=True), path
+
+
+def test_the_rules_page_survives_deep_and_expanding_drafts(api):  # noqa: F811
+    owner = api.client("owner")
+    base = f"/console/accounts/{ACCOUNT_A}/rules"
+    token = CSRF.search(owner.get(base).get_data(as_text=True)).group(1)
+    deep = "a: " + "[" * 5_000 + "]" * 5_000  # deeper than PyYAML can recurse, when the page places the problem
+    for path in ("", "/try", "/recipe"):
+        response = owner.post(base + path, data={"csrf_token": token, "text": deep, "source": "sample:missed_call",
+                                                 "recipe": "missed_call_slack"})
+        assert response.status_code in (200, 400), (path, response.status_code)
+    # A recipe merged into a draft of aliases to one long anchor: the draft is parsed as rules are (refused, and
+    # replaced by the recipe), not expanded and sent back (15 MB and seconds of CPU for this 65 KB form).
+    aliased = f"rules: []\nx: [&a \"{'x' * 50_000}\", {', '.join(['*a'] * 300)}]\n"
+    response = owner.post(base + "/recipe", data={"csrf_token": token, "text": aliased, "recipe": "missed_call_slack"})
+    assert response.status_code == 200 and len(response.data) < 100_000, len(response.data)
