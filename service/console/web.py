@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from flask import Blueprint, g, redirect, render_template, request, url_for
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from service.config import Settings
 from service.console import access, csrf, invites, pages, sessions, users
@@ -97,6 +97,7 @@ def console_blueprint(settings: Settings, runtime: Runtime) -> Blueprint:
         return response
 
     @bp.errorhandler(HTTPException)
+    @bp.errorhandler(RequestEntityTooLarge)  # by class too: the hooks' app-wide 413 handler (JSON) would win otherwise
     def refused(exc: HTTPException):
         return render_template("console/message.html", title=exc.name, message=exc.description), exc.code
 

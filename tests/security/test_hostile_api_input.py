@@ -107,3 +107,12 @@ def test_the_rules_page_survives_deep_and_expanding_drafts(api):  # noqa: F811
     aliased = f"rules: []\nx: [&a \"{'x' * 50_000}\", {', '.join(['*a'] * 300)}]\n"
     response = owner.post(base + "/recipe", data={"csrf_token": token, "text": aliased, "recipe": "missed_call_slack"})
     assert response.status_code == 200 and len(response.data) < 100_000, len(response.data)
+
+
+def test_a_console_form_over_the_body_limit_gets_a_page_not_the_receivers_json(api):  # noqa: F811
+    owner = api.client("owner")
+    base = f"/console/accounts/{ACCOUNT_A}/rules"
+    token = CSRF.search(owner.get(base).get_data(as_text=True)).group(1)
+    response = owner.post(base, data={"csrf_token": token, "text": "#" * (api.settings.max_body_bytes + 1)})
+    assert response.status_code == 413 and response.mimetype == "text/html", response.mimetype
+    assert "Request Entity Too Large" in response.get_data(as_text=True)
