@@ -1,13 +1,15 @@
 """A hostile tenant's input to the API and the console: whatever its shape, a 4xx naming what is wrong, never a 500
-(on SQLite and PostgreSQL, whose text columns refuse NUL characters)."""
+(on SQLite and PostgreSQL, whose text columns refuse NUL characters), nor unbounded work; and an invite link
+held by another tenant is no way around the sign-in limits."""
 
 from __future__ import annotations
 
 import pytest
 
-from tests.service.api.conftest import ACCOUNT_A, CSRF, api, api_on  # noqa: F401 - fixtures used here
+from service.console.limits import EMAIL_FAILURES
+from tests.service.api.conftest import ACCOUNT_A, ACCOUNT_B, CSRF, api, api_on  # noqa: F401 - fixtures used here
 from tests.service.api.test_access import A, assert_problem
-from tests.service.console.conftest import fast_hashing  # noqa: F401 - a fixture the api fixtures use
+from tests.service.console.conftest import PASSWORD, fast_hashing  # noqa: F401 - a fixture the api fixtures use
 
 DEEP = "[" * 50_000 + "]" * 50_000  # 100 KB, under the body limit, far deeper than json.loads can recurse
 
@@ -116,3 +118,21 @@ def test_a_console_form_over_the_body_limit_gets_a_page_not_the_receivers_json(a
     response = owner.post(base, data={"csrf_token": token, "text": "#" * (api.settings.max_body_bytes + 1)})
     assert response.status_code == 413 and response.mimetype == "text/html", response.mimetype
     assert "Request Entity Too Large" in response.get_data(as_text=True)
+
+
+def test_an_invite_link_is_no_way_around_the_sign_in_limits(api):  # noqa: F811
+    # Account B's owner invites account A's owner, holds the link, and guesses at A's owner's password with it.
+    link = api.client("other").post(f"/api/v1/accounts/{ACCOUNT_B}/invites",
+                                    json={"email": "owner@example.com", "role": "viewer"}).get_json()["invite_url"]
+    guesser = api.app.test_client()
+    path = "/console/invite/" + link.rsplit("/", 1)[1]
+    token = CSRF.search(guesser.get(path).get_data(as_text=True)).group(1)
+    statuses = [guesser.post(path, data={"csrf_token": token, "password": f"guess {n}"}).status_code
+                for n in range(EMAIL_FAILURES)]
+    assert statuses == [400] * EMAIL_FAILURES
+    assert guesser.post(path, data={"csrf_token": token, "password": PASSWORD}).status_code == 429
+    login = api.app.test_client()
+    token = CSRF.search(login.get("/console/login").get_data(as_text=True)).group(1)
+    response = login.post("/console/login", data={"email": "owner@example.com", "password": PASSWORD,
+                                                  "csrf_token": token})
+    assert response.status_code == 429  # the same count as signing in
