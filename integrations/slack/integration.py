@@ -357,6 +357,10 @@ class WebApi:
         """chat.postMessage with a JSON body."""
         return self._call("chat.postMessage", "POST", kwargs)
 
+    def auth_test(self, **kwargs: Any) -> SlackResponse:
+        """auth.test (POST): whose token this is (the connection test's harmless call)."""
+        return self._call("auth.test", "POST", kwargs)
+
     def conversations_history(self, **kwargs: Any) -> SlackResponse:
         """conversations.history (GET)."""
         return self._call("conversations.history", "GET", kwargs)

@@ -105,6 +105,9 @@ def to_problem(exc: Exception) -> Response:
             return exc.response
         headers = {"Allow": ", ".join(exc.valid_methods)} if getattr(exc, "valid_methods", None) else None
         return problem(exc.code or 500, exc.name, exc.description, headers=headers)
+    if isinstance(exc, RecursionError):  # json.loads of a body like [[[[...]]]]: too deep for the parser
+        found = FieldProblem(field="body", message="the JSON body is nested too deeply")
+        return problem(422, "Invalid request", found.message, kind="validation", errors=[found])
     if isinstance(exc, IntegrityError):  # e.g. two saves of the rules at once: both took the same version number
         return problem(409, "Conflict", "something changed the account at the same time; reload and try again",
                        kind="conflict")

@@ -19,7 +19,7 @@ from service.api.models import (
 from service.api.problems import PROBLEM_RESPONSE as PROBLEM
 from service.console import optouts
 from service.console.errors import NotFound
-from service.console.history import keyset_page
+from service.console.history import keyset_page, parse_row_id
 from service.engine import operations
 from service.events import aware
 from service.queue import INGEST
@@ -71,6 +71,8 @@ def add_routes(bp: APIBlueprint, api: ApiContext) -> None:
     def reingest(path: IdPath):
         """Send a quarantined hook through ingest again (after a fix); it leaves the quarantine."""
         caller = require(path.account_id, "replay")
+        if parse_row_id(path.item_id) is None:  # beyond the id column: PostgreSQL would refuse the query
+            raise NotFound("no such quarantined hook")
 
         def publish(row: QuarantinedDelivery) -> str:
             envelope = make_envelope(source=row.source, account_id=row.account_id, method=row.method,

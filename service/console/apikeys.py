@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from service.console.access import Principal
 from service.console.audit import audit
 from service.console.errors import ConsoleError, NotFound
+from service.console.history import parse_row_id
 from service.events import aware
 from service.store.access import ApiKey
 from service.store.models import Account, hash_token, utcnow
@@ -35,8 +36,8 @@ class NewApiKey:
 def create_api_key(session: Session, account_id: str, name: str, scope: str, *, actor: str) -> NewApiKey:
     """A new key for the account (32 random bytes); the secret is returned now and never again."""
     name = (name or "").strip()
-    if not 1 <= len(name) <= 100:
-        raise ConsoleError("name: an API key needs a name of 1 to 100 characters")
+    if not 1 <= len(name) <= 100 or "\x00" in name:
+        raise ConsoleError("name: an API key needs a name of 1 to 100 characters, without NUL")
     if scope not in SCOPES:
         raise ConsoleError(f"scope: must be read or write (got {scope!r})")
     if session.get(Account, account_id) is None:
@@ -58,7 +59,7 @@ def list_api_keys(session: Session, account_id: str) -> list[ApiKey]:
 
 def revoke_api_key(session: Session, account_id: str, key_id: int, *, actor: str) -> ApiKey:
     """Revoke one of the account's keys (NotFound for another account's key); revoking twice changes nothing."""
-    key = session.get(ApiKey, key_id)
+    key = session.get(ApiKey, key_id) if parse_row_id(key_id) is not None else None  # in the id column's range
     if key is None or key.account_id != account_id:
         raise NotFound("no such API key")
     if key.revoked_at is None:

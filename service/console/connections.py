@@ -69,6 +69,8 @@ def _view(rt: Runtime, row: Connection) -> ConnectionView:
 
 
 def _row(session, account_id: str, name: str) -> Connection:
+    if "\x00" in name:  # no stored name holds one, and PostgreSQL refuses it in a query
+        raise NotFound("no such connection")
     row = session.scalar(sa.select(Connection).where(Connection.account_id == account_id, Connection.name == name))
     if row is None:
         raise NotFound("no such connection")

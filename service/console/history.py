@@ -342,7 +342,7 @@ def get_event(session: Session, account_id: str, ref: int | str) -> StoredEvent:
         event = session.get(StoredEvent, key) if key is not None else None
         if event is not None and event.account_id != account_id:
             event = None
-    elif isinstance(ref, str) and 0 < len(ref) <= 300:
+    elif isinstance(ref, str) and 0 < len(ref) <= 300 and "\x00" not in ref:  # no stored key holds a NUL
         event = session.scalars(sa.select(StoredEvent).where(StoredEvent.account_id == account_id,
                                                              StoredEvent.key == ref)).first()
     else:
@@ -503,7 +503,7 @@ def _hooks_of_call(session: Session, account_id: str, call_key: str,
 
 def call_detail(session: Session, account_id: str, call_key: str) -> CallDetail:
     """One call's legs, derived events, deliveries with attempts and matched rules; NotFound if none is known."""
-    if not isinstance(call_key, str) or not 0 < len(call_key) <= 250:
+    if not isinstance(call_key, str) or not 0 < len(call_key) <= 250 or "\x00" in call_key:
         raise NotFound("no such call")
     derived_keys = [f"{kind}:{call_key}" for kind in ("call.started", "call.answered", "call.ended", "call.missed")]
     events = list(session.scalars(sa.select(StoredEvent).where(

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from service.console import invites, users
 from service.console.errors import NotFound
+from service.console.history import parse_row_id
 from service.store.access import Invite, Membership, User
 from service.store.models import utcnow
 
@@ -56,6 +57,8 @@ def invite_member(session: Session, account_id: str, email: str, role: str, *, p
 
 def change_role(session: Session, account_id: str, user_id: int, role: str, *, actor: str) -> Member:
     """Give a member another role (NotFound for a user who is not a member; the last owner stays owner)."""
+    if parse_row_id(user_id) is None:  # beyond the id column (PostgreSQL would refuse the query): no such user
+        raise NotFound("no such member")
     user = session.scalar(sa.select(User).join(Membership, Membership.user_id == User.id)
                           .where(User.id == user_id, Membership.account_id == account_id))
     if user is None:
@@ -66,4 +69,6 @@ def change_role(session: Session, account_id: str, user_id: int, role: str, *, a
 
 def remove_member(session: Session, account_id: str, user_id: int, *, actor: str) -> None:
     """Take a member out of the account (the last owner cannot be removed)."""
+    if parse_row_id(user_id) is None:
+        raise NotFound("no such member")
     users.remove_member(session, account_id, user_id, actor=actor)

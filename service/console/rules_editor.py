@@ -141,7 +141,7 @@ def locate(text: str, rule: str | None, field: str) -> tuple[int | None, int | N
     """
     try:
         node = yaml.compose(text, Loader=_RulesYamlLoader)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):  # PyYAML recurses once per nesting level; the error says why
         return None, None
     if node is None:
         return None, None
@@ -257,9 +257,9 @@ def fill_recipe(draft: str, key: str, *, account: Account) -> str:
     if recipe is None:
         raise NotFound("no such recipe")
     adding = yaml.load(recipe.text, Loader=_RulesYamlLoader)  # noqa: S506 - a SafeLoader subclass
-    try:
-        current = yaml.load(draft, Loader=_RulesYamlLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError:
+    try:  # the rules' own parser: a draft of aliases to a long anchor would expand here (and be sent back) else
+        current = rules_mod.parse_yaml(draft, FILENAME)
+    except rules_mod.RulesError:
         current = None
     if not isinstance(current, dict):
         current = {}

@@ -14,7 +14,7 @@ from service.console.errors import ConsoleError, NotFound
 from service.store.access import Membership, User
 from service.store.models import Account, utcnow
 
-EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+EMAIL = re.compile(r"^[^@\s\x00]+@[^@\s\x00]+\.[^@\s\x00]+$")  # no NUL: PostgreSQL text cannot hold it
 
 
 def normalize_email(email: str) -> str:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from flask import Blueprint, g, redirect, render_template, request, url_for
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from service.config import Settings
 from service.console import access, csrf, invites, pages, sessions, users
@@ -97,6 +97,7 @@ def console_blueprint(settings: Settings, runtime: Runtime) -> Blueprint:
         return response
 
     @bp.errorhandler(HTTPException)
+    @bp.errorhandler(RequestEntityTooLarge)  # by class too: the hooks' app-wide 413 handler (JSON) would win otherwise
     def refused(exc: HTTPException):
         return render_template("console/message.html", title=exc.name, message=exc.description), exc.code
 
@@ -167,6 +168,12 @@ def console_blueprint(settings: Settings, runtime: Runtime) -> Blueprint:
             if request.method == "GET":
                 return render_template("console/invite.html", error=None, **view)
             password = request.form.get("password", "")
+            # An existing user's password is checked as a sign-in is, with its limits: the link is no way around
+            # them (whoever invited, perhaps another account's owner, holds it).
+            wait = limiter.retry_after(pending.email, request.remote_addr) if existing else 0
+            if wait:
+                error = f"Too many wrong passwords. Try again in {max(1, (wait + 59) // 60)} minutes."
+                return render_template("console/invite.html", error=error, **view), 429
             if not existing and password != request.form.get("confirm", ""):
                 return render_template("console/invite.html", error="The two passwords differ.", **view), 400
             try:
@@ -174,7 +181,11 @@ def console_blueprint(settings: Settings, runtime: Runtime) -> Blueprint:
             except invites.InviteError as exc:
                 return render_template("console/message.html", title="Invite", message=str(exc)), 410
             except ConsoleError as exc:
+                if existing:
+                    limiter.record_failure(pending.email, request.remote_addr)
                 return render_template("console/invite.html", error=str(exc), **view), 400
+            if existing:
+                limiter.record_success(pending.email)
             response = redirect(url_for("console.account", account_id=pending.account_id))
             start_session(response, db, user)
         return response

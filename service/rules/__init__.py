@@ -16,6 +16,7 @@ from service.rules.schema import (
                                   RulesFile,
                                   RulesProblem,
                                   load_rules,
+                                  parse_yaml,
                                   redact_connection,
                                   resolve_crm_secret,
                                   validate_connection,
@@ -23,5 +24,5 @@ from service.rules.schema import (
 
 __all__ = ["KNOWN_EVENT_TYPES", "OPERATOR", "STORED_REFERENCE", "SUPPLIERS", "TENANT", "AccountSpec",
            "ConnectionSpec", "CrmSpec", "PlannedAction", "Rule", "RulesError", "RulesFile", "RulesProblem",
-           "load_rules", "lookup_path", "matches", "plan", "redact_connection", "render_action", "resolve_crm_secret",
-           "validate_connection"]
+           "load_rules", "lookup_path", "matches", "parse_yaml", "plan", "redact_connection", "render_action",
+           "resolve_crm_secret", "validate_connection"]

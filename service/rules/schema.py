@@ -189,7 +189,7 @@ for _tag, _pattern, _first_chars in (
 def _check_shape(document: Any) -> str | None:
     """Why ``document`` is too deep or too big once aliases are expanded, or None; iterative on purpose."""
     stack = [(document, 1)]
-    values = 0
+    values = characters = 0
     while stack:
         node, depth = stack.pop()
         values += 1
@@ -197,14 +197,21 @@ def _check_shape(document: Any) -> str | None:
             return f"the document expands to more than {MAX_VALUES} values (YAML aliases?)"
         if depth > MAX_NESTING:
             return f"the document is nested more than {MAX_NESTING} levels deep"
-        if isinstance(node, dict):
+        if isinstance(node, str):
+            # Few aliases of one long anchor are few values but much text, and the document is written out
+            # again whole (stored versions, exports, every settings edit): it must fit the file limit.
+            characters += len(node)
+            if characters > MAX_RULES_BYTES:
+                return f"the document expands to more than {MAX_RULES_BYTES // 1024} KiB of text (YAML aliases?)"
+        elif isinstance(node, dict):
             stack.extend((child, depth + 1) for pair in node.items() for child in pair)
         elif isinstance(node, list):
             stack.extend((child, depth + 1) for child in node)
     return None
 
 
-def _parse_yaml(text: str, filename: str) -> dict[str, Any]:
+def parse_yaml(text: str, filename: str) -> dict[str, Any]:
+    """The YAML mapping of a rules file, refused (RulesError) when too large, too deep or expanding too far."""
     # len() first: characters never outnumber UTF-8 bytes, so a huge string is refused without encoding it.
     if len(text) > MAX_RULES_BYTES or len(text.encode("utf-8", "surrogatepass")) > MAX_RULES_BYTES:
         raise RulesError(filename, message=f"the file is larger than {MAX_RULES_BYTES // 1024} KiB")
@@ -276,6 +283,12 @@ def _check_hours(hours: str) -> str:
     return hours
 
 
+def _check_stored_name(value: str) -> str:
+    if "\x00" in value:  # PostgreSQL text cannot hold NUL, and account and rule names are stored as text
+        raise ValueError("must not contain a NUL character (\\0)")
+    return value
+
+
 def _check_account_id(value: str) -> str:
     if not re.fullmatch(r"[0-9a-fA-F]{32}", value):
         raise ValueError("must be a Kazoo account id: 32 hexadecimal characters")
@@ -290,7 +303,7 @@ class AccountSpec(_StrictModel):
     """The `account:` section: identity, locale and opening hours."""
 
     id: Annotated[str, AfterValidator(_check_account_id)]
-    name: str = Field(min_length=1)
+    name: Annotated[str, AfterValidator(_check_stored_name)] = Field(min_length=1, max_length=200)  # its column
     timezone: str
     region: str = "US"
     business_hours: dict[Annotated[str, AfterValidator(_check_day_spec)],
@@ -343,7 +356,7 @@ class ActionSpec(_StrictModel):
 class Rule(_StrictModel):
     """One rule: when (`on`, `if`) and what (`do`)."""
 
-    name: str = Field(min_length=1)
+    name: Annotated[str, AfterValidator(_check_stored_name)] = Field(min_length=1, max_length=200)  # its column
     on: Annotated[list[Annotated[str, Field(min_length=1)]], BeforeValidator(_one_or_many), Field(min_length=1)]
     if_: dict[str, Any] | None = Field(default=None, alias="if")
     do: list[ActionSpec] = Field(min_length=1)
@@ -596,7 +609,7 @@ def _semantic_problems(rules_file: RulesFile, registry: Mapping[str, type[Integr
 
 def load_rules(text: str, *, filename: str, registry: Mapping[str, type[Integration]]) -> RulesFile:
     """Parse and fully validate one account's rules file; every problem is reported in one RulesError."""
-    document = _parse_yaml(text, filename)
+    document = parse_yaml(text, filename)
     try:
         rules_file = RulesFile.model_validate(document)
     except ValidationError as exc:

@@ -3,6 +3,8 @@ the OpenAPI 3.1 document validates and documents what the views do."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from openapi_spec_validator import validate
 
@@ -106,6 +108,17 @@ def test_the_openapi_document_validates_and_covers_the_api(api):
     assert "text/yaml" in paths["/api/v1/accounts/{account_id}/rules"]["put"]["requestBody"]["content"]
     schema = doc["components"]["schemas"]["SettingsPatch"]
     assert schema["additionalProperties"] is False
+
+
+def test_the_openapi_document_describes_every_route_and_method_served(api):
+    doc = api.app.test_client().get("/api/v1/openapi.json").get_json()
+    documented = {(path, method.upper()) for path, operations in doc["paths"].items() for method in operations}
+    served = {(re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule), method)
+              for rule in api.app.url_map.iter_rules() if rule.rule.startswith("/api/v1/")
+              for method in rule.methods - {"HEAD", "OPTIONS"}}
+    served.discard(("/api/v1/openapi.json", "GET"))  # the document itself, public
+    assert served == documented
+    assert len(served) > 40
 
 
 def test_a_concurrent_change_is_a_conflict_not_a_crash(api, monkeypatch):
