@@ -8,7 +8,6 @@ from flask import Blueprint, request
 
 from service.config import Settings
 from service.console import history
-from service.console.errors import ConsoleError
 from service.console.pages import filters
 from service.console.pages.common import account_page, render
 from service.events import aware
@@ -43,19 +42,17 @@ def register(bp: Blueprint, settings: Settings, runtime: Runtime) -> None:
     def calls_page(account_id: str):
         """The account's calls, newest first, filtered by the query string."""
         page = account_page(runtime, account_id)
-        args, error, found = request.args, None, history.Page(items=[])
-        try:
+        args = request.args
+
+        def fetch(cursor: str | None) -> history.Page:
             flt = filters.call_filter(args, page.account.timezone)
             with runtime.sessions() as db:
-                found = history.list_calls(db, account_id, flt, cursor=args.get("cursor") or None, limit=PAGE_SIZE)
-        except ConsoleError as exc:
-            error = str(exc)
-        later = filters.query_string(args, filters.CALL_FIELDS, cursor=found.next_cursor)
-        return render("console/pages/calls.html", page, "calls", calls=found.items, error=error, args=args,
-                      outcomes=history.CALL_OUTCOMES, directions=history.CALL_DIRECTIONS,
-                      next_url=f"?{later}" if found.next_cursor else None,
-                      first_url="?" + filters.query_string(args, filters.CALL_FIELDS) if args.get("cursor") else None,
-                      ), (400 if error else 200)
+                return history.list_calls(db, account_id, flt, cursor=cursor, limit=PAGE_SIZE)
+
+        listing = filters.list_page(args, filters.CALL_FIELDS, fetch)
+        return render("console/pages/calls.html", page, "calls", calls=listing.found.items, error=listing.error,
+                      args=args, outcomes=history.CALL_OUTCOMES, directions=history.CALL_DIRECTIONS,
+                      next_url=listing.next_url, first_url=listing.first_url), (400 if listing.error else 200)
 
     @bp.get("/accounts/<account_id>/calls/<path:call_key>")
     def call_page(account_id: str, call_key: str):

@@ -23,26 +23,24 @@ def register(bp: Blueprint, settings: Settings, runtime: Runtime) -> None:
     def deliveries_page(account_id: str):
         """The delivery log, filtered by its query string (bookmarkable), a page at a time."""
         page = account_page(runtime, account_id)
-        args, error, found = request.args, None, history.Page(items=[])
-        try:
+        args = request.args
+
+        def fetch(cursor: str | None) -> history.Page:
             flt = filters.delivery_filter(args, page.account.timezone)
             with runtime.sessions() as db:
-                found = history.list_deliveries(db, account_id, flt, cursor=args.get("cursor") or None,
-                                                limit=PAGE_SIZE)
-        except ConsoleError as exc:
-            error = str(exc)
-        later = filters.query_string(args, filters.DELIVERY_FIELDS, cursor=found.next_cursor)
+                return history.list_deliveries(db, account_id, flt, cursor=cursor, limit=PAGE_SIZE)
+
+        listing = filters.list_page(args, filters.DELIVERY_FIELDS, fetch)
         statuses = [s for s in args.getlist("status") if s]
         saved = next((key for key, _ in filters.SAVED_DELIVERY_FILTERS if statuses == [key]
                       and not any(args.get(k) for k in filters.DELIVERY_FIELDS if k != "status")), None)
-        return render("console/pages/deliveries.html", page, "deliveries", deliveries=found.items, error=error,
-                      replayable=REPLAYABLE_STATUSES,
+        return render("console/pages/deliveries.html", page, "deliveries", deliveries=listing.found.items,
+                      error=listing.error, replayable=REPLAYABLE_STATUSES,
                       args=args, statuses=statuses, saved=saved, saved_filters=filters.SAVED_DELIVERY_FILTERS,
-                      all_statuses=history.DELIVERY_STATUSES, next_url=f"?{later}" if found.next_cursor else None,
-                      first_url=("?" + filters.query_string(args, filters.DELIVERY_FIELDS)) if args.get("cursor")
-                      else None,
+                      all_statuses=history.DELIVERY_STATUSES, next_url=listing.next_url,
+                      first_url=listing.first_url,
                       filter_fields=[(k, v) for k in filters.DELIVERY_FIELDS if k != "status"
-                                     for v in args.getlist(k)[:1] if v]), (400 if error else 200)
+                                     for v in args.getlist(k)[:1] if v]), (400 if listing.error else 200)
 
     @bp.get("/accounts/<account_id>/deliveries/<delivery_id>")
     def delivery_page(account_id: str, delivery_id: str):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import date, datetime, time
+from typing import Callable
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
@@ -54,3 +56,25 @@ def query_string(args: MultiDict, fields: tuple[str, ...], **replace: str | None
     pairs = [(k, v) for k in fields if k not in replace for v in args.getlist(k) if v]
     pairs += [(k, v) for k, v in replace.items() if v]
     return urlencode(pairs)
+
+
+@dataclass(frozen=True)
+class Listing:
+    """One page of a filtered list, the error that stopped it, and the links to the newest and the next page."""
+
+    found: history.Page
+    error: str | None
+    first_url: str | None
+    next_url: str | None
+
+
+def list_page(args: MultiDict, fields: tuple[str, ...], fetch: Callable[[str | None], history.Page]) -> Listing:
+    """Run ``fetch(cursor)`` for the query string's page; a bad filter or cursor becomes the listing's error."""
+    found, error = history.Page(items=[]), None
+    try:
+        found = fetch(args.get("cursor") or None)
+    except ConsoleError as exc:
+        error = str(exc)
+    later = query_string(args, fields, cursor=found.next_cursor)
+    return Listing(found, error, first_url=("?" + query_string(args, fields)) if args.get("cursor") else None,
+                   next_url=f"?{later}" if found.next_cursor else None)
