@@ -8,7 +8,6 @@ from service.api.base import TAGS, ApiContext, answer, page_answer, require
 from service.api.models import AccountPath, DiffQuery, PageQuery, VersionDetailOut, VersionOut, VersionPath
 from service.api.problems import PROBLEM_RESPONSE as PROBLEM
 from service.console import ruleversions
-from service.rules import TENANT
 
 
 def add_routes(bp: APIBlueprint, api: ApiContext) -> None:
@@ -46,7 +45,5 @@ def add_routes(bp: APIBlueprint, api: ApiContext) -> None:
     def rollback(path: VersionPath):
         """Apply an old version again, validated like any save, as a new version on top."""
         caller = require(path.account_id, "write_rules")
-        # A tenant never applies rules with an operator's privileges, even an operator's old version.
-        supplied_by = None if caller.is_operator else TENANT
-        new = ruleversions.rollback(rt, path.account_id, path.version, actor=caller.actor, supplied_by=supplied_by)
+        new = ruleversions.rollback_by(rt, path.account_id, path.version, caller)
         return answer(VersionOut.model_validate(new))

@@ -10,7 +10,8 @@ Signatures (as implemented):
 - ``list_versions(session, account_id, *, cursor=None, limit=50) -> history.Page[RuleSetVersion]`` (newest first)
 - ``get_version(session, account_id, version) -> RuleSetVersion``
 - ``diff_versions(session, account_id, a, b) -> str`` (unified diff from version a to version b; "" when equal)
-- ``rollback(rt, account_id, version, *, actor, supplied_by=None) -> RuleSetVersion`` (the new version)
+- ``rollback(rt, account_id, version, *, actor, supplied_by=None) -> RuleSetVersion`` (the new version);
+  ``rollback_by(rt, account_id, version, principal)`` picks the supplier for a console or API caller
 
 ``rollback``'s ``supplied_by`` defaults to the old version's own. The console passes ``"tenant"`` for a principal
 who is not an operator, so a tenant's rollback never applies rules with an operator's privileges (an old
@@ -29,6 +30,7 @@ from sqlalchemy.orm import Session
 from service import accounts
 from service import rules as rules_mod
 from service.console import history
+from service.console.access import Principal
 from service.console.audit import audit
 from service.console.errors import NotFound
 from service.runtime import Runtime
@@ -73,3 +75,10 @@ def rollback(rt: Runtime, account_id: str, version: int | str, *, actor: str,
         audit(session, account_id, "rules_rolled_back",
               f"rules version {old.version} applied again as version {ruleset.version}", actor)
         return get_version(session, account_id, ruleset.version)
+
+
+def rollback_by(rt: Runtime, account_id: str, version: int | str, principal: Principal) -> RuleSetVersion:
+    """Roll back for a console or API caller: a member's rollback is the tenant's, whoever applied that version."""
+    # An operator's keeps the old version's supplier; a tenant never applies rules with an operator's privileges.
+    supplier = None if principal.is_operator else rules_mod.TENANT
+    return rollback(rt, account_id, version, actor=principal.actor, supplied_by=supplier)

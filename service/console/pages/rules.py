@@ -114,10 +114,8 @@ def register(bp: Blueprint, settings: Settings, runtime: Runtime) -> None:
     def rules_rollback(account_id: str, version: int):
         """Apply an old version again, as a new version on top (validated like any save; audited)."""
         page = account_page(runtime, account_id, "write_rules")
-        # A member's rollback is the tenant's, whoever applied that version; an operator's keeps its supplier.
-        supplier = None if page.principal.is_operator else rules_mod.TENANT
         try:
-            new = ruleversions.rollback(runtime, account_id, version, actor=page.principal.actor, supplied_by=supplier)
+            new = ruleversions.rollback_by(runtime, account_id, version, page.principal)
         except (rules_mod.RulesError, accounts.AccountError) as exc:
             with runtime.sessions() as db:
                 text = ruleversions.get_version(db, account_id, version).source
