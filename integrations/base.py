@@ -130,6 +130,9 @@ class ActionContext:
     ``connection_id`` is stable per account connection (use it in rate-limit bucket keys).
     ``acquire(key, capacity, per_second, cost)`` asks the shared, cross-worker limiter for tokens and
     returns the seconds to wait (0 = granted); ``penalise(key, seconds)`` shuts a bucket after a 429.
+    ``reserve(key, capacity, per_second, cost)``, when the runner gives one, is acquire that books this
+    attempt's next slot and returns (wait, booked): :meth:`pace` uses it, so a paced action comes back
+    exactly when its slot is due rather than guessing.
     ``event`` is the triggering event's JSON (``Event.to_json()``). ``redis`` with ``namespace`` is a
     shared store for cross-worker state (prefix every key with ``namespace``). ``media(max_bytes)``
     fetches the triggering voicemail's audio from VirtualPBX (None when the event has none or the
@@ -152,6 +155,7 @@ class ActionContext:
     api_urls: dict[str, str] = field(default_factory=dict)
     acquire: Callable[..., float] = lambda key, capacity, per_second, cost=1.0: 0.0
     penalise: Callable[[str, float], None] = lambda key, seconds: None
+    reserve: Callable[..., tuple[float, bool]] | None = None
     redis: Any = None
     namespace: str = "pbxrelay"
     event: dict[str, Any] = field(default_factory=dict)
@@ -162,11 +166,18 @@ class ActionContext:
     unseal: Callable[[str], str | None] = lambda text: text
 
     def pace(self, key: str, capacity: float, per_second: float, cost: float = 1.0) -> None:
-        """Take tokens from a shared bucket, or raise RetryableError telling when to come back."""
-        wait = self.acquire(key, capacity, per_second, cost)
+        """Take tokens from a shared bucket, or raise RetryableError telling when to come back.
+
+        The error's code is ``booked`` when a slot is held for this attempt at ``retry_after`` (come back
+        then, exactly), ``paced`` when not (come back later, spread out among the other waiters).
+        """
+        if self.reserve is not None:
+            wait, booked = self.reserve(key, capacity, per_second, cost)
+        else:
+            wait, booked = self.acquire(key, capacity, per_second, cost), False
         if wait > 0:
             raise RetryableError(f"rate limit {key!r}: waiting {wait:.2f}s for a token", retry_after=wait,
-                                 code="paced")
+                                 code="booked" if booked else "paced")
 
 
 class Integration:

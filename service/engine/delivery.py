@@ -6,6 +6,7 @@ before each attempt, so two copies of an action task never run the same action a
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import random
@@ -80,10 +81,10 @@ def retry_delay(rt: Runtime, attempt: int, retry_after: float | None, code: str 
 
 
 # Retry reasons that are waiting, not trying: nothing reached the vendor, so no attempt is counted.
-WAITING_CODES = frozenset({"paced", "deferred", "queued"})
+WAITING_CODES = frozenset({"paced", "booked", "deferred", "queued"})
 # What a delivery that gave up while waiting was waiting for (its last_error says so).
-WAITING_FOR = {"paced": "waiting for a rate-limit slot", "deferred": "waiting for quiet hours to end",
-               "queued": "waiting for its queued write"}
+WAITING_FOR = {"paced": "waiting for a rate-limit slot", "booked": "waiting for a rate-limit slot",
+               "deferred": "waiting for quiet hours to end", "queued": "waiting for its queued write"}
 # How long the count of a delivery's consecutive rate-limit waits is kept (it only shapes the spread below).
 PACED_WAITS_TTL_SECONDS = 3600
 
@@ -279,6 +280,7 @@ def _context(rt: Runtime, job: _Job) -> ActionContext:
         account_id=job.account_id, idempotency_key=f"{job.account_id}:{job.delivery_id}",
         connection_id=f"{job.account_id}:{job.connection}", attempt=job.attempt, timezone=job.timezone,
         region=job.region, api_urls=rt.api_urls(), acquire=rt.limiter.acquire, penalise=rt.limiter.penalise,
+        reserve=functools.partial(rt.limiter.reserve, holder=f"delivery:{job.delivery_id}"),
         redis=rt.redis, namespace=rt.settings.namespace, event=job.event.to_json() if job.event else {},
         media=lambda max_bytes: media.voicemail_audio(rt, job.account_id, job.event, max_bytes),
         opted_out=opted_out, allow_private_urls=rt.settings.allow_private_urls, seal=rt.box.seal,
@@ -313,7 +315,7 @@ def _record_failure(rt: Runtime, job: _Job, exc: IntegrationError, secrets_seen:
         if exc.code == "paced" and exc.retry_after:
             delay = paced_delay(rt, job.delivery_id, exc.retry_after)
         elif waiting and exc.retry_after:
-            delay = exc.retry_after  # quiet hours, a queued write: exactly as long as said, no backoff, no cap
+            delay = exc.retry_after  # a booked slot, quiet hours, a queued write: exactly as said, no backoff
         else:
             delay = retry_delay(rt, max(1, real_attempts), exc.retry_after, code=exc.code)
         values["next_attempt_at"] = now + timedelta(seconds=delay)

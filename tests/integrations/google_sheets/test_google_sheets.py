@@ -274,8 +274,12 @@ def test_burst_of_30_calls_from_4_workers_is_30_rows_at_most_one_write_a_second(
         assert ids[row - 2] == call_id
     times = [w["at"] for w in writes(sheets)]
     assert len(times) <= elapsed + 1 and len(times) < 10, times  # batched: far fewer writes than calls
-    # At most one write a second (the stand-in stamps arrival; the read before each write adds jitter).
-    assert all(b - a >= 0.9 for a, b in zip(times, times[1:])), times
+    # At most one write a second. The limiter grants a flush a second apart, but the stand-in stamps the
+    # append's arrival, after the flush's read, whose duration varies on a loaded machine: so each gap may
+    # lose up to that read's spread, while over the whole burst the shortfall cannot add up.
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert all(gap >= 0.7 for gap in gaps), gaps
+    assert times[-1] - times[0] >= len(gaps) - 0.3, gaps
     assert len(runs) < 30 * 5
 
 

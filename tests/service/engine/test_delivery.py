@@ -143,9 +143,9 @@ def execute(rt, delivery_id: int) -> str:
         try:
             return engine.execute_delivery(rt, delivery_id)
         except RetryableError as exc:
-            if exc.code != "paced":
+            if exc.code not in ("paced", "booked"):
                 raise
-            time.sleep(exc.retry_after)  # the token is there now; the recorded due time adds a spread
+            time.sleep(exc.retry_after)  # the token (or the booked slot) is there now; a recorded spread is skipped
             make_due(rt, delivery_id)
         except PermanentError as exc:
             rt.enqueued.extend(engine.follow_ups(exc))
@@ -256,15 +256,24 @@ def test_repeated_auth_failures_pause_the_connection_alert_and_resume_replays(rt
     assert len([m for m in slack.messages_in("C1") if m["text"].startswith("parked call-auth-")]) == 4
 
 
-def test_pacing_is_not_an_attempt(rt, slack):
-    """Two posts to one channel at once: the second waits for a token without counting an attempt."""
+def test_pacing_is_not_an_attempt_and_books_the_next_slot(rt, slack):
+    """Two posts to one channel at once: the second books the channel's next slot without counting an
+    attempt, is due exactly then (no spread), and goes at that time without asking the bucket again."""
     first, second = ingest_parking(rt, "call-pace-1")[0], ingest_parking(rt, "call-pace-2")[0]
     assert engine.execute_delivery(rt, first) == "succeeded"
     with pytest.raises(RetryableError) as info:
         engine.execute_delivery(rt, second)
-    assert info.value.code == "paced"
+    assert info.value.code == "booked"
     row = delivery(rt, second)
     assert (row.status, row.attempts) == ("retrying", 0)
+    assert seconds_until_due(rt, second) == pytest.approx(info.value.retry_after, abs=0.1)
+    time.sleep(info.value.retry_after)
+    # The slot is this delivery's: a third post that asks now queues behind it instead of taking it.
+    third = ingest_parking(rt, "call-pace-3")[0]
+    with pytest.raises(RetryableError):
+        engine.execute_delivery(rt, third)
+    assert engine.execute_delivery(rt, second) == "succeeded"
+    assert delivery(rt, second).attempts == 1
 
 
 def test_a_rate_limit_wait_does_not_raise_the_backoff_of_the_next_real_retry(rt, slack, monkeypatch):

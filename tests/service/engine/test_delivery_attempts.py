@@ -74,7 +74,7 @@ def test_waiting_for_a_rate_limit_token_is_not_an_attempt(rt, slack):
     assert engine.execute_delivery(rt, first) == "succeeded"
     with pytest.raises(RetryableError) as info:
         engine.execute_delivery(rt, second)
-    assert info.value.code == "paced" and attempts(rt, second) == []
+    assert info.value.code == "booked" and attempts(rt, second) == []
     make_due(rt, second)
     assert execute(rt, second) == "succeeded"
     assert [(a.number, a.outcome) for a in attempts(rt, second)] == [(1, "succeeded")]
