@@ -102,14 +102,19 @@ def test_only_nginx_is_published_and_it_runs_the_shipped_config():
 
 
 def test_nginx_limits_match_the_receiver():
-    """Body limit = max_body_bytes; a 16 KB line admits Kazoo's longest GET; header/body/send timeouts; buffering."""
+    """Body limits = the API's and, under /hooks/, max_body_bytes; a 16 KB line admits Kazoo's longest GET;
+    header/body/send timeouts; buffering."""
+    from service.api import MAX_BODY_BYTES as API_MAX_BODY_BYTES
     from service.sandbox.virtualpbx.sender import encode_kazoo_form
     from service.web.server import LINE_LIMIT
     from tests.conftest import load_fixture
 
     d = nginx_directives()
-    assert nginx_size(d["client_max_body_size"][0]) == Settings().max_body_bytes
-    assert nginx_size(d["client_body_buffer_size"][0]) >= Settings().max_body_bytes  # never spooled to disk
+    everywhere, hooks = d["client_max_body_size"]
+    assert (nginx_size(everywhere), nginx_size(hooks)) == (API_MAX_BODY_BYTES, Settings().max_body_bytes)
+    text = (ROOT / "deploy" / "nginx.conf").read_text()
+    assert re.search(r"location /hooks/ \{\s*client_max_body_size " + re.escape(hooks), text)
+    assert nginx_size(d["client_body_buffer_size"][0]) >= API_MAX_BODY_BYTES  # never spooled to disk
     count, size = d["large_client_header_buffers"][0].split()
     longest_get = len(encode_kazoo_form(load_fixture("kazoo/webhook_notifications_missed_call.json")))
     assert nginx_size(size) == LINE_LIMIT and nginx_size(size) >= 2 * (longest_get + 100), (size, longest_get)

@@ -32,6 +32,7 @@ def web(host: str, port: int) -> None:
         os.execv(sys.executable, [sys.executable, "-m", "service.cli", *sys.argv[1:]])
     from gunicorn.app.base import BaseApplication
 
+    from service.api import MAX_BODY_BYTES as API_MAX_BODY_BYTES
     from service.web.app import create_app
     from service.web.server import worker_class
 
@@ -45,7 +46,8 @@ def web(host: str, port: int) -> None:
             # gthread whose threads get only complete requests; it also enforces the 16 KB request line
             # (Kazoo's missed_call GET is ~5 KB, over gunicorn's 4 KB default, and gunicorn's own cap
             # stops at 8 KB), the 32 KB head, and the head and body timeouts (service/web/server.py).
-            self.cfg.set("worker_class", worker_class(settings.max_body_bytes))
+            # Bodies up to the API's limit (rules files) are buffered too, so a slow upload holds no thread.
+            self.cfg.set("worker_class", worker_class(API_MAX_BODY_BYTES, settings.max_body_bytes))
             self.cfg.set("limit_request_line", 0)
             self.cfg.set("limit_request_fields", 100)
             self.cfg.set("limit_request_field_size", 8190)

@@ -5,8 +5,10 @@ request is in: a few clients dribbling a request line (slowloris) hold every thr
 hangs, and nothing bounds how long they may take. This worker reads, without blocking, in the event
 loop: the request head (line within LINE_LIMIT, head within HEAD_LIMIT, complete within HEAD_TIMEOUT
 of the connection's first wait), then the body (a Content-Length body, or a chunked one up to its
-last chunk, within BODY_TIMEOUT). A client too slow or too large gets 408/414/431 and is closed; a
-waiting client costs a poller entry and its buffer, never a thread. It is the same buffering nginx
+last chunk, within BODY_TIMEOUT). A client too slow or too large gets 408/413/414/431 and is closed; a
+waiting client costs a poller entry and its buffer, never a thread. Bodies are buffered up to the
+largest a route takes (the API's rules files, about 1 MiB), those larger than a hook within a budget
+per worker (503 past it). It is the same buffering nginx
 does in front of it in docker-compose.yml; this one protects a receiver run without a proxy.
 """
 
@@ -29,6 +31,11 @@ HEAD_TIMEOUT = 10.0  # seconds, from the start of a connection's wait for its ne
 BODY_TIMEOUT = 20.0  # seconds, after the head, for the whole body
 # Chunk framing adds bytes to a chunked body; past this much more than the limit, the app answers 413.
 CHUNK_FRAMING_SLACK = 16 * 1024
+# Bytes of bodies larger than a hook's (API uploads, by their declared length; a chunked body counts as
+# the largest allowed) that one worker may be buffering at once. Past it such a request gets 503 at once:
+# many large uploads cost memory up to this bound, never a thread. Bodies up to a hook's size are not
+# counted, so uploads never crowd out Kazoo's hooks (worker_connections bounds those).
+LARGE_BODY_BUDGET = 32 * 1024 * 1024
 _CHUNKED = -1  # body length of a chunked request: complete at its last chunk
 _LENGTH = re.compile(rb"^content-length[ \t]*:[ \t]*(\S*)[ \t]*\r?$", re.IGNORECASE | re.MULTILINE)
 _ENCODING = re.compile(rb"^transfer-encoding[ \t]*:(.*)$", re.IGNORECASE | re.MULTILINE)
@@ -48,17 +55,21 @@ class _Waiting:
     buf: bytearray = field(default_factory=bytearray)
     body_end: int | None = None  # index in buf where the request ends (_CHUNKED: at the last chunk)
     head_end: int = 0
+    limit: int = 0  # the largest body its route takes
+    budgeted: int = 0  # bytes of the worker's LARGE_BODY_BUDGET this body holds
 
 
 class BufferingThreadWorker(ThreadWorker):
     """gthread whose threads only ever serve requests already fully received (see the module docstring)."""
 
-    #: The receiver's max_body_bytes; set on the subclass that ``worker_class`` makes.
+    #: The largest body any route takes, and a hook's; set on the subclass that ``worker_class`` makes.
     max_body_bytes = 256 * 1024
+    hook_body_bytes = 256 * 1024
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._waiting: dict[TConn, _Waiting] = {}
+        self._budget_used = 0
 
     def accept(self, listener):
         """Accept a connection and wait for its request in the event loop, not in a thread."""
@@ -120,27 +131,44 @@ class BufferingThreadWorker(ThreadWorker):
             if head_end < 0:
                 return "431 Request Header Fields Too Large" if len(buf) > HEAD_LIMIT else None
             waiting.head_end = head_end + 4
-            length = self._body_length(bytes(buf[:head_end + 2]))
+            head = bytes(buf[:head_end + 2])
+            length = self._body_length(head)
             if length is None:
-                return "complete"  # let the app answer: 413 for a declared length over the limit, 400 if bad
+                return "complete"  # let the app answer 400 for a length it cannot read
+            waiting.limit = self._limit_for(head)
+            if length > waiting.limit:
+                # Refused here, not by the app: after answering, gunicorn's thread would read (and discard)
+                # the whole declared body at the client's pace before it could close the connection.
+                return "413 Content Too Large"
             waiting.body_end = _CHUNKED if length == _CHUNKED else waiting.head_end + length
             waiting.deadline = time.monotonic() + BODY_TIMEOUT
+            size = waiting.limit + CHUNK_FRAMING_SLACK if length == _CHUNKED else length
+            if waiting.limit > self.hook_body_bytes and size > self.hook_body_bytes:
+                if self._budget_used + size > LARGE_BODY_BUDGET:
+                    return "503 Service Unavailable"
+                waiting.budgeted = size
+                self._budget_used += size
         if waiting.body_end == _CHUNKED:
             body = len(buf) - waiting.head_end
             ended = buf.endswith(b"\r\n0\r\n\r\n") or (body == 5 and buf.endswith(b"0\r\n\r\n"))
-            return "complete" if ended or body > self.max_body_bytes + CHUNK_FRAMING_SLACK else None
+            return "complete" if ended or body > waiting.limit + CHUNK_FRAMING_SLACK else None
         return "complete" if len(buf) >= waiting.body_end else None
 
     def _body_length(self, head: bytes) -> int | None:
-        """The body length to buffer (_CHUNKED for a chunked body), or None to hand the request over now."""
+        """The declared body length (_CHUNKED for a chunked body), or None when it cannot be read."""
         if any(b"chunked" in value.lower() for value in _ENCODING.findall(head)):
             return _CHUNKED
         lengths = _LENGTH.findall(head)
         if not lengths:
             return 0
-        if len(set(lengths)) != 1 or not lengths[0].isdigit() or int(lengths[0]) > self.max_body_bytes:
+        if len(set(lengths)) != 1 or not lengths[0].isdigit():
             return None
         return int(lengths[0])
+
+    def _limit_for(self, head: bytes) -> int:
+        """The largest body the request's route takes: a hook's under /hooks/, the API's elsewhere."""
+        target = head.split(b" ", 2)[1] if head.count(b" ") >= 2 else b""
+        return self.hook_body_bytes if target.startswith(b"/hooks/") else self.max_body_bytes
 
     def _hand_over(self, waiting: _Waiting) -> None:
         """Give a thread the request, its bytes already read (the parser reads them before the socket)."""
@@ -163,12 +191,15 @@ class BufferingThreadWorker(ThreadWorker):
 
     def _forget(self, waiting: _Waiting) -> None:
         del self._waiting[waiting.conn]
+        self._budget_used -= waiting.budgeted
+        waiting.budgeted = 0
         try:
             self.poller.unregister(waiting.conn.sock)
         except (KeyError, ValueError, OSError):
             pass  # already unregistered
 
 
-def worker_class(max_body_bytes: int) -> type[BufferingThreadWorker]:
-    """The worker class for a receiver whose bodies may be ``max_body_bytes`` long."""
-    return type("PbxrelayWorker", (BufferingThreadWorker,), {"max_body_bytes": max_body_bytes})
+def worker_class(max_body_bytes: int, hook_body_bytes: int) -> type[BufferingThreadWorker]:
+    """The worker class for an app whose largest body (of any route) and largest hook are these long."""
+    return type("PbxrelayWorker", (BufferingThreadWorker,),
+                {"max_body_bytes": max(max_body_bytes, hook_body_bytes), "hook_body_bytes": hook_body_bytes})

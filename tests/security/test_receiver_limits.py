@@ -349,3 +349,111 @@ def test_honest_clients_still_work_slowly_on_one_connection_and_over_the_limit(w
                      % (token.encode(), 256 * 1024 + 1))
         assert sock.recv(100).startswith(b"HTTP/1.1 413")
     assert len(drained()) == 4
+
+
+def api_key_for(svc: Service, account_id: str) -> str:
+    """A write API key of ``account_id``, made in the deployment's database (its secret)."""
+    import sqlalchemy as sa
+    from sqlalchemy.orm import Session
+
+    from service.console.apikeys import create_api_key
+
+    engine = sa.create_engine(svc.env["PBXRELAY_DATABASE_URL"])
+    try:
+        with Session(engine) as session, session.begin():
+            return create_api_key(session, account_id, "uploader", "write", actor="test").secret
+    finally:
+        engine.dispose()
+
+
+def test_slow_uploads_of_large_api_bodies_hold_no_thread(web):
+    """The API takes bodies of up to 1 MiB + 64 KiB, four times the hooks' limit: a tenant's own key sending
+    many such bodies slowly must not hold the web threads every account's hooks and /healthz need. The
+    worker buffers them in its event loop like any body (and refuses what its buffer budget cannot hold)."""
+    from service.api import MAX_BODY_BYTES
+
+    key = api_key_for(web, ACCOUNT)
+    length = 600 * 1024
+    assert 256 * 1024 < length <= MAX_BODY_BYTES
+    socks = []
+    stop = threading.Event()
+    try:
+        for _ in range(SLOW_CLIENTS):
+            sock = socket.create_connection(("127.0.0.1", web.port), timeout=5)
+            sock.sendall(b"PUT /api/v1/accounts/%s/rules HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+                         b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n{"
+                         % (ACCOUNT.encode(), key.encode(), length))
+            socks.append(sock)
+
+        def dribble():
+            while not stop.wait(0.5):
+                for sock in socks:
+                    try:
+                        sock.sendall(b" ")
+                    except OSError:
+                        pass
+
+        threading.Thread(target=dribble, daemon=True).start()
+        time.sleep(1.0)
+        times = healthz_times(web.url)
+        assert max(times) < 1.0, f"/healthz took {times} under {SLOW_CLIENTS} slow API uploads"
+    finally:
+        stop.set()
+        for sock in socks:
+            sock.close()
+
+
+@pytest.mark.parametrize("through", ["gunicorn", "nginx"])
+def test_an_api_body_larger_than_a_hook_is_read_whole_but_not_on_a_hook_url(web, request, drained, through):
+    """A 400 KB rules upload reaches the API whole (judged by it: 422 naming the unknown field), through
+    gunicorn alone and through deploy/nginx.conf; the same size on a hook URL is 413 and queues nothing."""
+    base = web.url if through == "gunicorn" else request.getfixturevalue("nginx").url
+    key = api_key_for(web, ACCOUNT)
+    rules = {"account": {"id": ACCOUNT, "name": "Big"}, "connections": {}, "rules": [],
+             "x_padding": "p" * (400 * 1024)}
+    response = requests.put(f"{base}/api/v1/accounts/{ACCOUNT}/rules", timeout=10, json=rules,
+                            headers={"Authorization": f"Bearer {key}"})
+    assert response.status_code == 422 and "x_padding" in response.text, response.text[:300]
+    hook = requests.post(f"{base}{urlsplit(web.account['hook_url']).path}", json=rules, timeout=10)
+    assert hook.status_code == 413
+    assert drained() == []
+
+
+def test_uploads_past_the_buffer_budget_get_503_and_hooks_still_pass(web, drained):
+    """Forty slow 1 MiB uploads: those past the worker's LARGE_BODY_BUDGET are refused with 503 at once, a
+    declared length over every limit gets 413 without holding a thread, and hooks are never refused."""
+    from service.web.server import LARGE_BODY_BUDGET
+
+    key = api_key_for(web, ACCOUNT)
+    token = web.account["hook_url"].rsplit("/", 1)[1]
+    length = 1024 * 1024
+    socks = []
+    try:
+        for _ in range(40):
+            sock = socket.create_connection(("127.0.0.1", web.port), timeout=5)
+            sock.sendall(b"PUT /api/v1/accounts/%s/rules HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+                         b"Content-Length: %d\r\n\r\n{" % (ACCOUNT.encode(), key.encode(), length))
+            socks.append(sock)
+        for _ in range(SLOW_CLIENTS):  # past every route's limit: the app answers 413 without reading
+            sock = socket.create_connection(("127.0.0.1", web.port), timeout=5)
+            sock.sendall(b"PUT /api/v1/accounts/%s/rules HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+                         b"Content-Length: %d\r\n\r\n" % (ACCOUNT.encode(), key.encode(), 50 * 1024 * 1024))
+            socks.append(sock)
+        time.sleep(1.0)
+        answers = []
+        for sock in socks:
+            sock.settimeout(0.2)
+            try:
+                answers.append(sock.recv(30))
+            except OSError:
+                answers.append(b"")
+        refused = sum(a.startswith(b"HTTP/1.1 503") for a in answers[:40])
+        assert refused == 40 - LARGE_BODY_BUDGET // length, answers[:40]
+        assert all(a.startswith(b"HTTP/1.1 413") for a in answers[40:]), answers[40:]
+        assert max(healthz_times(web.url, count=3)) < 1.0
+        hook = requests.post(f"{web.url}/hooks/virtualpbx/{token}", json={"n": "during uploads"}, timeout=5)
+        assert hook.status_code == 200
+    finally:
+        for sock in socks:
+            sock.close()
+    assert [e["body"] for e in drained()] == ['{"n": "during uploads"}']
