@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 import uuid
 
@@ -164,3 +165,34 @@ def test_rotate_token_refuses_without_redis_and_rotates_nothing(cli):
     assert cli.cli("accounts", "rotate-token", account).stdout.strip() != added["hook_url"]
     assert stored()[0] != before[0] and stored()[1] == before[1]
     engine.dispose()
+
+
+def test_demo_keep_stops_the_service_on_sigterm(tmp_path):
+    """`pbxrelay demo --keep` runs until stopped; SIGTERM (not only Ctrl-C) stops it and the service it started."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    import requests
+
+    from tests.harness import PBXRELAY, wait_for
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PBXRELAY_", "SANDBOX_"))}
+    out = tmp_path / "demo.out"
+    with out.open("wb") as sink:
+        demo = subprocess.Popen([*PBXRELAY, "demo", "--calls", "2", "--keep"], cwd=tmp_path, env=env,
+                                stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for(lambda: "still running" in out.read_text(), timeout=180, message="the demo to settle")
+        console = re.search(r"^console: (http://\S+)", out.read_text(), re.MULTILINE).group(1)
+        assert requests.get(console, timeout=5, allow_redirects=False).status_code in (200, 302)
+        demo.send_signal(signal.SIGTERM)
+        assert demo.wait(timeout=60) is not None
+        time.sleep(0.5)
+        with pytest.raises(requests.ConnectionError):
+            requests.get(console, timeout=5)
+        assert "stopping" in out.read_text()
+    finally:
+        if demo.poll() is None:
+            os.killpg(demo.pid, signal.SIGKILL)

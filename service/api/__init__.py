@@ -32,14 +32,14 @@ from service.api.problems import Problem, to_problem, validation_problem
 from service.config import Settings
 from service.console import csrf
 from service.console.web import Cookies
-from service.rules.schema import MAX_RULES_BYTES
+from service.rules.schema import MAX_RULES_REQUEST_BYTES
 from service.runtime import Runtime
 from service.secrets import load_keys
 
 PREFIX = "/api/v1"
 DOC_PATH = PREFIX + "/openapi.json"
 # The largest body the API reads: a whole rules document, plus room for a JSON wrapping of it.
-MAX_BODY_BYTES = MAX_RULES_BYTES + 64 * 1024
+MAX_BODY_BYTES = MAX_RULES_REQUEST_BYTES
 SECURITY_SCHEMES = {
     "bearer": {"type": "http", "scheme": "bearer", "description": "an API key (pbx_...), scope read or write"},
     "session": {"type": "apiKey", "in": "cookie", "name": "pbxrelay_session",

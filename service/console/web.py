@@ -18,11 +18,14 @@ from service.console.errors import ConsoleError
 from service.console.limits import LoginLimiter
 from service.console.pages import rules as rules_page
 from service.console.pages.common import signed_in
+from service.rules.schema import MAX_RULES_REQUEST_BYTES
 from service.runtime import Runtime
 from service.secrets import load_keys
 from service.store.models import Account
 
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+# The rules editor's forms, which carry a whole rules document.
+RULES_FORMS = {"console.save_rules", "console.try_rules", "console.use_recipe"}
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,10 @@ def console_blueprint(settings: Settings, runtime: Runtime) -> Blueprint:
             if found is not None:
                 g.session_token = request.cookies[cookies.session]
                 g.principal = access.principal_for_user(db, found[1])
+        if request.endpoint in RULES_FORMS:
+            # The editor posts a whole rules document (multipart, so its text is not inflated by encoding),
+            # as large as the API takes; every other form keeps the app's smaller limit.
+            request.max_content_length = request.max_form_memory_size = MAX_RULES_REQUEST_BYTES
         if request.method not in SAFE_METHODS:
             supplied = request.form.get(csrf.FORM_FIELD) or request.headers.get(csrf.HEADER)
             if not csrf.check(csrf_key, csrf_binding(), supplied):

@@ -95,6 +95,8 @@ from service.pbx.payloads import KNOWN_HOOKS
 from service.rules import templating
 
 MAX_RULES_BYTES = 1024 * 1024
+# The largest request carrying a rules document (API or console form): the document plus its wrapping.
+MAX_RULES_REQUEST_BYTES = MAX_RULES_BYTES + 64 * 1024
 MAX_NESTING = 32
 MAX_VALUES = 100_000  # after YAML alias expansion: keeps "billion laughs" documents from stalling us
 MAX_REFERENCED_FILE_BYTES = 64 * 1024

@@ -269,6 +269,11 @@ def report_html(outcome: Outcome) -> str:
     return "".join(parts)
 
 
+def _interrupt(signum, _frame) -> None:
+    """Turn a termination signal into KeyboardInterrupt, so the demo winds down as on Ctrl-C."""
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def run(*, calls: int, seed: int, keep: bool, settle_timeout: float = 120.0) -> Path:
     """Run the whole demo and write the report; returns its path."""
     root = Path("var") / "demo"
@@ -283,6 +288,10 @@ def run(*, calls: int, seed: int, keep: bool, settle_timeout: float = 120.0) -> 
     svc = DemoService(env={}, url=f"http://127.0.0.1:{port}", log_path=root.resolve() / "service.log")
     svc.env = service_env(box, var_dir, svc.url)
     account_id = box.env["SANDBOX_ACCOUNT_ID"]
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM (a terminal closed, `kill`, a supervisor) must stop the service below as Ctrl-C does: by
+        # default Python would end at once, skipping the `finally` and leaving `pbxrelay run` behind.
+        signal.signal(signal.SIGTERM, _interrupt)
     try:
         say(f"sandbox: VirtualPBX {box.servers['virtualpbx'].url}, stand-ins for Slack, Trello, Sheets, VirtualText")
         say(f"starting pbxrelay run on {svc.url} (log: {svc.log_path})")

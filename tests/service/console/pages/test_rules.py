@@ -285,3 +285,21 @@ def test_history_is_guarded(console):  # noqa: F811
     assert save(operator, RULES).status_code == 302
     page = text_of(viewer.get(PAGE))
     assert "an operator" in page and "op@example.com" not in page  # staff are not named to tenants
+
+
+def test_a_rules_file_as_large_as_the_api_takes_saves_from_the_editor(console):  # noqa: F811
+    """The editor posts multipart (as its form says) and takes what the API takes: a 900 KB file (padded with a
+    comment) is saved; a body past the rules request limit is 413, and nothing changes."""
+    from service.rules.schema import MAX_RULES_REQUEST_BYTES
+
+    client = signed_in(console, "editor@example.com")
+    page = text_of(client.get(PAGE))
+    assert 'enctype="multipart/form-data"' in page and 'hx-encoding="multipart/form-data"' in page
+    padded = RULES + "# " + "p" * (900 * 1024) + "\n"
+    data = {"text": padded, "csrf_token": token(client)}
+    response = client.post(PAGE, data=data, content_type="multipart/form-data")
+    assert response.status_code == 302, text_of(response)[:300]
+    assert ruleset(console).version == 1
+    data = {"text": "#" * MAX_RULES_REQUEST_BYTES, "csrf_token": token(client)}
+    assert client.post(PAGE, data=data, content_type="multipart/form-data").status_code == 413
+    assert ruleset(console).version == 1
