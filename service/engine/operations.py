@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Callable
 
 import sqlalchemy as sa
@@ -136,13 +136,39 @@ def replay_in(session: Session, delivery_ids: list[int]) -> list[int]:
 
 @dataclass
 class ReplayBatch:
-    """One batch of a bulk replay: the deliveries put back to pending (to enqueue), and whether the job ended."""
+    """One batch of a bulk replay: the deliveries put back to pending and due now (to enqueue; the rest are due
+    later and the scheduler sends them then), and whether the job ended."""
 
     delivery_ids: list[int]
     finished: bool
 
 
 REPLAY_BATCH_ROWS = 500
+# A bulk replay's deliveries are due at this many a second from the job's start, so one account replaying
+# thousands never puts them all in front of every other account's new actions in the shared queue.
+REPLAY_PER_SECOND = 20
+
+
+def _pace_replayed(session: Session, job: ReplayJob, ids: list[int], now: datetime) -> list[int]:
+    """Make the job's n-th replayed delivery due n // REPLAY_PER_SECOND seconds after the job's first batch (the
+    previous batch's last due time tells when that was); return those due now, to enqueue (the scheduler sends
+    the others when due)."""
+    previous = (session.scalar(sa.select(Delivery.next_attempt_at).where(Delivery.id == job.last_delivery_id))
+                if job.done and job.last_delivery_id is not None else None)
+    if previous is not None and aware(previous) >= aware(job.created_at):
+        first = aware(previous) - timedelta(seconds=(job.done - 1) // REPLAY_PER_SECOND)
+    else:  # the first batch, or the previous one's last row was not replayed by this job: go on from now
+        first = now - timedelta(seconds=job.done // REPLAY_PER_SECOND)
+    due_now, by_due = [], {}
+    for n, delivery_id in enumerate(ids, start=job.done):
+        due = max(now, first + timedelta(seconds=n // REPLAY_PER_SECOND)) if n >= REPLAY_PER_SECOND else now
+        by_due.setdefault(due, []).append(delivery_id)
+        if due <= now:
+            due_now.append(delivery_id)
+    for due, chunk in by_due.items():  # (due now too: the next batch counts on from it)
+        session.execute(sa.update(Delivery).where(Delivery.id.in_(chunk), Delivery.status == "pending")
+                        .values(next_attempt_at=due))
+    return due_now
 
 
 def replay_job_batch(rt: Runtime, job_id: int, *, batch_rows: int = REPLAY_BATCH_ROWS) -> ReplayBatch:
@@ -168,6 +194,7 @@ def replay_job_batch(rt: Runtime, job_id: int, *, batch_rows: int = REPLAY_BATCH
             where.append(Delivery.id > job.last_delivery_id)
         batch = list(session.scalars(sa.select(Delivery.id).where(*where).order_by(Delivery.id).limit(batch_rows)))
         replayed = replay_in(session, batch) if batch else []
+        due_now = _pace_replayed(session, job, replayed, utcnow())
         job.status = "running" if batch else "finished"
         job.done += len(replayed)
         job.failed += len(batch) - len(replayed)
@@ -179,7 +206,7 @@ def replay_job_batch(rt: Runtime, job_id: int, *, batch_rows: int = REPLAY_BATCH
             job.finished_at = utcnow()
             session.add(AuditEntry(account_id=job.account_id, kind="bulk_replay_finished", actor=job.actor,
                                    detail=f"replay job {job.id}: {job.done} replayed, {job.failed} not replayable"))
-        return ReplayBatch(replayed, not batch)
+        return ReplayBatch(due_now, not batch)
 
 
 def fail_replay_job(rt: Runtime, job_id: int, reason: str) -> None:

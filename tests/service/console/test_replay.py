@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from service import accounts, engine
 from service.console import history, replay
 from service.console.errors import ConsoleError, NotFound
+from service.events import aware
 from service.engine import planning
 from service.queue import REPLAY_JOB, TaskQueue, queue_names
 from service.store.models import AuditEntry, Delivery, ReplayJob, StoredEvent
@@ -160,6 +161,34 @@ def test_a_bulk_replay_job_replays_what_matched_when_it_started_in_batches(rt):
     assert run_job(rt, job.id, batch_rows=1) == [], "a finished job run again does nothing"
     assert audited(rt, "bulk_replay_started")[0][0] == ACTOR
     assert audited(rt, "bulk_replay_finished") == [(ACTOR, f"replay job {job.id}: 2 replayed, 1 not replayable")]
+
+
+def test_a_large_bulk_replay_is_due_at_a_paced_rate_so_other_accounts_are_not_queued_behind_it(rt):
+    """45 failed deliveries: the first REPLAY_PER_SECOND are enqueued now, the rest are due a second apart per
+    REPLAY_PER_SECOND (the scheduler sends them then), continuing across batches; another account's new action
+    is due now, ahead of them."""
+    from datetime import timedelta
+
+    from service.engine.operations import REPLAY_PER_SECOND
+    from service.store.models import utcnow
+
+    assert REPLAY_PER_SECOND == 20  # (the figures below)
+    ids = add_deliveries(rt, ACCOUNT, [("failed", "chat")] * 45)
+    job = replay.start_bulk_replay(rt, ACCOUNT, history.DeliveryFilter(status="failed"), actor=ACTOR,
+                                   tasks=TaskQueue(rt.settings))
+    started = utcnow()
+    enqueued = run_job(rt, job.id, batch_rows=20)  # three batches: 20, 20, 5 (whole seconds, as in production)
+    assert enqueued == ids[:20]
+    with rt.sessions() as session:
+        rows = {i: session.get(Delivery, i) for i in ids}
+    assert all(rows[i].status == "pending" and aware(rows[i].next_attempt_at) <= utcnow() for i in ids[:20])
+    offsets = [(aware(rows[i].next_attempt_at) - started).total_seconds() for i in ids[20:]]
+    assert all(0.5 < o <= 1.5 for o in offsets[:20]) and all(1.5 < o <= 2.5 for o in offsets[20:]), offsets
+    other = add_deliveries(rt, OTHER, [("pending", "chat")])[0]
+    with rt.sessions.begin() as session:  # a fresh action of another account, just planned
+        session.get(Delivery, other).next_attempt_at = utcnow() - timedelta(seconds=1)
+    due = engine.due_deliveries(rt)
+    assert other in due and not set(ids[20:]) & set(due)
 
 
 def test_a_bulk_replay_refuses_statuses_that_cannot_be_replayed(rt):
