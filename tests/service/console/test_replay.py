@@ -11,8 +11,8 @@ import sqlalchemy as sa
 from service import accounts, engine
 from service.console import history, replay
 from service.console.errors import ConsoleError, NotFound
-from service.events import aware
 from service.engine import planning
+from service.events import aware
 from service.queue import REPLAY_JOB, TaskQueue, queue_names
 from service.store.models import AuditEntry, Delivery, ReplayJob, StoredEvent
 from tests.service.console.test_history import ACCOUNT, OTHER, T0, add_deliveries, ingest_calls
