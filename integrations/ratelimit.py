@@ -6,16 +6,20 @@ import time
 
 import redis
 
-# KEYS[1] bucket hash; ARGV: capacity, refill per second, cost, now (seconds, float).
-# Returns the seconds to wait before `cost` tokens are available (0 = granted and taken).
-# Uses the Redis server clock so workers on different hosts agree.
-_TAKE = """
+# What both scripts begin with: ARGV capacity, refill per second, cost; the bucket's state (KEYS[1]); and
+# the Redis server's clock, so workers on different hosts agree.
+_BUCKET_STATE = """
 local capacity = tonumber(ARGV[1])
 local rate = tonumber(ARGV[2])
 local cost = tonumber(ARGV[3])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts', 'penalty_until')
+"""
+
+# KEYS[1] bucket hash; ARGV: capacity, refill per second, cost.
+# Returns the seconds to wait before `cost` tokens are available (0 = granted and taken).
+_TAKE = _BUCKET_STATE + """
 local tokens = tonumber(state[1]) or capacity
 local ts = tonumber(state[2]) or now
 local penalty_until = tonumber(state[3]) or 0
@@ -43,15 +47,9 @@ return tostring(wait)
 # A booking lapses `grace` seconds after its slot, or when a 429 penalty resets the bucket (its
 # `penalty_until` then differs from the one recorded with the booking): the holder then queues anew.
 # Returns {wait, booked}: wait 0 = go now.
-_RESERVE = """
-local capacity = tonumber(ARGV[1])
-local rate = tonumber(ARGV[2])
-local cost = tonumber(ARGV[3])
+_RESERVE = _BUCKET_STATE + """
 local horizon = tonumber(ARGV[4])
 local grace = tonumber(ARGV[5])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts', 'penalty_until')
 local penalty_until = tonumber(state[3]) or 0
 local booking = redis.call('GET', KEYS[2])
 if booking then
