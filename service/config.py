@@ -85,8 +85,10 @@ class Settings(BaseSettings):
     # Redis broker only: a message a worker took but never acknowledged comes back after this; it must exceed
     # the longest action (a task is never held back by a countdown), or Redis redelivers early (duplicates).
     visibility_timeout_seconds: int = Field(default=3600, ge=60)
-    # Worker pool size (threads: actions are I/O bound).
+    # Worker pool size of the prefork pool (CPU bound: about the number of cores).
     worker_concurrency: int = Field(default=4, ge=1, le=64)
+    # Pool size of a threads-pool worker (`--pool threads`: actions, which mostly wait for vendors).
+    action_threads: int = Field(default=32, ge=1, le=64)
     # Gunicorn settings of `pbxrelay web` / `run`.
     web_workers: int = Field(default=2, ge=1, le=32)
     web_threads: int = Field(default=8, ge=1, le=64)

@@ -45,6 +45,11 @@ QUEUE_KIND = {INGEST: "ingest", FINALIZE_CALL: "ingest", RECONCILE: "ingest", RE
 PERIODIC = {RECONCILE: 600.0, REENABLE_HOOKS: 300.0, PURGE: 3600.0}
 
 
+# The status a worker exits with when its watchdog ends it (workers/watchdog.py; EX_SOFTWARE): supervisors,
+# `pbxrelay run` among them, start a new worker.
+WATCHDOG_EXIT_STATUS = 70
+
+
 def queue_names(settings: Settings) -> dict[str, str]:
     """The queue of each kind of work, under the settings' namespace."""
     ns = settings.namespace

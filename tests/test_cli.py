@@ -196,3 +196,22 @@ def test_demo_keep_stops_the_service_on_sigterm(tmp_path):
     finally:
         if demo.poll() is None:
             os.killpg(demo.pid, signal.SIGKILL)
+
+
+def test_run_starts_a_new_worker_only_when_its_watchdog_ended_it():
+    """`pbxrelay run` replaces a worker that exited with the watchdog's status; any other exit stops everything."""
+    import subprocess
+    import sys
+
+    from service.cli.processes import ended_by_watchdog
+    from service.queue import WATCHDOG_EXIT_STATUS
+
+    def exited(code: int) -> subprocess.Popen:
+        child = subprocess.Popen([sys.executable, "-c", f"raise SystemExit({code})"])
+        child.wait(timeout=30)
+        return child
+
+    watchdog, crashed = exited(WATCHDOG_EXIT_STATUS), exited(1)
+    assert ended_by_watchdog(watchdog, [watchdog.args])
+    assert not ended_by_watchdog(crashed, [crashed.args])
+    assert not ended_by_watchdog(watchdog, [["python", "-m", "service.cli", "web"]])  # not a worker

@@ -32,12 +32,12 @@ def test_compose_file_validates_against_the_compose_spec():
     jsonschema.validate(compose(), schema)
 
 
-def test_compose_runs_the_five_services_with_real_cli_commands():
-    """redis, postgres, web, worker and scheduler exist, and every pbxrelay command they run exists."""
+def test_compose_runs_the_services_with_real_cli_commands():
+    """redis, postgres, web, the two workers and scheduler exist, and every pbxrelay command they run exists."""
     services = compose()["services"]
-    assert {"redis", "postgres", "web", "worker", "scheduler"} <= services.keys()
+    assert {"redis", "postgres", "web", "worker", "actions", "scheduler"} <= services.keys()
     runner = CliRunner()
-    for name in ("web", "worker", "scheduler"):
+    for name in ("web", "worker", "actions", "scheduler"):
         command = services[name]["command"]
         assert command[0] == "pbxrelay"
         result = runner.invoke(main, [*command[1:2], "--help"])

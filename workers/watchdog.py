@@ -21,10 +21,11 @@ from collections.abc import Callable
 from celery.concurrency import get_implementation
 from celery.signals import task_postrun, task_prerun, worker_init
 
+from service import queue
+
 log = logging.getLogger(__name__)
 
-# The worker's exit status when the watchdog ends it (EX_SOFTWARE): supervisors restart it.
-EXIT_STATUS = 70
+EXIT_STATUS = queue.WATCHDOG_EXIT_STATUS
 CHECK_INTERVAL_SECONDS = 0.5
 
 

@@ -68,15 +68,19 @@ def web(host: str, port: int) -> None:
 @main.command()
 @click.option("--concurrency", type=click.IntRange(1, 64), default=None, help="Pool size (default from settings).")
 @click.option("--pool", type=click.Choice(["prefork", "threads", "solo"]), default="prefork", show_default=True)
-def worker(concurrency: int | None, pool: str) -> None:
-    """Run a Celery worker consuming the ingest and action queues."""
+@click.option("--queues", "kind", type=click.Choice(["all", "ingest", "actions"]), default="all", show_default=True,
+              help="ingest: hooks, calls and jobs (CPU: prefork); actions: vendor calls (round trips: threads).")
+def worker(concurrency: int | None, pool: str, kind: str) -> None:
+    """Run a Celery worker consuming the ingest queue, the actions queue, or both."""
     from service import metrics
 
     settings = load_settings()
     open_runtime()
     metrics.use_process_dir(settings.var_dir, "worker")  # before exec: Celery and its pool inherit it
-    queues = ",".join(queue.queue_names(settings).values())
-    _exec_celery(["worker", "-Q", queues, "-P", pool, "-c", str(concurrency or settings.worker_concurrency),
+    names = queue.queue_names(settings)
+    queues = ",".join(names.values()) if kind == "all" else names[kind]
+    default = settings.action_threads if pool == "threads" else settings.worker_concurrency
+    _exec_celery(["worker", "-Q", queues, "-P", pool, "-c", str(concurrency or default),
                   "--loglevel", settings.log_level, "-n", f"pbxrelay-{os.getpid()}@%h", "--without-mingle",
                   "--without-gossip"])
 
@@ -131,11 +135,17 @@ def _start_embedded_redis(settings: Settings) -> subprocess.Popen:
     raise click.ClickException("the embedded redis-server did not start")
 
 
+def ended_by_watchdog(child: subprocess.Popen, worker_argvs: list[list[str]]) -> bool:
+    """Whether an exited child is one of the workers, ended by its watchdog (a task outlived its time limit):
+    `run` starts a new worker then, where any other exit stops everything."""
+    return child.returncode == queue.WATCHDOG_EXIT_STATUS and child.args in worker_argvs
+
+
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535), help="TCP port.")
 def run(host: str, port: int) -> None:
-    """Run everything (receiver, worker, scheduler; Redis too when PBXRELAY_REDIS_URL is unset)."""
+    """Run everything (receiver, the two workers, scheduler; Redis too when PBXRELAY_REDIS_URL is unset)."""
     settings = load_settings()
     private_dir(settings.var_dir)
     from service.secrets import load_keys, load_media_link_keys
@@ -153,7 +163,10 @@ def run(host: str, port: int) -> None:
     public = env.get("PBXRELAY_PUBLIC_URL", settings.public_url)
     me = [sys.executable, "-m", "service.cli"]
     children.append(subprocess.Popen(me + ["web", "--host", host, "--port", str(port)], env=env))
-    children.append(subprocess.Popen(me + ["worker"], env=env))
+    # Hooks, calls and jobs on prefork (CPU); actions on threads (each mostly waits for a vendor's answer).
+    workers = {"ingest": me + ["worker", "--queues", "ingest"],
+               "actions": me + ["worker", "--queues", "actions", "--pool", "threads"]}
+    children.extend(subprocess.Popen(argv, env=env) for argv in workers.values())
     children.append(subprocess.Popen(me + ["scheduler"], env=env))
     click.echo("\n".join([
         "", "pbxrelay is running:",
@@ -179,10 +192,15 @@ def run(host: str, port: int) -> None:
     signal.signal(signal.SIGINT, stop)
     while True:
         time.sleep(1)
-        for child in children:
-            if child.poll() is not None:
-                click.echo(f"a pbxrelay process exited ({child.args[-1] if child.args else '?'}); stopping", err=True)
-                stop()
+        for index, child in enumerate(children):
+            if child.poll() is None:
+                continue
+            if ended_by_watchdog(child, list(workers.values())):
+                click.echo("a worker ended by its watchdog; starting a new one", err=True)
+                children[index] = subprocess.Popen(child.args, env=env)
+                continue
+            click.echo(f"a pbxrelay process exited ({child.args[-1] if child.args else '?'}); stopping", err=True)
+            stop()
 
 
 @main.command()
