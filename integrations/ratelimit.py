@@ -6,52 +6,26 @@ import time
 
 import redis
 
-# What both scripts begin with: ARGV capacity, refill per second, cost; the bucket's state (KEYS[1]); and
-# the Redis server's clock, so workers on different hosts agree.
-_BUCKET_STATE = """
+# KEYS[1] bucket hash, KEYS[2] (optional) the holder's booking; ARGV: capacity, refill per second, cost,
+# horizon, grace. Uses the Redis server clock so workers on different hosts agree.
+# Takes `cost` tokens if they are there. Otherwise, with KEYS[2], a holder that must wait at most `horizon`
+# seconds books the next free slot: the tokens are taken now (the balance goes below zero, so later callers
+# queue behind it) and the booking records the slot. Coming back at the slot, the holder finds its booking
+# and goes without taking again. So N holders on one bucket each try twice at most, in order, instead of
+# guessing when to look again. A booking lapses `grace` seconds after its slot, or when a 429 penalty
+# resets the bucket (its `penalty_until` then differs from the one recorded with the booking): the holder
+# then queues anew. Without KEYS[2] this is a plain take. Returns {wait, booked}: wait 0 = go now.
+_TAKE = """
 local capacity = tonumber(ARGV[1])
 local rate = tonumber(ARGV[2])
 local cost = tonumber(ARGV[3])
+local horizon = tonumber(ARGV[4])
+local grace = tonumber(ARGV[5])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts', 'penalty_until')
-"""
-
-# KEYS[1] bucket hash; ARGV: capacity, refill per second, cost.
-# Returns the seconds to wait before `cost` tokens are available (0 = granted and taken).
-_TAKE = _BUCKET_STATE + """
-local tokens = tonumber(state[1]) or capacity
-local ts = tonumber(state[2]) or now
 local penalty_until = tonumber(state[3]) or 0
-if now < penalty_until then
-  return tostring(penalty_until - now)
-end
-tokens = math.min(capacity, tokens + math.max(0, now - ts) * rate)
-local wait = 0
-if tokens >= cost then
-  tokens = tokens - cost
-else
-  wait = (cost - tokens) / rate
-end
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
--- Kept until full again: tokens are below zero while slots are booked (see _RESERVE).
-redis.call('EXPIRE', KEYS[1], math.ceil((capacity - tokens) / rate) + 60)
-return tostring(wait)
-"""
-
-# KEYS[1] bucket hash, KEYS[2] the holder's booking; ARGV: capacity, refill per second, cost, horizon, grace.
-# Like _TAKE, but a holder that must wait at most `horizon` seconds books the next free slot: the tokens
-# are taken now (the balance goes below zero, so later callers queue behind it) and the booking records
-# the slot. Coming back at the slot, the holder finds its booking and goes without taking again. So N
-# holders on one bucket each try twice at most, in order, instead of guessing when to look again.
-# A booking lapses `grace` seconds after its slot, or when a 429 penalty resets the bucket (its
-# `penalty_until` then differs from the one recorded with the booking): the holder then queues anew.
-# Returns {wait, booked}: wait 0 = go now.
-_RESERVE = _BUCKET_STATE + """
-local horizon = tonumber(ARGV[4])
-local grace = tonumber(ARGV[5])
-local penalty_until = tonumber(state[3]) or 0
-local booking = redis.call('GET', KEYS[2])
+local booking = KEYS[2] and redis.call('GET', KEYS[2])
 if booking then
   local slot, booked_under = string.match(booking, '^([^:]+):(.+)$')
   if tonumber(booked_under) == penalty_until then
@@ -75,7 +49,7 @@ if tokens >= cost then
   tokens = tokens - cost
 else
   wait = (cost - tokens) / rate
-  if wait <= horizon then
+  if KEYS[2] and wait <= horizon then
     tokens = tokens - cost
     booked = 1
     redis.call('SET', KEYS[2], tostring(now + wait) .. ':' .. tostring(penalty_until),
@@ -83,6 +57,7 @@ else
   end
 end
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
+-- Kept until full again: tokens are below zero while slots are booked.
 redis.call('EXPIRE', KEYS[1], math.ceil((capacity - tokens) / rate) + 60)
 return {tostring(wait), booked}
 """
@@ -117,14 +92,14 @@ class RateLimiter:
         self._namespace = namespace
         self._prefix = f"{namespace}:bucket:"
         self._take = client.register_script(_TAKE)
-        self._reserve = client.register_script(_RESERVE)
         self._penalise = client.register_script(_PENALISE)
 
     def acquire(self, key: str, capacity: float, per_second: float, cost: float = 1.0) -> float:
         """Take ``cost`` tokens now and return 0, or return the seconds until they will be there."""
         if cost > capacity:
             raise ValueError(f"cost {cost} exceeds bucket capacity {capacity}")
-        return float(self._take(keys=[self._prefix + key], args=[capacity, per_second, cost]))
+        wait, _ = self._take(keys=[self._prefix + key], args=[capacity, per_second, cost, 0, 0])
+        return float(wait)
 
     def reserve(self, key: str, capacity: float, per_second: float, cost: float = 1.0, *,
                 holder: str) -> tuple[float, bool]:
@@ -132,7 +107,7 @@ class RateLimiter:
         a call at or after the slot uses without taking again; or past the horizon (wait, False)."""
         if cost > capacity:
             raise ValueError(f"cost {cost} exceeds bucket capacity {capacity}")
-        wait, booked = self._reserve(keys=[self._prefix + key, f"{self._namespace}:booking:{holder}:{key}"],
+        wait, booked = self._take(keys=[self._prefix + key, f"{self._namespace}:booking:{holder}:{key}"],
                                      args=[capacity, per_second, cost, BOOKING_HORIZON_SECONDS,
                                            BOOKING_GRACE_SECONDS])
         return float(wait), bool(booked)
