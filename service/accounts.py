@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from service import rules as rules_mod
 from service.console.audit import CLI_ACTOR
 from service.secrets import SecretBox
+from service.store import queries
 from service.store.models import Account, AccountLink, Connection, RuleSet, RuleSetVersion, hash_token
 
 ACCOUNT_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -366,8 +367,7 @@ def export_rules(session: Session, account_id: str) -> str:
 
 def connection_config(session: Session, box: SecretBox, account_id: str, name: str) -> tuple[Connection, dict]:
     """A connection row and its decrypted config; AccountError when it is gone."""
-    row = session.scalars(sa.select(Connection).where(Connection.account_id == account_id,
-                                                      Connection.name == name)).first()
+    row = queries.connection_named(session, account_id, name)
     if row is None:
         raise AccountError(f"connection {name!r} no longer exists for account {account_id}")
     return row, box.decrypt(row.config_encrypted)

@@ -21,6 +21,7 @@ from service.console.errors import ConsoleError, NotFound
 from service.console.settings import current_document, edit_rules
 from service.engine import operations
 from service.runtime import Runtime
+from service.store import queries
 from service.store.models import Account, Connection
 
 
@@ -71,7 +72,7 @@ def _view(rt: Runtime, row: Connection) -> ConnectionView:
 def _row(session, account_id: str, name: str) -> Connection:
     if "\x00" in name:  # no stored name holds one, and PostgreSQL refuses it in a query
         raise NotFound("no such connection")
-    row = session.scalar(sa.select(Connection).where(Connection.account_id == account_id, Connection.name == name))
+    row = queries.connection_named(session, account_id, name)
     if row is None:
         raise NotFound("no such connection")
     return row

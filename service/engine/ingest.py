@@ -15,7 +15,6 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service import crm
@@ -23,6 +22,7 @@ from service.engine.planning import plan_deliveries, ruleset_of
 from service.events import Event
 from service.pbx.payloads import MalformedPayload, parse_delivery, to_hook_event
 from service.runtime import Runtime
+from service.store import queries
 from service.store.models import Account, Delivery, QuarantinedDelivery, StoredEvent
 
 log = logging.getLogger(__name__)
@@ -92,14 +92,9 @@ def without_nul(event: Event) -> Event:
 def store_event(session: Session, event: Event, received_at: datetime | None = None) -> bool:
     """Insert the event's row (``received_at``: when the receiver accepted the hook behind it, default now);
     False when an event with that key was stored before."""
-    try:
-        with session.begin_nested():
-            session.add(StoredEvent(account_id=event.account_id, key=event.key[:300], type=event.type,
-                                    occurred_at=event.occurred_at, data=event.data,
-                                    **({"received_at": received_at} if received_at else {})))
-        return True
-    except IntegrityError:
-        return False
+    return queries.insert_if_new(session, StoredEvent, {
+        "account_id": event.account_id, "key": event.key[:300], "type": event.type, "occurred_at": event.occurred_at,
+        "data": event.data, **({"received_at": received_at} if received_at else {})}) is not None
 
 
 def parse_envelope(envelope: dict[str, Any]) -> Event:

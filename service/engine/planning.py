@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service import rules as rules_mod
 from service.events import Event
 from service.rules import AccountSpec
 from service.runtime import Runtime
+from service.store import queries
 from service.store.models import Account, Delivery, RuleSet
 
 # account id -> (version, source, parsed rules). The source is compared too: a version number alone can
@@ -45,17 +45,13 @@ def plan_deliveries(session: Session, rt: Runtime, ruleset, account: Account, ev
         return []
     ids = []
     for planned in rules_mod.plan(ruleset, event):
-        delivery = Delivery(account_id=account.id, event_key=event.key[:300], event_type=event.type,
-                            rule_name=planned.rule_name, action_index=planned.index,
-                            connection=planned.connection, integration=planned.integration,
-                            action=planned.action, status="pending", params=planned.params_template, rendered=False,
-                            request_id=request_id)
-        try:
-            with session.begin_nested():
-                session.add(delivery)
-        except IntegrityError:
-            continue  # planned before (a re-delivered task): the existing row is authoritative
-        ids.append(delivery.id)
+        delivery_id = queries.insert_if_new(session, Delivery, {
+            "account_id": account.id, "event_key": event.key[:300], "event_type": event.type,
+            "rule_name": planned.rule_name, "action_index": planned.index, "connection": planned.connection,
+            "integration": planned.integration, "action": planned.action, "status": "pending",
+            "params": planned.params_template, "rendered": False, "request_id": request_id})
+        if delivery_id is not None:  # (None: planned before by a re-delivered task; that row is authoritative)
+            ids.append(delivery_id)
     return ids
 
 

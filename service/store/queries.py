@@ -9,12 +9,31 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from service.store.models import Account, Connection, Delivery, QuarantinedDelivery, RuleSet, StoredEvent
 
 # Actions that gave up: past the retry horizon, a permanent error, or an auth failure kept for replay.
 DEAD_STATUSES = ("dead", "failed", "paused")
+
+
+# The INSERT ... ON CONFLICT DO NOTHING of each supported database.
+_INSERTS = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
+# (database, model) -> that statement, built once: composing it anew cost more CPU than running it.
+_INSERT_IF_NEW: dict[tuple[str, type], sa.Insert] = {}
+
+
+def insert_if_new(session: Session, model: type, values: dict) -> int | None:
+    """Insert a row unless one with the same unique key exists: the new row's id, or None when one existed.
+
+    One statement (ON CONFLICT DO NOTHING ... RETURNING), where a savepoint around an ORM insert cost three round
+    trips and a flush; other errors (a foreign key, a NULL) still raise."""
+    key = (session.get_bind().dialect.name, model)
+    statement = _INSERT_IF_NEW.get(key)
+    if statement is None:
+        statement = _INSERT_IF_NEW[key] = _INSERTS[key[0]](model).on_conflict_do_nothing().returning(model.id)
+    return session.execute(statement, values).scalar()
 
 
 def accounts_with_rules_version(session: Session) -> Sequence[tuple[Account, int | None]]:
@@ -65,10 +84,24 @@ def dead_letters(session: Session, *, account_id: str | None = None, limit: int 
     return list(session.scalars(query.order_by(Delivery.id.desc()).limit(limit)))
 
 
+# Every action reads its event: built once (see _INSERT_IF_NEW).
+_STORED_EVENT = sa.select(StoredEvent).where(StoredEvent.account_id == sa.bindparam("account_id"),
+                                             StoredEvent.key == sa.bindparam("key"))
+
+
 def stored_event(session: Session, account_id: str, key: str) -> StoredEvent | None:
     """The stored event with this key, or None."""
-    return session.scalars(sa.select(StoredEvent).where(StoredEvent.account_id == account_id,
-                                                        StoredEvent.key == key)).first()
+    return session.scalars(_STORED_EVENT, {"account_id": account_id, "key": key}).first()
+
+
+# Every action reads its connection: built once.
+_CONNECTION = sa.select(Connection).where(Connection.account_id == sa.bindparam("account_id"),
+                                          Connection.name == sa.bindparam("name"))
+
+
+def connection_named(session: Session, account_id: str, name: str) -> Connection | None:
+    """An account's connection by name, or None."""
+    return session.scalars(_CONNECTION, {"account_id": account_id, "name": name}).first()
 
 
 def delivery_ids_of_event(session: Session, account_id: str, event_key: str) -> list[int]:

@@ -189,7 +189,8 @@ def test_retryable_then_success(rt, slack):
         execute(rt, delivery_id)
     row = delivery(rt, delivery_id)
     assert row.status == "retrying" and "internal_error" in row.last_error and row.attempts == 1
-    assert 0 <= seconds_until_due(rt, delivery_id) <= rt.settings.retry_base_seconds
+    # Full jitter may draw a delay shorter than the time this check takes: due "now" is a little in the past.
+    assert -1 < seconds_until_due(rt, delivery_id) <= rt.settings.retry_base_seconds
     assert execute(rt, delivery_id) == "retrying", "a task arriving before the due time does not attempt"
     assert delivery(rt, delivery_id).attempts == 1
     make_due(rt, delivery_id)

@@ -87,3 +87,23 @@ def test_events_quarantine_and_connections(sessions):
         assert queries.quarantined(session, TWO) == []
         assert [c.name for c in queries.connections_of(session, ONE)] == ["alpha", "zeta"]
         assert len(queries.all_connections(session)) == 2
+
+
+def test_insert_if_new_inserts_once_and_lets_other_integrity_errors_raise(sessions):
+    """The first insert of a unique key returns its id, the second None with the first row kept; a NULL where
+    none may be is still an error, not mistaken for "stored before"."""
+    import sqlalchemy as sa
+    from sqlalchemy.exc import IntegrityError
+
+    row = {"account_id": TWO, "key": "k1", "type": "call.ended", "occurred_at": utcnow(), "data": {"n": 1}}
+    with sessions.begin() as session:
+        first = queries.insert_if_new(session, StoredEvent, row)
+        again = queries.insert_if_new(session, StoredEvent, {**row, "data": {"n": 2}})
+    assert isinstance(first, int) and again is None
+    with sessions() as session:
+        stored = queries.stored_event(session, TWO, "k1")
+        assert (stored.id, stored.data) == (first, {"n": 1})
+        assert session.scalar(sa.select(sa.func.count()).select_from(StoredEvent)
+                              .where(StoredEvent.account_id == TWO)) == 1
+    with pytest.raises(IntegrityError), sessions.begin() as session:
+        queries.insert_if_new(session, StoredEvent, {**row, "key": "k2", "type": None})
