@@ -57,13 +57,16 @@ def credential_key(*secrets: str) -> str:
 
 
 def pooled_session(key: tuple, make: Callable[[], requests.Session]) -> requests.Session:
-    """This process's keep-alive session for ``key`` (vendor, credential key, URL policy), made on first use.
+    """This thread's keep-alive session for ``key`` (vendor, credential key, URL policy), made on first use.
 
-    One session per vendor and credential: its TCP/TLS connections are reused from one action to the next
-    instead of a new connection per message, and no two credentials share a session (nor its cookies).
-    A forked child starts with none (its parent's sockets are not its own); beyond MAX_POOLED_SESSIONS the
-    least recently used is closed."""
+    One session per vendor, credential and thread: its TCP/TLS connections are reused from one action to the
+    next instead of a new connection per message, and no two credentials share a session (nor its cookies).
+    Per thread because requests does not promise a Session is thread-safe (psf/requests#2766), and because 32
+    action threads sharing one session would overflow its pool of 10 connections per host, each overflow a
+    new connection thrown away after its one request. A forked child starts with none (its parent's sockets
+    are not its own); beyond MAX_POOLED_SESSIONS the least recently used is closed."""
     global _sessions_pid
+    key = (*key, threading.get_ident())
     with _sessions_lock:
         if _sessions_pid != os.getpid():
             _sessions.clear()

@@ -573,6 +573,7 @@ class _KeepAliveSlack(http.server.BaseHTTPRequestHandler):
     connections: list = []
     tokens: list = []
     reads: list = []
+    delay = 0.0  # seconds before each post's answer (so concurrent posts overlap)
 
     def setup(self):
         super().setup()
@@ -581,6 +582,7 @@ class _KeepAliveSlack(http.server.BaseHTTPRequestHandler):
     def do_POST(self):  # noqa: N802 (http.server's name)
         self.rfile.read(int(self.headers["Content-Length"]))
         self.tokens.append(self.headers["Authorization"])
+        time.sleep(self.delay)
         body = json.dumps({"ok": True, "channel": CALLS, "ts": f"{time.time():.6f}"}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -605,6 +607,7 @@ class _KeepAliveSlack(http.server.BaseHTTPRequestHandler):
 def keepalive_slack():
     """The keep-alive server on a free local port; yields its API base URL."""
     _KeepAliveSlack.connections, _KeepAliveSlack.tokens, _KeepAliveSlack.reads = [], [], []
+    _KeepAliveSlack.delay = 0.0
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _KeepAliveSlack)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
@@ -626,6 +629,34 @@ def test_one_token_reuses_one_connection_another_token_gets_its_own(keepalive_sl
     post("xoxb-9999-8888-anothertoken", "other")
     assert len(_KeepAliveSlack.connections) == 2, "another token, its own connection"
     assert _KeepAliveSlack.tokens == [f"Bearer {TOKEN}"] * 3 + ["Bearer xoxb-9999-8888-anothertoken"]
+
+
+def test_each_action_thread_keeps_its_own_connection_for_a_token(keepalive_slack, action_context):
+    """12 threads (more than requests' pool of 10 per host) posting with one token at once, three rounds: each
+    thread reuses its own keep-alive connection, so 12 connections in all, none opened and thrown away."""
+    _KeepAliveSlack.delay = 0.3
+    threads, rounds = 12, 3
+    barrier, errors = threading.Barrier(threads), []
+
+    def post_rounds(n: int) -> None:
+        try:
+            for r in range(rounds):
+                barrier.wait(10)
+                ctx = action_context(account_id="acc", idempotency_key=f"t{n}-{r}", connection_id=CONNECTION,
+                                     attempt=1, api_urls={"slack": keepalive_slack}, event={}, paced=False)
+                SlackIntegration(SlackConfig(bot_token=TOKEN)).run("post_message", {"channel": CALLS, "text": "x"},
+                                                                   ctx)
+        except Exception as exc:  # reported below
+            errors.append(exc)
+
+    workers = [threading.Thread(target=post_rounds, args=(n,)) for n in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(30)
+    assert not errors
+    assert len(_KeepAliveSlack.tokens) == threads * rounds
+    assert len(_KeepAliveSlack.connections) == threads
 
 
 def test_a_pooled_token_still_cannot_reach_a_private_address_without_the_switch(slack, make_ctx):
