@@ -80,9 +80,10 @@ class Service:
                 time.sleep(0.1)
         raise AssertionError(f"web did not start:\n{self.log('web')}")
 
-    def start_worker(self, name: str = "worker", *, pool: str = "prefork", concurrency: int = 2) -> subprocess.Popen:
-        """Start a Celery worker process."""
-        return self._spawn(name, "worker", "--pool", pool, "--concurrency", str(concurrency))
+    def start_worker(self, name: str = "worker", *, pool: str = "prefork", concurrency: int = 2,
+                     queues: str = "all") -> subprocess.Popen:
+        """Start a Celery worker process (``queues``: all, ingest or actions, as `pbxrelay worker --queues`)."""
+        return self._spawn(name, "worker", "--queues", queues, "--pool", pool, "--concurrency", str(concurrency))
 
     def start_scheduler(self, name: str = "scheduler") -> subprocess.Popen:
         """Start the scheduler (due actions and calls every second, periodic jobs), as production runs it."""

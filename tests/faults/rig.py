@@ -151,7 +151,7 @@ class Rig:
 
     def __init__(self, tmp_path: Path, *, seed: int, workers: tuple[str, ...] = ("worker",),
                  env: dict[str, str] | None = None, hook_format: str = "json",
-                 database_url: str | None = None, broker_url: str | None = None) -> None:
+                 database_url: str | None = None, broker_url: str | None = None, split: bool = False) -> None:
         self.rng = random.Random(seed)
         # SQLite under the service's var dir unless a database URL is given (PostgreSQL, as in production).
         self.database = "postgresql" if (database_url or "").startswith("postgresql") else "sqlite"
@@ -177,13 +177,21 @@ class Rig:
         (tmp_path / "rules.yaml").write_text(rules_yaml())
         self.service.cli("rules", "apply", str(tmp_path / "rules.yaml"))
         self.service.start_web()
-        for name in workers:
-            self.service.start_worker(name, concurrency=2)
+        if split:  # as `pbxrelay run` and Compose deploy: hooks on prefork, actions on a threads worker
+            self.start_split_workers("worker", "actions")
+        else:
+            for name in workers:
+                self.service.start_worker(name, concurrency=2)
         self.service.start_scheduler()
         self.pbx = demo_state()
         self.pbx.add_webhook(ACCOUNT, {"name": "pbxrelay", "hook": "all", "uri": hook_url, "format": hook_format})
         self.simulator = CallSimulator(self.pbx, ACCOUNT, sender=WebhookSender(self.pbx, retry_interval=0.5),
                                        seed=seed, start=START)
+
+    def start_split_workers(self, ingest: str, actions: str) -> None:
+        """An ingest worker (prefork) and an actions worker (threads, with its watchdog), as deployed by default."""
+        self.service.start_worker(ingest, queues="ingest", concurrency=2)
+        self.service.start_worker(actions, queues="actions", pool="threads", concurrency=8)
 
     def close(self) -> None:
         """Stop every process and server of this rig (and its queues on a shared RabbitMQ)."""

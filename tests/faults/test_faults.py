@@ -223,11 +223,13 @@ REPLACEMENT_BOUND_SECONDS = 60.0
 
 
 @pytest.mark.parametrize("broker", ["redis", "rabbitmq"])
-def test_kill_9_of_a_whole_worker_while_actions_wait_for_tokens_and_retries(make_rig, report, broker):
-    """The only worker (main process and pool children) SIGKILLed while Slack answers 429s and 500s, so actions wait
-    for rate-limit tokens and retries; a replacement starts. Nothing of that waiting was in the dead worker's memory:
-    every effect arrives within 60 s of the replacement starting, none doubled."""
-    rig = make_rig(seed=18, broker=broker, env={"PBXRELAY_LOG_LEVEL": "INFO"})
+@pytest.mark.parametrize("split", [False, True], ids=["one worker", "ingest and actions workers"])
+def test_kill_9_of_a_whole_worker_while_actions_wait_for_tokens_and_retries(make_rig, report, broker, split):
+    """Every worker (main processes and pool children; the default's ingest prefork and actions threads workers, or
+    one worker for all) SIGKILLed while Slack answers 429s and 500s, so actions wait for rate-limit tokens and
+    retries; replacements start. Nothing of that waiting was in the dead workers' memory: every effect arrives
+    within 60 s of the replacements starting, none doubled."""
+    rig = make_rig(seed=18, broker=broker, env={"PBXRELAY_LOG_LEVEL": "INFO"}, split=split)
     # 429s shut a channel's bucket for Retry-After (3 s): the channel's next posts wait for a token. 500s are real
     # failures with backoff. Calls share five channels paced at one post a second, so posts queue for tokens anyway.
     storm = [{"status": 429, "retry_after": 3}] * 8 + [{"status": 500}] * 12 + [{}] * 12
@@ -248,11 +250,15 @@ def test_kill_9_of_a_whole_worker_while_actions_wait_for_tokens_and_retries(make
                 and len(rig.observed()) < len(expected) - 10)
 
     wait_for(waiting, timeout=90, interval=0.5, message="all actions planned, waiting for tokens and retries")
-    rig.service.stop("worker", signal.SIGKILL)  # the whole process group: main process and pool children
+    for name in ("worker", "actions") if split else ("worker",):
+        rig.service.stop(name, signal.SIGKILL)  # the whole process group: main process and pool children
     before = len(rig.observed())
     replaced_at = time.time()
-    rig.service.start_worker("replacement", concurrency=2)
-    finish(rig, report, "worker -9 while waiting", expected, started)
+    if split:
+        rig.start_split_workers("replacement", "replacement-actions")
+    else:
+        rig.service.start_worker("replacement", concurrency=2)
+    finish(rig, report, "split workers -9 while waiting" if split else "worker -9 while waiting", expected, started)
     took = rig.last_vendor_call() - replaced_at
     print(f"\n[{broker}] {len(expected) - before} of {len(expected)} effects came after the kill; "
           f"the last vendor call {took:.1f} s after the replacement started")

@@ -138,7 +138,7 @@ def test_an_attempt_and_its_outcome_commit_together(rt, slack, monkeypatch, faul
     def killed(*_args, **_kwargs):
         raise KilledWhileRecording()
 
-    monkeypatch.setattr(delivery_mod, "_attempt", killed)
+    monkeypatch.setattr(delivery_mod, "_record_attempt", killed)
     with pytest.raises(KilledWhileRecording):
         engine.execute_delivery(rt, delivery_id)
     row = delivery(rt, delivery_id)
