@@ -7,6 +7,7 @@ SQLite by default, PostgreSQL in production; the schema is created by Alembic mi
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
@@ -268,9 +269,17 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+# The engine claims and inserts with RETURNING (SQLite 3.35, March 2021; Debian 12 has 3.40).
+MIN_SQLITE = (3, 35)
+
+
 def make_engine(url: str) -> sa.Engine:
     """An engine; SQLite gets WAL and a busy timeout so web and workers can share the file."""
     if url.startswith("sqlite:///"):
+        if sqlite3.sqlite_version_info < MIN_SQLITE:
+            raise RuntimeError(f"pbxrelay needs SQLite {'.'.join(map(str, MIN_SQLITE))} or newer (for RETURNING); "
+                               f"this Python's sqlite3 module has {sqlite3.sqlite_version}: use a newer Python build "
+                               f"or PostgreSQL")
         path = Path(url[len("sqlite:///"):].split("?", 1)[0])
         path.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
         # Tenant data: 0600 from the start. SQLite gives its -wal and -shm files the database file's mode.

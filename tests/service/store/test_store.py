@@ -186,3 +186,15 @@ def test_bad_keys_are_a_clear_error(keys):
     """Missing or malformed PBXRELAY_SECRET_KEYS are reported, not crashed on."""
     with pytest.raises(SecretsError):
         SecretBox(keys)
+
+
+def test_an_sqlite_too_old_for_returning_is_refused_with_the_reason(tmp_path, monkeypatch):
+    """SQLite before 3.35 has no RETURNING, which the engine's claims and inserts use: a clear error at start."""
+    import sqlite3
+
+    from service.store import models
+
+    monkeypatch.setattr(sqlite3, "sqlite_version_info", (3, 34, 1))
+    monkeypatch.setattr(sqlite3, "sqlite_version", "3.34.1")
+    with pytest.raises(RuntimeError, match=r"SQLite 3\.35 or newer .* has 3\.34\.1"):
+        models.make_engine(f"sqlite:///{tmp_path / 'old.sqlite3'}")
