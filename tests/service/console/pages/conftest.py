@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
 
 import pytest
 from cryptography.fernet import Fernet
@@ -72,6 +73,8 @@ def console(tmp_path, database_url, sessions_for, redis_url, namespace, redis_cl
                         database_url=database_url, secret_keys=key, public_url="https://relay.example.com")
     rt = Runtime(settings)
     now = datetime.now(timezone.utc).replace(microsecond=0)
+    local_midnight = (now.astimezone(ZoneInfo("America/New_York"))
+                      .replace(hour=0, minute=0, second=0).astimezone(timezone.utc))
     with sessions_for.begin() as db:
         users.create_user(db, "op@example.com", PASSWORD, is_operator=True, actor=CLI_ACTOR)
         for role in ("owner", "editor", "viewer"):
@@ -90,7 +93,9 @@ def console(tmp_path, database_url, sessions_for, redis_url, namespace, redis_cl
         ids = {}
         for n, (outcome, status) in enumerate([("answered", "succeeded"), ("missed", "failed"),
                                                ("voicemail", "retrying"), ("missed", "dead")]):
-            at = now - timedelta(minutes=10 * (4 - n))
+            # 40 minutes of calls, but never before the account's midnight: "today" on the overview is New York's
+            # day, and in the first 40 minutes after its midnight some calls would be yesterday's.
+            at = max(now - timedelta(minutes=10 * (4 - n)), local_midnight + timedelta(seconds=n + 1))
             event = add_call(db, ACCOUNT_A, f"call-{n}", at, outcome=outcome, caller_name=f"{HOSTILE} {n}",
                              number=f"+1202555012{n}")
             delivery = Delivery(account_id=ACCOUNT_A, event_key=event.key, event_type="call.ended",
