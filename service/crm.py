@@ -15,11 +15,11 @@ from typing import Any
 
 import phonenumbers
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.events import Event
 from service.rules import CrmSpec, lookup_path
+from service.store import queries
 from service.store.models import OptOut
 
 # Replies that opt a number out of texts: the CTIA keywords carriers honour (plus the FCC's REVOKE / OPT OUT).
@@ -72,12 +72,8 @@ def to_e164(number: Any, region: str) -> str | None:
 
 def add_opt_out(session: Session, account_id: str, number: str, source: str) -> bool:
     """Put a number on the account's opt-out list; False when it was there already."""
-    try:
-        with session.begin_nested():
-            session.add(OptOut(account_id=account_id, number=number, source=source))
-        return True
-    except IntegrityError:
-        return False
+    return queries.insert_if_new(session, OptOut, {"account_id": account_id, "number": number,
+                                                   "source": source}) is not None
 
 
 def remove_opt_out(session: Session, account_id: str, number: str) -> bool:

@@ -58,7 +58,8 @@ _CLAIM = (sa.update(Delivery)
                         sa.and_(Delivery.status == "running", Delivery.claimed_until < sa.bindparam("now"))))
           .values(status="running", attempts=Delivery.attempts + 1, claimed_until=sa.bindparam("until"),
                   next_attempt_at=None, updated_at=sa.bindparam("now"))
-          .returning(Delivery))
+          .returning(Delivery)
+          .execution_options(synchronize_session=False))  # the claiming session holds no delivery yet
 
 
 # Records an attempt's success (built once, like _CLAIM).
@@ -72,9 +73,7 @@ _SUCCEEDED = (sa.update(Delivery).where(Delivery.id == sa.bindparam("delivery_id
 def _claim(session: Session, delivery_id: int, lease: timedelta) -> Delivery | None:
     """The delivery, claimed for one attempt (running until now + ``lease``), or None when it is not claimable."""
     now = utcnow()
-    # No session sync: this session holds no delivery yet.
-    return session.scalars(_CLAIM, {"delivery_id": delivery_id, "now": now, "until": now + lease},
-                           execution_options={"synchronize_session": False}).first()
+    return session.scalars(_CLAIM, {"delivery_id": delivery_id, "now": now, "until": now + lease}).first()
 
 
 # Integration error codes of a request whose fate is unknown (timed out or cut off after it was sent).
