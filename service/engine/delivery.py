@@ -29,14 +29,13 @@ from integrations.base import (
 )
 from service import accounts, crm, metrics
 from service.engine.ingest import store_event
-from service.engine.planning import render_params, ruleset_of
+from service.engine.planning import parsed_rules, render_params, ruleset_of
 from service.events import Event, aware
 from service.pbx import media
 from service.runtime import Runtime
 from service.store import queries
 from service.store.models import (
     ATTEMPT_TEXT_MAX,
-    Account,
     AuditEntry,
     Connection,
     Delivery,
@@ -147,18 +146,17 @@ def execute_delivery(rt: Runtime, delivery_id: int,
             # Running under another claim (the scheduler sends it again if that claim runs out), not due yet
             # (the scheduler sends it when due), or final: nothing to do here.
             return current.status
-        account = session.get(Account, delivery.account_id)
-        connection = queries.connection_named(session, delivery.account_id, delivery.connection)
+        account, rules_row, connection, stored = queries.action_inputs(session, delivery.account_id,
+                                                                         delivery.connection, delivery.event_key)
         if connection is not None and connection.paused_reason:
             # The circuit is open: keep the action for `pbxrelay connections resume`, don't attempt it.
             delivery.status, delivery.attempts, delivery.claimed_until = "paused", delivery.attempts - 1, None
             delivery.last_error = f"connection paused: {connection.paused_reason}"[:2000]
             return "paused"
-        stored = queries.stored_event(session, delivery.account_id, delivery.event_key)
         config = rt.box.decrypt(connection.config_encrypted) if connection else None
         integration_cls = rt.registry.get(delivery.integration)
         # The account's rules as stored now (never what this process happened to plan with).
-        ruleset = ruleset_of(session, rt, delivery.account_id)
+        ruleset = parsed_rules(rt, delivery.account_id, rules_row)
         event = (Event(type=stored.type, account_id=stored.account_id, key=stored.key,
                        occurred_at=aware(stored.occurred_at), data=stored.data) if stored else None)
         job = _Job(delivery_id=delivery.id, account_id=delivery.account_id, integration=delivery.integration,

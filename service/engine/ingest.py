@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from service import crm
-from service.engine.planning import plan_deliveries, ruleset_of
+from service.engine.planning import parsed_rules, plan_deliveries
 from service.events import Event
 from service.pbx.payloads import MalformedPayload, parse_delivery, to_hook_event
 from service.runtime import Runtime
@@ -114,11 +114,11 @@ def ingest(rt: Runtime, envelope: dict[str, Any], *, rerun: bool = False) -> Ing
     scheduled for finalising, are returned again (finalising twice is harmless: event keys are unique).
     """
     with rt.sessions.begin() as session:
-        account = session.get(Account, envelope["account_id"])
+        account, rules_row = queries.account_and_rules(session, envelope["account_id"])
         if account is None:
             return IngestOutcome(status="quarantined", reason="account no longer exists")
         if envelope.get("source") == "crm":
-            return _ingest_crm(session, rt, account, envelope, rerun=rerun)
+            return _ingest_crm(session, rt, account, parsed_rules(rt, account.id, rules_row), envelope, rerun=rerun)
         hook_account = (envelope.get("headers") or {}).get("x-account-id")
         try:
             raw = parse_envelope(envelope)
@@ -144,7 +144,7 @@ def ingest(rt: Runtime, envelope: dict[str, Any], *, rerun: bool = False) -> Ing
             outcome.finalize_call = again.finalize_call
             return outcome
 
-        ruleset = ruleset_of(session, rt, account.id)
+        ruleset = parsed_rules(rt, account.id, rules_row)
         if raw.type == "virtualpbx.sms":
             crm.apply_sms_reply(session, account.id, raw.data, ruleset.account.region if ruleset else "US")
         correlation = rt.correlator.observe(raw)
@@ -158,7 +158,7 @@ def ingest(rt: Runtime, envelope: dict[str, Any], *, rerun: bool = False) -> Ing
     return outcome
 
 
-def _ingest_crm(session: Session, rt: Runtime, account: Account, envelope: dict[str, Any], *,
+def _ingest_crm(session: Session, rt: Runtime, account: Account, ruleset, envelope: dict[str, Any], *,
                 rerun: bool) -> IngestOutcome:
     """A CRM webhook: map it to crm.event, honour an opt-out flag, de-duplicate, plan deliveries."""
     try:
@@ -167,7 +167,6 @@ def _ingest_crm(session: Session, rt: Runtime, account: Account, envelope: dict[
     except MalformedPayload as exc:
         _quarantine(session, envelope, f"malformed: {exc}")
         return IngestOutcome(status="quarantined", reason=f"malformed: {exc}")
-    ruleset = ruleset_of(session, rt, account.id)
     received_at = datetime.fromisoformat(envelope["received_at"])
     event = without_nul(crm.crm_event(payload, account_id=account.id, crm=ruleset.crm if ruleset else None,
                                       received_at=received_at,
@@ -210,10 +209,10 @@ def emit_events(rt: Runtime, account_id: str, events: list[Event], *, rerun: boo
     already also returns its deliveries that were never started.
     """
     with rt.sessions.begin() as session:
-        account = session.get(Account, account_id)
+        account, rules_row = queries.account_and_rules(session, account_id)
         if account is None:
             return []
-        ruleset = ruleset_of(session, rt, account_id)
+        ruleset = parsed_rules(rt, account_id, rules_row)
         planned: list[int] = []
         stored_before: list[str] = []
         for event in events:

@@ -20,7 +20,11 @@ _RULES_CACHE: dict[str, tuple[int, str, Any]] = {}
 
 def ruleset_of(session: Session, rt: Runtime, account_id: str):
     """The parsed rules of an account, cached per process while its stored rules stay the same."""
-    row = session.get(RuleSet, account_id)
+    return parsed_rules(rt, account_id, session.get(RuleSet, account_id))
+
+
+def parsed_rules(rt: Runtime, account_id: str, row: RuleSet | None):
+    """The parsed rules of an account's rules row (None without one), from the per-process cache when unchanged."""
     if row is None:
         return None
     cached = _RULES_CACHE.get(account_id)

@@ -84,7 +84,7 @@ def dead_letters(session: Session, *, account_id: str | None = None, limit: int 
     return list(session.scalars(query.order_by(Delivery.id.desc()).limit(limit)))
 
 
-# Every action reads its event: built once (see _INSERT_IF_NEW).
+# An event by key (the delivery views and replay read it): built once (see _INSERT_IF_NEW).
 _STORED_EVENT = sa.select(StoredEvent).where(StoredEvent.account_id == sa.bindparam("account_id"),
                                              StoredEvent.key == sa.bindparam("key"))
 
@@ -94,7 +94,7 @@ def stored_event(session: Session, account_id: str, key: str) -> StoredEvent | N
     return session.scalars(_STORED_EVENT, {"account_id": account_id, "key": key}).first()
 
 
-# Every action reads its connection: built once.
+# A connection by name (credentials, the console): built once.
 _CONNECTION = sa.select(Connection).where(Connection.account_id == sa.bindparam("account_id"),
                                           Connection.name == sa.bindparam("name"))
 
@@ -102,6 +102,37 @@ _CONNECTION = sa.select(Connection).where(Connection.account_id == sa.bindparam(
 def connection_named(session: Session, account_id: str, name: str) -> Connection | None:
     """An account's connection by name, or None."""
     return session.scalars(_CONNECTION, {"account_id": account_id, "name": name}).first()
+
+
+# An account and its rules row in one round trip (ingest read them with two), built once.
+_ACCOUNT_AND_RULES = (sa.select(Account, RuleSet).outerjoin(RuleSet, RuleSet.account_id == Account.id)
+                      .where(Account.id == sa.bindparam("account_id")))
+
+
+def account_and_rules(session: Session, account_id: str) -> tuple[Account | None, RuleSet | None]:
+    """An account and its rules row (None when missing; both None without the account)."""
+    row = session.execute(_ACCOUNT_AND_RULES, {"account_id": account_id}).first()
+    return (row[0], row[1]) if row else (None, None)
+
+
+# Everything an action reads besides its own row, in one round trip (it was four): the account, its rules row,
+# the connection the action names and the event it acts on; built once.
+_ACTION_INPUTS = (sa.select(Account, RuleSet, Connection, StoredEvent).select_from(Account)
+                  .outerjoin(RuleSet, RuleSet.account_id == Account.id)
+                  .outerjoin(Connection, sa.and_(Connection.account_id == Account.id,
+                                                 Connection.name == sa.bindparam("connection")))
+                  .outerjoin(StoredEvent, sa.and_(StoredEvent.account_id == Account.id,
+                                                  StoredEvent.key == sa.bindparam("event_key")))
+                  .where(Account.id == sa.bindparam("account_id")))
+
+
+def action_inputs(session: Session, account_id: str, connection: str, event_key: str
+                  ) -> tuple[Account | None, RuleSet | None, Connection | None, StoredEvent | None]:
+    """An account, its rules row, its connection named ``connection`` and its event ``event_key`` (each None when
+    missing; all None without the account)."""
+    row = session.execute(_ACTION_INPUTS, {"account_id": account_id, "connection": connection,
+                                           "event_key": event_key}).first()
+    return (row[0], row[1], row[2], row[3]) if row else (None, None, None, None)
 
 
 def delivery_ids_of_event(session: Session, account_id: str, event_key: str) -> list[int]:

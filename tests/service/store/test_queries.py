@@ -107,3 +107,37 @@ def test_insert_if_new_inserts_once_and_lets_other_integrity_errors_raise(sessio
                               .where(StoredEvent.account_id == TWO)) == 1
     with pytest.raises(IntegrityError), sessions.begin() as session:
         queries.insert_if_new(session, StoredEvent, {**row, "key": "k2", "type": None})
+
+
+def _statements(session) -> list[str]:
+    """The SQL statements the session's connection runs from now on (collected into the returned list)."""
+    import sqlalchemy as sa
+
+    seen: list[str] = []
+    sa.event.listen(session.connection(), "before_cursor_execute",
+                    lambda _conn, _cursor, statement, *_: seen.append(statement))
+    return seen
+
+
+def test_account_and_rules_is_one_statement(sessions):
+    """Ingest's account lookup brings the rules row in the same round trip."""
+    with sessions() as session:
+        seen = _statements(session)
+        account, rules = queries.account_and_rules(session, ONE)
+        assert (account.id, rules.version, len(seen)) == (ONE, 3, 1)
+        account, rules = queries.account_and_rules(session, TWO)
+        assert (account.id, rules) == (TWO, None), "an account without rules is found too"
+        assert queries.account_and_rules(session, "c" * 32) == (None, None)
+
+
+def test_action_inputs_reads_account_rules_connection_and_event_in_one_statement(sessions):
+    """What an action needs besides its row, in one round trip; each part None when it is missing."""
+    with sessions() as session:
+        seen = _statements(session)
+        account, rules, connection, event = queries.action_inputs(session, ONE, "alpha", "e1")
+        assert (account.id, rules.version, connection.name, event.data) == (ONE, 3, "alpha", {"x": 1})
+        assert len(seen) == 1
+        assert queries.action_inputs(session, ONE, "gone", "e9")[2:] == (None, None)
+        account, rules, connection, event = queries.action_inputs(session, TWO, "alpha", "e1")
+        assert (account.id, rules, connection, event) == (TWO, None, None, None), "another account's rows never"
+        assert queries.action_inputs(session, "c" * 32, "alpha", "e1") == (None, None, None, None)
