@@ -70,17 +70,26 @@ def _run_key(rt: Runtime, task_id: str) -> str:
     return f"{rt.settings.namespace}:ingest-runs:{task_id}"
 
 
-def start_run(rt: Runtime, task_id: str) -> int:
-    """Count one more start of this ingest task (by task id, which retries and worker-lost re-sends keep)."""
+def start_run(rt: Runtime, task_id: str, request) -> int:
+    """Which start of this ingest task this is, 1 for the first (counted by task id, which retries and
+    worker-lost re-sends keep).
+
+    A killed run always comes back flagged (a retry, or a redelivery: kombu flags every message it restores),
+    so only those are counted, in Redis: the first start of every hook costs no round trip. A rerun's count
+    includes that first start.
+    """
+    if not is_rerun(request):
+        return 1
     key = _run_key(rt, task_id)
     with rt.redis.pipeline() as pipe:
-        runs, _ = pipe.incr(key).expire(key, RUN_COUNT_TTL_SECONDS).execute()
+        _, runs, _ = pipe.set(key, 1, nx=True).incr(key).expire(key, RUN_COUNT_TTL_SECONDS).execute()
     return int(runs)
 
 
-def end_run(rt: Runtime, task_id: str) -> None:
+def end_run(rt: Runtime, task_id: str, runs: int) -> None:
     """This run ended on its own (done, retried or quarantined): it was not killed, so it does not count."""
-    rt.redis.delete(_run_key(rt, task_id))
+    if runs > 1:  # (a first run kept no count)
+        rt.redis.delete(_run_key(rt, task_id))
 
 
 # The hard time limit kills the pool process; Celery would then acknowledge the message (its default for
@@ -94,41 +103,42 @@ def ingest(self, envelope: dict) -> str:
     """
     rt = runtime()
     task_id = self.request.id or "eager"
-    runs = start_run(rt, task_id)
+    runs = start_run(rt, task_id, self.request)
     if runs > MAX_KILLED_RUNS:
         reason = f"processing was killed {runs - 1} times (time limit or crash)"
-        return _quarantine_or_retry(self, rt, task_id, envelope, reason)
+        return _quarantine_or_retry(self, rt, task_id, runs, envelope, reason)
     try:
-        outcome = engine.ingest(rt, envelope, rerun=runs > 1 or is_rerun(self.request))
+        outcome = engine.ingest(rt, envelope, rerun=runs > 1)
     except SoftTimeLimitExceeded:
         limit = rt.settings.ingest_timeout_seconds / 2
-        return _quarantine_or_retry(self, rt, task_id, envelope, f"processing exceeded the {limit:g} s time limit")
+        return _quarantine_or_retry(self, rt, task_id, runs, envelope,
+                                    f"processing exceeded the {limit:g} s time limit")
     except INFRA_ERRORS:
-        end_run(rt, task_id)
+        end_run(rt, task_id, runs)
         raise  # autoretry_for: retried with backoff
     except Exception as exc:  # a bug or a database refusal: keep the hook with the reason, never drop it
         log.exception("ingest of a delivery for %s failed", envelope.get("account_id"))
-        return _quarantine_or_retry(self, rt, task_id, envelope,
+        return _quarantine_or_retry(self, rt, task_id, runs, envelope,
                                     f"processing failed: {type(exc).__name__}: {scrub(str(exc))}"[:2000])
     if outcome.finalize_call:
         # Due in call_settle_seconds, kept in Redis for the scheduler (not a countdown in this worker's memory).
         engine.schedule_finalize(rt, envelope["account_id"], outcome.finalize_call)
     enqueue_actions(outcome.deliveries)
-    end_run(rt, task_id)
+    end_run(rt, task_id, runs)
     return outcome.status
 
 
-def _quarantine_or_retry(task, rt: Runtime, task_id: str, envelope: dict, reason: str) -> str:
+def _quarantine_or_retry(task, rt: Runtime, task_id: str, runs: int, envelope: dict, reason: str) -> str:
     """Quarantine the envelope with ``reason``; a database or Redis error while doing so is retried, not dropped."""
     try:
         engine.quarantine(rt, envelope, reason)
     except (SQLAlchemyError, redis.RedisError, BrokerError) as exc:
-        end_run(rt, task_id)
+        end_run(rt, task_id, runs)
         raise task.retry(countdown=engine.retry_delay(rt, task.request.retries + 1, None),
                          exc=RetryableError(f"infrastructure while quarantining: {type(exc).__name__}"),
                          max_retries=None)
     log.warning("quarantined a delivery for %s: %s", envelope.get("account_id"), reason)
-    end_run(rt, task_id)
+    end_run(rt, task_id, runs)
     return "quarantined"
 
 

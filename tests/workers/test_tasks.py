@@ -71,7 +71,8 @@ def test_a_hook_whose_runs_were_killed_3_times_is_quarantined_with_the_reason(ta
     from workers import tasks
 
     tasks_rt.redis.set(tasks._run_key(tasks_rt, "killed-task"), tasks.MAX_KILLED_RUNS)
-    result = tasks.ingest.apply(args=(tasks_rt.envelope,), task_id="killed-task")
+    # (a killed run comes back as a retry on Redis, or flagged redelivered: either is a rerun)
+    result = tasks.ingest.apply(args=(tasks_rt.envelope,), task_id="killed-task", retries=1)
     assert result.get() == "quarantined"
     assert _kept(tasks_rt) == ([], ["processing was killed 3 times (time limit or crash)"])
     assert not tasks_rt.redis.exists(tasks._run_key(tasks_rt, "killed-task")), "the count ends with the run"
@@ -82,9 +83,30 @@ def test_a_hook_killed_fewer_times_is_processed_as_a_rerun(tasks_rt):
     from workers import tasks
 
     tasks_rt.redis.set(tasks._run_key(tasks_rt, "unlucky-task"), tasks.MAX_KILLED_RUNS - 1)
-    assert tasks.ingest.apply(args=(tasks_rt.envelope,), task_id="unlucky-task").get() == "accepted"
+    assert tasks.ingest.apply(args=(tasks_rt.envelope,), task_id="unlucky-task", retries=1).get() == "accepted"
     assert _kept(tasks_rt) == (["virtualpbx.parking"], [])
     assert not tasks_rt.redis.exists(tasks._run_key(tasks_rt, "unlucky-task"))
+
+
+def test_only_reruns_are_counted_and_a_rerun_counts_the_first_start(tasks_rt):
+    """A first start keeps no count in Redis (no round trip); a rerun's count includes that first start, so the
+    third kill still quarantines on the fourth start."""
+    from workers import tasks
+
+    key = tasks._run_key(tasks_rt, "first-task")
+    assert tasks.start_run(tasks_rt, "first-task", _request(retries=0)) == 1
+    assert not tasks_rt.redis.exists(key)
+    reruns = [tasks.start_run(tasks_rt, "first-task", _request(retries=0, redelivered=True)) for _ in range(2)]
+    assert reruns + [tasks.start_run(tasks_rt, "first-task", _request(retries=1))] == [2, 3, 4]
+    tasks.end_run(tasks_rt, "first-task", 4)
+    assert not tasks_rt.redis.exists(key)
+
+
+def _request(*, retries: int, redelivered: bool = False):
+    """The parts of a Celery task request that say whether it ran before."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(retries=retries, delivery_info={"redelivered": redelivered})
 
 
 @pytest.mark.parametrize(("raised", "reason"), [
