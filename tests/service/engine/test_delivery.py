@@ -159,10 +159,12 @@ def delivery(rt, delivery_id: int) -> Delivery:
         return session.get(Delivery, delivery_id)
 
 
-def make_due(rt, delivery_id: int) -> None:
-    """Move a delivery's due time to now, as if its wait had passed (the scheduler would enqueue it now)."""
+def make_due(rt, delivery_id: int, in_seconds: float = 0.0) -> None:
+    """Move a delivery's due time to now (as if its wait had passed: the scheduler would enqueue it now), or
+    ``in_seconds`` from now."""
     with rt.sessions.begin() as session:
-        session.execute(sa.update(Delivery).where(Delivery.id == delivery_id).values(next_attempt_at=utcnow()))
+        session.execute(sa.update(Delivery).where(Delivery.id == delivery_id).values(
+            next_attempt_at=utcnow() + timedelta(seconds=in_seconds)))
 
 
 def seconds_until_due(rt, delivery_id: int) -> float:
@@ -191,6 +193,7 @@ def test_retryable_then_success(rt, slack):
     assert row.status == "retrying" and "internal_error" in row.last_error and row.attempts == 1
     # Full jitter may draw a delay shorter than the time this check takes: due "now" is a little in the past.
     assert -1 < seconds_until_due(rt, delivery_id) <= rt.settings.retry_base_seconds
+    make_due(rt, delivery_id, in_seconds=30)  # (the drawn delay may have passed already: now it has not)
     assert execute(rt, delivery_id) == "retrying", "a task arriving before the due time does not attempt"
     assert delivery(rt, delivery_id).attempts == 1
     make_due(rt, delivery_id)
