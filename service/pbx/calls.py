@@ -252,6 +252,11 @@ class Correlation:
     finalize_call: str | None = None
 
 
+def _decoded(stored: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """A call's facts as kept in its Redis hash (JSON values by field), decoded."""
+    return {field: json.loads(value) for field, value in stored.items()}
+
+
 class RedisCallWindow:
     """Leg facts per call in a Redis hash shared by every worker, kept for the call window."""
 
@@ -265,16 +270,17 @@ class RedisCallWindow:
 
     def facts(self, account_id: str, call_key: str) -> dict[str, dict[str, Any]]:
         """Every fact seen for the call, by field."""
-        raw = self._redis.hgetall(self._key(account_id, call_key))
-        return {field: json.loads(value) for field, value in raw.items()}
+        return _decoded(self._redis.hgetall(self._key(account_id, call_key)))
 
-    def remember(self, account_id: str, call_key: str, field: str, fact: dict[str, Any]) -> None:
-        """Keep a fact (the first copy of a field wins) and extend the window."""
+    def remember(self, account_id: str, call_key: str, field: str, fact: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        """Keep a fact (the first copy of a field wins), extend the window, and return every fact of the call
+        then: one round trip, where remembering and then reading took two."""
         key = self._key(account_id, call_key)
         pipe = self._redis.pipeline()
         pipe.hsetnx(key, field, json.dumps(fact, sort_keys=True, default=str))
         pipe.expire(key, self._ttl)
-        pipe.execute()
+        pipe.hgetall(key)
+        return _decoded(pipe.execute()[-1])
 
     def exists(self, account_id: str, call_key: str) -> bool:
         """Whether any fact of the call was seen."""
@@ -292,9 +298,10 @@ class MemoryCallWindow:
         return {f: json.loads(json.dumps(v, default=str))
                 for f, v in self._calls.get((account_id, call_key), {}).items()}
 
-    def remember(self, account_id: str, call_key: str, field: str, fact: dict[str, Any]) -> None:
-        """Keep a fact (the first copy of a field wins)."""
+    def remember(self, account_id: str, call_key: str, field: str, fact: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        """Keep a fact (the first copy of a field wins); every fact of the call then."""
         self._calls.setdefault((account_id, call_key), {}).setdefault(field, fact)
+        return self.facts(account_id, call_key)
 
     def exists(self, account_id: str, call_key: str) -> bool:
         """Whether any fact of the call was seen."""
@@ -329,12 +336,11 @@ class CallCorrelator:
         if call_key is None:
             return Correlation(events=[])
         fact = {k: data[k] for k in _LEG_FIELDS if k in data}
-        self._window.remember(raw.account_id, call_key, f"{hook}:{data['call_id']}", fact)
+        facts = self._window.remember(raw.account_id, call_key, f"{hook}:{data['call_id']}", fact)
         is_a_leg = data["call_id"] == call_key
         events: list[Event] = []
         person_answered = hook == "channel_bridge" or (hook == "channel_answer" and not is_a_leg)
         if hook == "channel_create" or person_answered:
-            facts = self._window.facts(raw.account_id, call_key)
             # An A-leg bridge names the B-leg, but the B-leg's own hooks (who picked up) may still be in
             # another worker's hands: then wait for them, or for finalize(), rather than answer anonymously.
             other = f":{data.get('other_leg_call_id')}"

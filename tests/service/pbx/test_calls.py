@@ -193,3 +193,22 @@ def test_every_permutation_of_a_short_call_agrees(redis_client, namespace):
         results.append(next(e.data for e in run_call(c, list(order)) if e.type == "call.ended"))
     assert all(r == results[0] for r in results)
     assert results[0]["outcome"] == "answered"
+
+
+def test_remembering_a_fact_returns_every_fact_of_the_call_in_one_round_trip(redis_client, namespace, monkeypatch):
+    """The first copy of a field wins, the window is extended, and the call's facts come back with it."""
+    import redis
+
+    window = RedisCallWindow(redis_client, namespace=namespace, window_seconds=600)
+    assert window.remember("acct", "call-1", "channel_create:a", {"from": "+1"}) == {"channel_create:a": {"from": "+1"}}
+    round_trips: list[str] = []
+    for cls, method in ((redis.client.Pipeline, "execute"), (redis.Redis, "execute_command")):
+        original = getattr(cls, method)
+        monkeypatch.setattr(cls, method, lambda self, *a, _o=original, _m=method, **k: (
+            round_trips.append(_m), _o(self, *a, **k))[1])
+    window.remember("acct", "call-1", "channel_create:a", {"from": "+2"})
+    facts = window.remember("acct", "call-1", "channel_answer:b", {"to": "+3"})
+    monkeypatch.undo()
+    assert facts == {"channel_create:a": {"from": "+1"}, "channel_answer:b": {"to": "+3"}}
+    assert round_trips == ["execute", "execute"], "one pipeline, no other command, per fact"
+    assert 590 < redis_client.ttl(f"{namespace}:call:acct:call-1") <= 600
