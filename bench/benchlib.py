@@ -172,6 +172,38 @@ def queue_depth(url: str, namespace: str, kind: str = "ingest") -> int:
     return total
 
 
+def amqp_queue_depth(url: str, namespace: str) -> int:
+    """Messages ready in the namespace's ingest and actions queues on a RabbitMQ broker (0 for one not declared)."""
+    from kombu import Connection
+
+    total = 0
+    with Connection(url, connect_timeout=5) as connection:
+        for kind in ("ingest", "actions"):
+            channel = connection.channel()
+            try:
+                total += channel.queue_declare(queue=f"{namespace}.{kind}", passive=True).message_count
+            except connection.channel_errors:  # not declared (yet): nothing waits there
+                pass
+            finally:
+                try:
+                    channel.close()
+                except Exception:  # the broker closed it with the error above
+                    pass
+    return total
+
+
+def delete_amqp_queues(url: str, namespace: str) -> None:
+    """Delete the namespace's queues and exchanges on a RabbitMQ broker (quorum queues outlive their users)."""
+    from kombu import Connection
+
+    with Connection(url, connect_timeout=5) as connection:
+        channel = connection.channel()
+        for kind in ("ingest", "actions"):
+            channel.queue_delete(queue=f"{namespace}.{kind}")
+            channel.exchange_delete(exchange=f"{namespace}.{kind}")
+        channel.close()
+
+
 def delete_namespace_keys(url: str, namespace: str) -> int:
     """Delete every Redis key of the namespace; returns how many."""
     client = redis_client(url)
