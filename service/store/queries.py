@@ -32,7 +32,8 @@ def insert_if_new(session: Session, model: type, values: dict) -> int | None:
     key = (session.get_bind().dialect.name, model)
     statement = _INSERT_IF_NEW.get(key)
     if statement is None:
-        statement = _INSERT_IF_NEW[key] = _INSERTS[key[0]](model).on_conflict_do_nothing().returning(model.id)
+        table = model.__table__  # Core, not the ORM's bulk-insert path (which cost as much again per row)
+        statement = _INSERT_IF_NEW[key] = _INSERTS[key[0]](table).on_conflict_do_nothing().returning(table.c.id)
     return session.execute(statement, values).scalar()
 
 
