@@ -47,31 +47,33 @@ log = logging.getLogger(__name__)
 
 
 # Claims a delivery for one attempt and loads it in one statement (UPDATE ... RETURNING: SQLite 3.35+, PostgreSQL),
-# built once: composing it anew cost more CPU than running it. Not before its due time: a copy of the task sent
-# early (a lost message sent again, a redelivery) must not shorten a backoff or the in-doubt wait.
-_CLAIM = (sa.update(Delivery)
-          .where(Delivery.id == sa.bindparam("delivery_id"),
-                 sa.or_(sa.and_(Delivery.status.in_(("pending", "retrying")),
-                                sa.or_(Delivery.next_attempt_at.is_(None),
-                                       Delivery.next_attempt_at <= sa.bindparam("now"))),
-                        sa.and_(Delivery.status == "running", Delivery.claimed_until < sa.bindparam("now"))))
-          .values(status="running", attempts=Delivery.attempts + 1, claimed_until=sa.bindparam("until"),
+# built once: composing it anew cost more CPU than running it; in Core, as a row, since the ORM's update path
+# cost as much again. Not before its due time: a copy of the task sent early (a lost message sent again, a
+# redelivery) must not shorten a backoff or the in-doubt wait.
+_DELIVERIES = Delivery.__table__
+_CLAIM = (sa.update(_DELIVERIES)
+          .where(_DELIVERIES.c.id == sa.bindparam("delivery_id"),
+                 sa.or_(sa.and_(_DELIVERIES.c.status.in_(("pending", "retrying")),
+                                sa.or_(_DELIVERIES.c.next_attempt_at.is_(None),
+                                       _DELIVERIES.c.next_attempt_at <= sa.bindparam("now"))),
+                        sa.and_(_DELIVERIES.c.status == "running", _DELIVERIES.c.claimed_until < sa.bindparam("now"))))
+          .values(status="running", attempts=_DELIVERIES.c.attempts + 1, claimed_until=sa.bindparam("until"),
                   next_attempt_at=None, updated_at=sa.bindparam("now"))
-          .returning(Delivery)
-          .execution_options(synchronize_session=False))  # the claiming session holds no delivery yet
+          .returning(*_DELIVERIES.c))
 
 
 # Records an attempt's success (built once, like _CLAIM), in Core: the ORM's bulk-update path cost as much again.
-_SUCCEEDED = (sa.update(Delivery.__table__).where(Delivery.__table__.c.id == sa.bindparam("delivery_id"))
+_SUCCEEDED = (sa.update(_DELIVERIES).where(_DELIVERIES.c.id == sa.bindparam("delivery_id"))
               .values(status="succeeded", external_id=sa.bindparam("external_id"),
                       last_error=sa.bindparam("last_error"), claimed_until=None, updated_at=sa.bindparam("landed"),
                       succeeded_at=sa.bindparam("landed")))
 
 
-def _claim(session: Session, delivery_id: int, lease: timedelta) -> Delivery | None:
-    """The delivery, claimed for one attempt (running until now + ``lease``), or None when it is not claimable."""
+def _claim(session: Session, delivery_id: int, lease: timedelta) -> sa.Row | None:
+    """The delivery's row (its columns by name), claimed for one attempt (running until now + ``lease``), or None
+    when it is not claimable."""
     now = utcnow()
-    return session.scalars(_CLAIM, {"delivery_id": delivery_id, "now": now, "until": now + lease}).first()
+    return session.execute(_CLAIM, {"delivery_id": delivery_id, "now": now, "until": now + lease}).first()
 
 
 # Integration error codes of a request whose fate is unknown (timed out or cut off after it was sent).
@@ -149,8 +151,9 @@ def execute_delivery(rt: Runtime, delivery_id: int,
                                                                          delivery.connection, delivery.event_key)
         if connection is not None and connection.paused_reason:
             # The circuit is open: keep the action for `pbxrelay connections resume`, don't attempt it.
-            delivery.status, delivery.attempts, delivery.claimed_until = "paused", delivery.attempts - 1, None
-            delivery.last_error = f"connection paused: {connection.paused_reason}"[:2000]
+            session.execute(sa.update(_DELIVERIES).where(_DELIVERIES.c.id == delivery.id).values(
+                status="paused", attempts=delivery.attempts - 1, claimed_until=None,
+                last_error=f"connection paused: {connection.paused_reason}"[:2000]))
             return "paused"
         config = rt.box.decrypt(connection.config_encrypted) if connection else None
         integration_cls = rt.registry.get(delivery.integration)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from sqlalchemy import Row
 from sqlalchemy.orm import Session
 
 from service import rules as rules_mod
@@ -59,7 +60,7 @@ def plan_deliveries(session: Session, rt: Runtime, ruleset, account: Account, ev
     return ids
 
 
-def render_params(rt: Runtime, delivery: Delivery, event: Event, account: AccountSpec) -> dict[str, Any]:
+def render_params(rt: Runtime, delivery: Delivery | Row, event: Event, account: AccountSpec) -> dict[str, Any]:
     """A planned delivery's templates rendered with its event; TemplateError (permanent) when one fails."""
     planned = rules_mod.PlannedAction(rule_name=delivery.rule_name, index=delivery.action_index,
                                       connection=delivery.connection, integration=delivery.integration,

@@ -247,9 +247,12 @@ def test_repeated_auth_failures_pause_the_connection_alert_and_resume_replays(rt
     assert execute(rt, ids[3]) == "paused"  # the circuit is open: not even attempted
     with rt.sessions() as session:
         statuses = [session.get(Delivery, i).status for i in ids]
+        unattempted = session.get(Delivery, ids[3])
         paused = session.scalars(sa.select(Connection.paused_reason).where(Connection.name == "chat")).one()
         audit = session.scalars(sa.select(AuditEntry.kind)).all()
     assert statuses == ["paused"] * 4 and "invalid_auth" in paused and "connection_paused" in audit
+    assert (unattempted.attempts, unattempted.claimed_until) == (0, None), "the claim is given back uncounted"
+    assert unattempted.last_error.startswith("connection paused: ")
     assert len(rt.enqueued) == 1  # the alert to the `ops` connection
     assert execute(rt, rt.enqueued[0]) == "succeeded"
     assert "paused connection 'chat'" in slack.messages_in("C2")[-1]["text"]
