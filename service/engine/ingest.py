@@ -23,7 +23,7 @@ from service.events import Event
 from service.pbx.payloads import MalformedPayload, parse_delivery, to_hook_event
 from service.runtime import Runtime
 from service.store import queries
-from service.store.models import Account, Delivery, QuarantinedDelivery, StoredEvent
+from service.store.models import Delivery, QuarantinedDelivery, StoredEvent
 
 log = logging.getLogger(__name__)
 unsupported_log = logging.getLogger("pbxrelay.unsupported")
@@ -158,7 +158,7 @@ def ingest(rt: Runtime, envelope: dict[str, Any], *, rerun: bool = False) -> Ing
     return outcome
 
 
-def _ingest_crm(session: Session, rt: Runtime, account: Account, ruleset, envelope: dict[str, Any], *,
+def _ingest_crm(session: Session, rt: Runtime, account: queries.AccountRef, ruleset, envelope: dict[str, Any], *,
                 rerun: bool) -> IngestOutcome:
     """A CRM webhook: map it to crm.event, honour an opt-out flag, de-duplicate, plan deliveries."""
     try:

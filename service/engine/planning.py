@@ -24,8 +24,9 @@ def ruleset_of(session: Session, rt: Runtime, account_id: str):
     return parsed_rules(rt, account_id, session.get(RuleSet, account_id))
 
 
-def parsed_rules(rt: Runtime, account_id: str, row: RuleSet | None):
-    """The parsed rules of an account's rules row (None without one), from the per-process cache when unchanged."""
+def parsed_rules(rt: Runtime, account_id: str, row: RuleSet | queries.StoredRules | None):
+    """The parsed rules of an account's stored rules (None without them), from the per-process cache when
+    unchanged."""
     if row is None:
         return None
     cached = _RULES_CACHE.get(account_id)
@@ -36,7 +37,7 @@ def parsed_rules(rt: Runtime, account_id: str, row: RuleSet | None):
     return parsed
 
 
-def plan_deliveries(session: Session, rt: Runtime, ruleset, account: Account, event: Event, *,
+def plan_deliveries(session: Session, rt: Runtime, ruleset, account: Account | queries.AccountRef, event: Event, *,
                     request_id: str | None = None) -> list[int]:
     """Create a delivery row for each matching rule action; return the ids that need a task.
 

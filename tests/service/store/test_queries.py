@@ -120,11 +120,11 @@ def _statements(session) -> list[str]:
 
 
 def test_account_and_rules_is_one_statement(sessions):
-    """Ingest's account lookup brings the rules row in the same round trip."""
+    """Ingest's account lookup brings the stored rules in the same round trip."""
     with sessions() as session:
         seen = _statements(session)
         account, rules = queries.account_and_rules(session, ONE)
-        assert (account.id, rules.version, len(seen)) == (ONE, 3, 1)
+        assert (account.id, account.timezone, rules, len(seen)) == (ONE, "UTC", (3, "{}"), 1)
         account, rules = queries.account_and_rules(session, TWO)
         assert (account.id, rules) == (TWO, None), "an account without rules is found too"
         assert queries.account_and_rules(session, "c" * 32) == (None, None)
@@ -135,7 +135,9 @@ def test_action_inputs_reads_account_rules_connection_and_event_in_one_statement
     with sessions() as session:
         seen = _statements(session)
         account, rules, connection, event = queries.action_inputs(session, ONE, "alpha", "e1")
-        assert (account.id, rules.version, connection.name, event.data) == (ONE, 3, "alpha", {"x": 1})
+        assert (account.id, rules.version, BOX.decrypt(connection.config_encrypted), connection.paused_reason) == (
+            ONE, 3, {}, None)
+        assert (event.account_id, event.key, event.type, event.data) == (ONE, "e1", "call.ended", {"x": 1})
         assert len(seen) == 1
         assert queries.action_inputs(session, ONE, "gone", "e9")[2:] == (None, None)
         account, rules, connection, event = queries.action_inputs(session, TWO, "alpha", "e1")
